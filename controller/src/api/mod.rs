@@ -1,0 +1,9 @@
+//! The `EgressGateway` API: types, schema and the generated CRD.
+
+pub mod crd;
+pub mod gateway;
+pub mod schema;
+pub mod selector;
+
+pub use gateway::{EgressGateway, EgressGatewaySpec, EgressGatewayStatus, IpAssignment, GROUP, VERSION};
+pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};

@@ -1,0 +1,1 @@
+//! The cluster as the planner sees it.

@@ -1,0 +1,68 @@
+//! What one node's kernel must hold: the contract between the planner and the dataplane.
+//!
+//! Pure data. The planner builds it from the cluster view; the dataplane diffs it against what
+//! it finds in the kernel and commits the difference in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+/// Everything one node must program.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodePlan {
+    /// The node this plan is for.
+    pub node: String,
+    /// Egress IPs this node hosts (as /32 or /128 on `interface`), keyed by IP.
+    pub hosted: BTreeMap<IpAddr, HostedIp>,
+    /// Per gateway (by name), the work this node does for it. Only gateways with work here.
+    pub gateways: BTreeMap<String, GatewayNodePlan>,
+}
+
+/// One egress IP this node hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostedIp {
+    /// The gateway the IP belongs to.
+    pub gateway: String,
+    /// The interface that carries it.
+    pub interface: String,
+}
+
+/// The work one node does for one gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayNodePlan {
+    /// Traffic to these networks is handled (sorted, no duplicates).
+    pub destinations: Vec<IpNetwork>,
+    /// ...except traffic to these (sorted, no duplicates).
+    pub excluded: Vec<IpNetwork>,
+    /// SNAT on this node, which hosts the key egress IP: the pod IPs (from any node) that
+    /// leave with it. Only egress IPs in [`NodePlan::hosted`] appear here.
+    pub snat: BTreeMap<IpAddr, BTreeSet<IpAddr>>,
+    /// Steering of this node's own pods whose egress IP lives on another node: next hop (the
+    /// InternalIP of the node hosting the egress IP) to the local pod IPs sent there.
+    pub steer: BTreeMap<IpAddr, BTreeSet<IpAddr>>,
+    /// This node's selected pods whose gateway has no egress IP on any node right now: their
+    /// traffic to the destinations is dropped rather than leaking from the node's address.
+    pub blocked: BTreeSet<IpAddr>,
+}
+
+impl GatewayNodePlan {
+    /// Whether the node has nothing to do for this gateway.
+    pub fn is_empty(&self) -> bool {
+        self.snat.is_empty() && self.steer.is_empty() && self.blocked.is_empty()
+    }
+
+    /// Number of pod IPs programmed for this gateway on this node (all roles).
+    pub fn pod_entries(&self) -> usize {
+        self.snat.values().map(BTreeSet::len).sum::<usize>()
+            + self.steer.values().map(BTreeSet::len).sum::<usize>()
+            + self.blocked.len()
+    }
+}
+
+impl NodePlan {
+    /// An empty plan for `node`: the state `cleanup` leaves behind.
+    pub fn empty(node: impl Into<String>) -> Self {
+        Self { node: node.into(), ..Default::default() }
+    }
+}

@@ -1,0 +1,1 @@
+//! The status each gateway should carry.

@@ -1,0 +1,1 @@
+//! Test harness for egressgw: a real control plane and a network-namespace testbed.

@@ -117,6 +117,10 @@ pub struct IpAssignment {
     /// The interface on that node that carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// The node agent's lease epoch the assignment was made for; an agent that was fenced
+    /// comes back with a new epoch and does not host IPs assigned to its old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
     /// When the IP arrived on this node (or lost its node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,

@@ -66,3 +66,36 @@ impl NodePlan {
         Self { node: node.into(), ..Default::default() }
     }
 }
+
+/// A stable digest of what a node does for one gateway: the agent reports it once it has
+/// committed that state, the controller compares it with its own plan to tell whether the
+/// gateway is `Programmed` on that node.
+pub fn digest<'a>(
+    part: Option<&GatewayNodePlan>,
+    hosted: impl IntoIterator<Item = (&'a IpAddr, &'a HostedIp)>,
+) -> u64 {
+    let mut text = String::new();
+    for (ip, h) in hosted {
+        text.push_str(&format!("H{ip}@{};", h.interface));
+    }
+    if let Some(p) = part {
+        text.push_str(&format!("D{:?}X{:?}S{:?}T{:?}B{:?}", p.destinations, p.excluded, p.snat, p.steer, p.blocked));
+    }
+    super::hash::digest(text.as_bytes())
+}
+
+impl NodePlan {
+    /// [`digest`] of this node's work for `gateway`.
+    pub fn gateway_digest(&self, gateway: &str) -> u64 {
+        digest(self.gateways.get(gateway), self.hosted.iter().filter(|(_, h)| h.gateway == gateway))
+    }
+
+    /// Every gateway this node does anything for (rules or hosted IPs).
+    pub fn gateway_names(&self) -> BTreeSet<&str> {
+        self.gateways
+            .keys()
+            .map(String::as_str)
+            .chain(self.hosted.values().map(|h| h.gateway.as_str()))
+            .collect()
+    }
+}

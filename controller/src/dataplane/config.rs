@@ -1,0 +1,159 @@
+//! Names, numbers and knobs of the node dataplane: everything egressgw owns in the kernel.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The nftables table (family `ip`) egressgw owns exclusively.
+pub const TABLE: &str = "egressgw";
+
+/// Prerouting chain (filter, priority mangle) that marks steered pod traffic.
+pub const CHAIN_PRE: &str = "pre";
+/// Postrouting chain (nat, priority `srcnat - 10`) with the SNAT rules. It binds before a CNI
+/// masquerade at `srcnat`: the first NAT binding of a connection wins.
+pub const CHAIN_POST: &str = "post";
+/// Input chain (filter) dropping packets addressed to hosted egress IPs, so the node's own TCP
+/// stack never answers (RST) replies of flows it has no conntrack entry for yet.
+pub const CHAIN_GUARD: &str = "guard";
+/// Forward chain (filter): drops traffic of blocked pods, counts SNATed traffic.
+pub const CHAIN_FWD: &str = "fwd";
+
+/// `NF_IP_PRI_MANGLE`.
+pub const PRIORITY_MANGLE: i32 = -150;
+/// `NF_IP_PRI_NAT_SRC` (`srcnat`).
+pub const PRIORITY_SRCNAT: i32 = 100;
+/// Our postrouting priority: `srcnat - 10`.
+pub const PRIORITY_POST: i32 = PRIORITY_SRCNAT - 10;
+/// `NF_IP_PRI_FILTER`.
+pub const PRIORITY_FILTER: i32 = 0;
+
+/// Set of the egress IPs this node hosts; also the record of which addresses are ours.
+pub const SET_HOSTED: &str = "hosted";
+
+/// Default packet-mark field that carries the next-hop slot of steered packets (255 slots).
+/// Avoids kube-proxy (0x4000, 0x8000), Cilium (0x0f00, 0xf000) and flannel bits.
+pub const DEFAULT_MARK_MASK: u32 = 0x0ff0_0000;
+/// Default base of our routing table ids: slot `s` uses table `base + s`.
+pub const DEFAULT_TABLE_BASE: u32 = 0x4567_0000;
+/// Default priority of our `ip rule`s (before `main` at 32766).
+pub const DEFAULT_RULE_PRIORITY: u32 = 1500;
+/// `IFA_PROTO` value put on the egress IP addresses we add (informational; ownership is
+/// decided by the [`SET_HOSTED`] record).
+pub const ADDRESS_PROTO: u8 = 0xe9;
+/// `RTPROT_*` value of the routes and rules we add.
+pub const ROUTE_PROTO: u8 = 0xe9;
+/// Gratuitous ARPs sent per added address.
+pub const DEFAULT_GARP_COUNT: u32 = 3;
+/// Pause between two gratuitous ARP rounds.
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How the node dataplane is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Network namespace to work in (e.g. `/run/netns/node-a`); `None` = the caller's.
+    pub netns: Option<PathBuf>,
+    /// Mark field for next-hop slots: contiguous bits, not used by the CNI.
+    pub mark_mask: u32,
+    /// Routing table of slot `s` is `table_base + s`.
+    pub table_base: u32,
+    /// Priority of our policy-routing rules.
+    pub rule_priority: u32,
+    /// Gratuitous ARPs per added address, and the pause between them.
+    pub garp_count: u32,
+    pub garp_interval: Duration,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            mark_mask: DEFAULT_MARK_MASK,
+            table_base: DEFAULT_TABLE_BASE,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+            garp_count: DEFAULT_GARP_COUNT,
+            garp_interval: DEFAULT_GARP_INTERVAL,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// The config, working inside the network namespace at `path`.
+    pub fn in_netns(path: impl Into<PathBuf>) -> Self {
+        Self { netns: Some(path.into()), ..Self::default() }
+    }
+
+    /// Checks the knobs; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let m = self.mark_mask;
+        if m == 0 {
+            return Err("mark mask must not be zero".into());
+        }
+        let shifted = m >> m.trailing_zeros();
+        if shifted & (shifted + 1) != 0 {
+            return Err(format!("mark mask {m:#010x} must be one run of contiguous bits"));
+        }
+        if self.table_base == 0 || self.table_base.checked_add(self.max_slot()).is_none() {
+            return Err(format!("table base {} leaves no room for {} tables", self.table_base, self.max_slot()));
+        }
+        // 253..=255 are default, main, local; 0 is unspec.
+        let last = self.table_base + self.max_slot();
+        if (self.table_base..=last).any(|t| (253..=255).contains(&t)) {
+            return Err(format!("table range {}..={last} overlaps the kernel's own tables", self.table_base));
+        }
+        if self.rule_priority == 0 || self.rule_priority >= 32766 {
+            return Err(format!("rule priority {} must lie between 1 and 32765", self.rule_priority));
+        }
+        Ok(())
+    }
+
+    /// Highest next-hop slot the mark field can carry (slot 0 means "not steered").
+    pub fn max_slot(&self) -> u32 {
+        self.mark_mask >> self.mark_mask.trailing_zeros()
+    }
+
+    /// Mark value of `slot` (inside the mask).
+    pub fn slot_mark(&self, slot: u32) -> u32 {
+        slot << self.mark_mask.trailing_zeros()
+    }
+
+    /// Routing table id of `slot`.
+    pub fn slot_table(&self, slot: u32) -> u32 {
+        self.table_base + slot
+    }
+
+    /// The slot a routing table id belongs to, if it is one of ours.
+    pub fn table_slot(&self, table: u32) -> Option<u32> {
+        let slot = table.checked_sub(self.table_base)?;
+        (1..=self.max_slot()).contains(&slot).then_some(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_has_255_slots() {
+        let c = DataplaneConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.max_slot(), 255);
+        assert_eq!(c.slot_mark(1), 0x0010_0000);
+        assert_eq!(c.slot_mark(255), 0x0ff0_0000);
+        assert_eq!(c.table_slot(c.slot_table(7)), Some(7));
+        assert_eq!(c.table_slot(c.table_base), None);
+        assert_eq!(c.table_slot(c.table_base + 256), None);
+    }
+
+    #[test]
+    fn bad_masks_and_ranges_are_rejected() {
+        let bad = |f: fn(&mut DataplaneConfig)| {
+            let mut c = DataplaneConfig::default();
+            f(&mut c);
+            c.validate().is_err()
+        };
+        assert!(bad(|c| c.mark_mask = 0));
+        assert!(bad(|c| c.mark_mask = 0x0101_0000));
+        assert!(bad(|c| c.table_base = 200));
+        assert!(bad(|c| c.table_base = u32::MAX - 3));
+        assert!(bad(|c| c.rule_priority = 40000));
+    }
+}

@@ -1,0 +1,162 @@
+//! Which conntrack entries a change makes stale (pure).
+//!
+//! A flow keeps the NAT binding it got on its first packet. When a pod's role for a gateway
+//! changes on this node (starts or stops being SNATed here, steered to another next hop,
+//! blocked), its entries towards that gateway's destinations are deleted so the next packet
+//! is classified afresh. When an egress IP leaves the node, every entry NATed to it goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use super::names::{GatewayId, SetName};
+use super::nft_model::{IpRange, NftState, ranges_contain};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Snat(Ipv4Addr),
+    Steer(Ipv4Addr),
+    Blocked,
+}
+
+type Scope = (BTreeSet<IpRange>, BTreeSet<IpRange>);
+
+fn roles(st: &NftState) -> BTreeMap<(GatewayId, Ipv4Addr), Role> {
+    let mut out = BTreeMap::new();
+    for (name, set) in &st.sets {
+        let Ok(parsed) = name.parse::<SetName>() else { continue };
+        let (gid, role) = match &parsed {
+            SetName::Snat(g, e) => (g, Role::Snat(*e)),
+            SetName::Via(g, nh) => (g, Role::Steer(*nh)),
+            SetName::Blocked(g) => (g, Role::Blocked),
+            _ => continue,
+        };
+        for pod in set.content.addrs().into_iter().flatten() {
+            out.insert((gid.clone(), *pod), role);
+        }
+    }
+    out
+}
+
+fn scope(st: &NftState, gid: &GatewayId) -> Scope {
+    (
+        st.ranges(&SetName::Dst(gid.clone())).cloned().unwrap_or_default(),
+        st.ranges(&SetName::Excl(gid.clone())).cloned().unwrap_or_default(),
+    )
+}
+
+/// Selects the conntrack entries to delete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtSelector {
+    /// Pod -> destination scopes (networks, minus exclusions) whose flows are stale.
+    pods: BTreeMap<Ipv4Addr, Vec<Scope>>,
+    /// Egress IPs that left the node: entries NATed to them are stale.
+    nat_to: BTreeSet<Ipv4Addr>,
+}
+
+impl CtSelector {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && self.nat_to.is_empty()
+    }
+
+    /// Pods whose flows are affected (for logs).
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Whether the entry with this original source/destination and reply destination (the
+    /// address replies go to: the SNAT address for NATed flows) is stale.
+    pub fn matches(&self, orig_src: Ipv4Addr, orig_dst: Ipv4Addr, reply_dst: Ipv4Addr) -> bool {
+        if self.nat_to.contains(&reply_dst) && reply_dst != orig_src {
+            return true;
+        }
+        self.pods.get(&orig_src).is_some_and(|scopes| {
+            scopes.iter().any(|(dst, excl)| ranges_contain(dst, orig_dst) && !ranges_contain(excl, orig_dst))
+        })
+    }
+}
+
+/// The stale entries when the table goes from `old` to `new` (`None` = no table).
+pub fn select_stale(old: Option<&NftState>, new: Option<&NftState>) -> CtSelector {
+    let empty = NftState::default();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let (ro, rn) = (roles(old), roles(new));
+    let mut sel = CtSelector::default();
+    let keys: BTreeSet<&(GatewayId, Ipv4Addr)> = ro.keys().chain(rn.keys()).collect();
+    for key in keys {
+        if ro.get(key) == rn.get(key) {
+            continue;
+        }
+        let (gid, pod) = key;
+        let scopes = sel.pods.entry(*pod).or_default();
+        if ro.contains_key(key) {
+            scopes.push(scope(old, gid));
+        }
+        if rn.contains_key(key) {
+            scopes.push(scope(new, gid));
+        }
+    }
+    sel.nat_to = old.hosted().difference(&new.hosted()).copied().collect();
+    sel
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::nft_model::{NftSet, SetContent};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn st(hosted: &[&str], snat: &[(&str, &[&str])], via: &[(&str, &[&str])]) -> NftState {
+        let g = GatewayId::derive("gw", 0);
+        let mut s = NftState::default();
+        let addrs = |v: &[&str]| SetContent::Addrs(v.iter().map(|x| ip(x)).collect());
+        s.sets.insert(SetName::Hosted.to_string(), NftSet { comment: None, content: addrs(hosted) });
+        s.sets.insert(
+            SetName::Dst(g.clone()).to_string(),
+            NftSet { comment: Some("gw".into()), content: SetContent::Ranges([IpRange::of("203.0.113.0/24".parse().unwrap())].into()) },
+        );
+        s.sets.insert(
+            SetName::Excl(g.clone()).to_string(),
+            NftSet { comment: None, content: SetContent::Ranges([IpRange::of("203.0.113.128/25".parse().unwrap())].into()) },
+        );
+        for (e, pods) in snat {
+            s.sets.insert(SetName::Snat(g.clone(), ip(e)).to_string(), NftSet { comment: None, content: addrs(pods) });
+        }
+        for (nh, pods) in via {
+            s.sets.insert(SetName::Via(g.clone(), ip(nh)).to_string(), NftSet { comment: None, content: addrs(pods) });
+        }
+        s
+    }
+
+    #[test]
+    fn unchanged_roles_select_nothing() {
+        let a = st(&["198.18.0.200"], &[("198.18.0.200", &["198.19.1.10"])], &[]);
+        assert!(select_stale(Some(&a), Some(&a)).is_empty());
+    }
+
+    #[test]
+    fn moved_next_hop_selects_the_pod_towards_destinations_only() {
+        let a = st(&[], &[], &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])]);
+        let b = st(&[], &[], &[("198.18.0.12", &["198.19.1.11"]), ("198.18.0.13", &["198.19.1.10"])]);
+        let sel = select_stale(Some(&a), Some(&b));
+        assert_eq!(sel.pod_count(), 1);
+        let (pod, other) = (ip("198.19.1.10"), ip("198.19.1.11"));
+        assert!(sel.matches(pod, ip("203.0.113.10"), pod));
+        assert!(!sel.matches(pod, ip("203.0.113.200"), pod), "excluded destination");
+        assert!(!sel.matches(pod, ip("198.51.100.10"), ip("198.18.0.12")), "other destination");
+        assert!(!sel.matches(other, ip("203.0.113.10"), other));
+    }
+
+    #[test]
+    fn leaving_egress_ip_selects_everything_natted_to_it() {
+        let a = st(&["198.18.0.200"], &[("198.18.0.200", &["198.19.1.10"])], &[]);
+        let sel = select_stale(Some(&a), None);
+        let e = ip("198.18.0.200");
+        assert!(sel.matches(ip("198.19.3.7"), ip("198.51.100.1"), e));
+        assert!(sel.matches(ip("198.19.1.10"), ip("203.0.113.10"), e));
+        // traffic addressed to the node itself is not "NATed to" it
+        assert!(!sel.matches(e, ip("198.18.0.1"), e));
+    }
+}

@@ -1,0 +1,182 @@
+//! The plan turned into the kernel state it asks for (pure).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+
+use super::config::DataplaneConfig;
+use super::names::{GatewayId, SetName, assign_gateway_ids};
+use super::nft_model::{IpRange, NftSet, NftState, RuleSpec, SetContent, merge_ranges, our_chains};
+use crate::plan::NodePlan;
+
+/// What the node's kernel must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredNode {
+    /// Our table, or `None` when the node has nothing to do (no table at all).
+    pub nft: Option<NftState>,
+    /// Egress IPs to hold as /32, and the interface of each.
+    pub addresses: BTreeMap<Ipv4Addr, String>,
+    /// Next hop -> slot (mark value and routing table).
+    pub slots: BTreeMap<Ipv4Addr, u32>,
+    /// IPv6 entries of the plan this IPv4 dataplane skipped.
+    pub ipv6_ignored: usize,
+}
+
+/// The IPv4 next hops the plan steers to.
+pub fn wanted_next_hops(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
+    plan.gateways.values().flat_map(|g| g.steer.keys()).filter_map(|ip| v4(*ip)).collect()
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v) => Some(v),
+        IpAddr::V6(_) => None,
+    }
+}
+
+struct V4Filter {
+    ignored: usize,
+}
+
+impl V4Filter {
+    fn addrs<'a>(&mut self, ips: impl IntoIterator<Item = &'a IpAddr>) -> BTreeSet<Ipv4Addr> {
+        let mut out = BTreeSet::new();
+        for ip in ips {
+            match v4(*ip) {
+                Some(v) => {
+                    out.insert(v);
+                }
+                None => self.ignored += 1,
+            }
+        }
+        out
+    }
+
+    fn ranges<'a>(&mut self, nets: impl IntoIterator<Item = &'a IpNetwork>) -> BTreeSet<IpRange> {
+        let mut v = Vec::new();
+        for net in nets {
+            match net {
+                IpNetwork::V4(n) => v.push(IpRange::of(*n)),
+                IpNetwork::V6(_) => self.ignored += 1,
+            }
+        }
+        merge_ranges(v)
+    }
+}
+
+/// The desired kernel state for `plan`, with next hops on the given `slots`
+/// (see [`super::slots::allocate_slots`]; next hops missing from `slots` are not steered).
+pub fn desired(plan: &NodePlan, cfg: &DataplaneConfig, slots: &BTreeMap<Ipv4Addr, u32>) -> DesiredNode {
+    let mut f = V4Filter { ignored: 0 };
+    let mut addresses = BTreeMap::new();
+    for (ip, hosted) in &plan.hosted {
+        match v4(*ip) {
+            Some(v) => {
+                addresses.insert(v, hosted.interface.clone());
+            }
+            None => f.ignored += 1,
+        }
+    }
+    let active: Vec<(&String, _)> = plan.gateways.iter().filter(|(_, g)| !g.is_empty()).collect();
+    if addresses.is_empty() && active.is_empty() {
+        return DesiredNode { ipv6_ignored: f.ignored, ..DesiredNode::default() };
+    }
+
+    let ids = assign_gateway_ids(active.iter().map(|(n, _)| n.as_str()));
+    let mut st = NftState { chains: our_chains(), ..NftState::default() };
+    let mut set = |st: &mut NftState, name: SetName, comment: Option<String>, content: SetContent| {
+        st.sets.insert(name.to_string(), NftSet { comment, content });
+    };
+    set(&mut st, SetName::Hosted, None, SetContent::Addrs(addresses.keys().copied().collect()));
+    st.rules.insert(RuleSpec::Guard, None);
+    st.rules.insert(RuleSpec::MarkSnat { mask: cfg.mark_mask }, None);
+
+    let mut used_slots = BTreeMap::new();
+    for (name, g) in active {
+        let gid: GatewayId = ids[name.as_str()].clone();
+        set(&mut st, SetName::Dst(gid.clone()), Some(name.clone()), SetContent::Ranges(f.ranges(&g.destinations)));
+        set(&mut st, SetName::Excl(gid.clone()), None, SetContent::Ranges(f.ranges(&g.excluded)));
+        for (egress, pods) in &g.snat {
+            let Some(egress_ip) = v4(*egress) else {
+                f.ignored += 1;
+                continue;
+            };
+            let pods = f.addrs(pods);
+            set(&mut st, SetName::Snat(gid.clone(), egress_ip), None, SetContent::Addrs(pods));
+            st.rules.insert(RuleSpec::Snat { gid: gid.clone(), egress_ip }, None);
+            st.rules.insert(RuleSpec::Account { gid: gid.clone(), egress_ip }, None);
+        }
+        for (nh, pods) in &g.steer {
+            let Some(next_hop) = v4(*nh) else {
+                f.ignored += 1;
+                continue;
+            };
+            let Some(slot) = slots.get(&next_hop) else { continue };
+            used_slots.insert(next_hop, *slot);
+            let pods = f.addrs(pods);
+            set(&mut st, SetName::Via(gid.clone(), next_hop), None, SetContent::Addrs(pods));
+            let (mark, mask) = (cfg.slot_mark(*slot), cfg.mark_mask);
+            st.rules.insert(RuleSpec::Steer { gid: gid.clone(), next_hop, mark, mask }, None);
+        }
+        if !g.blocked.is_empty() {
+            let pods = f.addrs(&g.blocked);
+            set(&mut st, SetName::Blocked(gid.clone()), None, SetContent::Addrs(pods));
+            st.rules.insert(RuleSpec::Block { gid: gid.clone() }, None);
+        }
+    }
+    DesiredNode { nft: Some(st), addresses, slots: used_slots, ipv6_ignored: f.ignored }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{GatewayNodePlan, HostedIp};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn plan() -> NodePlan {
+        let mut p = NodePlan::empty("node-b");
+        p.hosted.insert(ip("198.18.0.200"), HostedIp { gateway: "gw".into(), interface: "eth0".into() });
+        let g = GatewayNodePlan {
+            destinations: vec!["203.0.113.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+            excluded: vec!["203.0.113.128/25".parse().unwrap()],
+            snat: BTreeMap::from([(ip("198.18.0.200"), BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")]))]),
+            steer: BTreeMap::from([(ip("198.18.0.13"), BTreeSet::from([ip("198.19.2.11")]))]),
+            blocked: BTreeSet::new(),
+        };
+        p.gateways.insert("gw".into(), g);
+        p
+    }
+
+    #[test]
+    fn empty_plan_wants_no_table() {
+        let d = desired(&NodePlan::empty("n"), &DataplaneConfig::default(), &BTreeMap::new());
+        assert_eq!(d, DesiredNode::default());
+    }
+
+    #[test]
+    fn gateway_plan_becomes_sets_and_rules() {
+        let cfg = DataplaneConfig::default();
+        let slots = BTreeMap::from([("198.18.0.13".parse().unwrap(), 2)]);
+        let d = desired(&plan(), &cfg, &slots);
+        let st = d.nft.unwrap();
+        let gid = GatewayId::derive("gw", 0);
+        let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
+        let nh: Ipv4Addr = "198.18.0.13".parse().unwrap();
+        assert_eq!(st.gateway_name(&gid), Some("gw"));
+        assert_eq!(st.addrs(&SetName::Snat(gid.clone(), e)).unwrap().len(), 2);
+        assert_eq!(st.addrs(&SetName::Via(gid.clone(), nh)).unwrap().len(), 1);
+        assert_eq!(st.ranges(&SetName::Dst(gid.clone())).unwrap().len(), 1);
+        assert_eq!(st.hosted(), BTreeSet::from([e]));
+        assert!(st.rules.contains_key(&RuleSpec::Snat { gid: gid.clone(), egress_ip: e }));
+        assert!(st.rules.contains_key(&RuleSpec::Steer { gid: gid.clone(), next_hop: nh, mark: cfg.slot_mark(2), mask: cfg.mark_mask }));
+        assert!(!st.sets.contains_key(&SetName::Blocked(gid).to_string()));
+        assert_eq!(d.addresses[&e], "eth0");
+        assert_eq!(d.slots[&nh], 2);
+        assert_eq!(d.ipv6_ignored, 1);
+        assert_eq!(wanted_next_hops(&plan()), BTreeSet::from([nh]));
+    }
+}

@@ -1,0 +1,52 @@
+//! Next-hop slots: which mark value and routing table steer traffic to which gateway node.
+//!
+//! The allocation lives in the kernel (the routes in our tables), so it is recovered after a
+//! restart; a next hop keeps its slot as long as it is wanted, and a slot freed in one apply
+//! is not handed to a new next hop in the same apply (its old marks may still be in flight).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// Slots for `wanted` next hops. `current` is what the kernel holds (next hop -> slot),
+/// `busy` every slot that has any of our rules or routes in the kernel right now.
+/// Returns the next hop that found no free slot as the error.
+pub fn allocate_slots(
+    current: &BTreeMap<Ipv4Addr, u32>,
+    busy: &BTreeSet<u32>,
+    wanted: &BTreeSet<Ipv4Addr>,
+    max_slot: u32,
+) -> Result<BTreeMap<Ipv4Addr, u32>, Ipv4Addr> {
+    let mut out: BTreeMap<Ipv4Addr, u32> =
+        wanted.iter().filter_map(|nh| current.get(nh).map(|s| (*nh, *s))).collect();
+    let mut used: BTreeSet<u32> = busy.iter().copied().chain(out.values().copied()).collect();
+    for nh in wanted.iter().filter(|nh| !out.contains_key(nh)) {
+        let slot = (1..=max_slot).find(|s| !used.contains(s)).ok_or(*nh)?;
+        used.insert(slot);
+        out.insert(*nh, slot);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, last)
+    }
+
+    #[test]
+    fn keeps_existing_slots_and_fills_lowest_free() {
+        let current = BTreeMap::from([(ip(12), 3), (ip(13), 1)]);
+        let busy = BTreeSet::from([1, 3, 4]);
+        let wanted = BTreeSet::from([ip(12), ip(14), ip(15)]);
+        let got = allocate_slots(&current, &busy, &wanted, 255).unwrap();
+        assert_eq!(got, BTreeMap::from([(ip(12), 3), (ip(14), 2), (ip(15), 5)]));
+    }
+
+    #[test]
+    fn exhaustion_names_the_next_hop() {
+        let wanted = BTreeSet::from([ip(12), ip(13)]);
+        assert_eq!(allocate_slots(&BTreeMap::new(), &BTreeSet::new(), &wanted, 1), Err(ip(13)));
+    }
+}

@@ -1,0 +1,313 @@
+//! EgressGateways as the planner sees them: the spec parsed and re-validated, the age that
+//! orders conflicts, and the assignments recorded in status.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::jiff::Timestamp;
+use thiserror::Error;
+
+use crate::api::{EgressGateway, LabelSelector, SelectorOperator};
+
+/// Why a gateway's spec cannot be programmed. Each names the field; the controller turns it
+/// into `Ready=False` with reason [`SpecError::reason`] and an event.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SpecError {
+    #[error("spec.{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("spec.{field}[{index}]: {value:?} is not a valid IP address")]
+    BadIp { field: &'static str, index: usize, value: String },
+    #[error("spec.{field}[{index}]: {value:?} is not a valid CIDR")]
+    BadCidr { field: &'static str, index: usize, value: String },
+    #[error("spec.{field}[{index}]: {value:?} has host bits set; write {network}")]
+    HostBits { field: &'static str, index: usize, value: String, network: IpNetwork },
+    #[error("spec.{field}[{index}]: {value:?} appears more than once")]
+    Duplicate { field: &'static str, index: usize, value: String },
+    #[error("spec.{field}[{index}]: {value:?} is not a unicast address a node can host")]
+    NotUnicast { field: &'static str, index: usize, value: String },
+    #[error("spec.{field}[{index}]: IPv6 ({value}) is not supported yet")]
+    Ipv6Unsupported { field: &'static str, index: usize, value: String },
+    #[error("spec.destinationCIDRs[{index}]: {value} has no egress IP of the same address family")]
+    MixedFamily { index: usize, value: String },
+    #[error("spec.{field}.matchExpressions[{index}]: operator {operator:?} {problem}")]
+    BadSelector { field: &'static str, index: usize, operator: SelectorOperator, problem: &'static str },
+    #[error("spec.interface: {value:?} is not a valid interface name")]
+    BadInterface { value: String },
+}
+
+impl SpecError {
+    /// The condition reason for an invalid spec.
+    pub fn reason(&self) -> &'static str {
+        "InvalidSpec"
+    }
+}
+
+/// A gateway spec that passed validation, addresses parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewaySpec {
+    pub namespace_selector: LabelSelector,
+    pub pod_selector: LabelSelector,
+    /// Sorted, no duplicates.
+    pub destinations: Vec<IpNetwork>,
+    /// Sorted, no duplicates.
+    pub excluded: Vec<IpNetwork>,
+    /// In the spec's order (the order `kubectl get egw` prints), no duplicates.
+    pub egress_ips: Vec<IpAddr>,
+    pub node_selector: LabelSelector,
+    pub interface: Option<String>,
+}
+
+/// Where status says an egress IP lives (the planner's memory across restarts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedAssignment {
+    pub node: String,
+    pub interface: Option<String>,
+    /// The agent epoch the assignment was made for.
+    pub epoch: Option<i64>,
+    pub since: Option<Timestamp>,
+}
+
+/// One gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    pub name: String,
+    pub generation: i64,
+    /// `metadata.creationTimestamp`: the older gateway wins a conflict.
+    pub created: Timestamp,
+    pub spec: Result<GatewaySpec, SpecError>,
+    /// `status.assignments` as last written.
+    pub recorded: BTreeMap<IpAddr, RecordedAssignment>,
+}
+
+impl Gateway {
+    /// The total order conflicts are resolved by: older first, then name.
+    pub fn seniority(&self) -> (Timestamp, &str) {
+        (self.created, &self.name)
+    }
+
+    /// Cut an `EgressGateway` down, re-validating its spec.
+    pub fn from_kube(gw: &EgressGateway) -> Option<Self> {
+        let name = gw.metadata.name.clone()?;
+        let created = gw
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let recorded = gw
+            .status
+            .as_ref()
+            .map(|s| {
+                s.assignments
+                    .iter()
+                    .filter_map(|a| {
+                        let ip = a.egress_ip.parse().ok()?;
+                        let node = a.node.clone()?;
+                        Some((
+                            ip,
+                            RecordedAssignment {
+                                node,
+                                interface: a.interface.clone(),
+                                epoch: a.epoch,
+                                since: a.since.as_ref().map(|t| t.0),
+                            },
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            name,
+            generation: gw.metadata.generation.unwrap_or(0),
+            created,
+            spec: parse_spec(&gw.spec),
+            recorded,
+        })
+    }
+}
+
+/// Validate and parse a spec: the controller's second line of defence behind the CRD schema.
+pub fn parse_spec(spec: &crate::api::EgressGatewaySpec) -> Result<GatewaySpec, SpecError> {
+    let egress_ips = parse_ips("egressIPs", &spec.egress_ips)?;
+    let destinations = parse_cidrs("destinationCIDRs", &spec.destination_cidrs, true)?;
+    let excluded = parse_cidrs("excludedCIDRs", &spec.excluded_cidrs, false)?;
+    for (index, d) in destinations.iter().enumerate() {
+        if !egress_ips.iter().any(|e| e.is_ipv4() == d.is_ipv4()) {
+            return Err(SpecError::MixedFamily { index, value: d.to_string() });
+        }
+    }
+    check_selector("namespaceSelector", &spec.namespace_selector)?;
+    check_selector("podSelector", &spec.pod_selector)?;
+    check_selector("gatewayNodeSelector", &spec.gateway_node_selector)?;
+    if let Some(name) = &spec.interface {
+        let ok = !name.is_empty()
+            && name.len() <= crate::api::schema::MAX_INTERFACE_LEN as usize
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && name.as_bytes()[0].is_ascii_alphanumeric();
+        if !ok {
+            return Err(SpecError::BadInterface { value: name.clone() });
+        }
+    }
+    let mut destinations = destinations;
+    destinations.sort();
+    let mut excluded = excluded;
+    excluded.sort();
+    Ok(GatewaySpec {
+        namespace_selector: spec.namespace_selector.clone(),
+        pod_selector: spec.pod_selector.clone(),
+        destinations,
+        excluded,
+        egress_ips,
+        node_selector: spec.gateway_node_selector.clone(),
+        interface: spec.interface.clone(),
+    })
+}
+
+fn parse_ips(field: &'static str, raw: &[String]) -> Result<Vec<IpAddr>, SpecError> {
+    if raw.is_empty() {
+        return Err(SpecError::Empty { field });
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(raw.len());
+    for (index, value) in raw.iter().enumerate() {
+        let ip: IpAddr = value
+            .trim()
+            .parse()
+            .map_err(|_| SpecError::BadIp { field, index, value: value.clone() })?;
+        let err = |e: fn(&'static str, usize, String) -> SpecError| e(field, index, value.clone());
+        if ip.is_ipv6() {
+            return Err(err(|field, index, value| SpecError::Ipv6Unsupported { field, index, value }));
+        }
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || is_link_local(ip) || is_broadcast(ip) {
+            return Err(err(|field, index, value| SpecError::NotUnicast { field, index, value }));
+        }
+        if out.contains(&ip) {
+            return Err(err(|field, index, value| SpecError::Duplicate { field, index, value }));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn parse_cidrs(field: &'static str, raw: &[String], required: bool) -> Result<Vec<IpNetwork>, SpecError> {
+    if required && raw.is_empty() {
+        return Err(SpecError::Empty { field });
+    }
+    let mut out: Vec<IpNetwork> = Vec::with_capacity(raw.len());
+    for (index, value) in raw.iter().enumerate() {
+        let bad = || SpecError::BadCidr { field, index, value: value.clone() };
+        if !value.contains('/') {
+            return Err(bad());
+        }
+        let net: IpNetwork = value.trim().parse().map_err(|_| bad())?;
+        let network = IpNetwork::new(net.network(), net.prefix()).map_err(|_| bad())?;
+        if network.ip() != net.ip() {
+            return Err(SpecError::HostBits { field, index, value: value.clone(), network });
+        }
+        if net.is_ipv6() {
+            return Err(SpecError::Ipv6Unsupported { field, index, value: value.clone() });
+        }
+        if out.contains(&net) {
+            return Err(SpecError::Duplicate { field, index, value: value.clone() });
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn check_selector(field: &'static str, s: &LabelSelector) -> Result<(), SpecError> {
+    for (index, e) in s.match_expressions.iter().enumerate() {
+        let needs_values = matches!(e.operator, SelectorOperator::In | SelectorOperator::NotIn);
+        if needs_values && e.values.is_empty() {
+            return Err(SpecError::BadSelector { field, index, operator: e.operator, problem: "needs at least one value" });
+        }
+        if !needs_values && !e.values.is_empty() {
+            return Err(SpecError::BadSelector { field, index, operator: e.operator, problem: "takes no values" });
+        }
+    }
+    Ok(())
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EgressGatewaySpec, LabelSelectorRequirement};
+
+    fn spec(ips: &[&str], dst: &[&str], excl: &[&str]) -> EgressGatewaySpec {
+        let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
+        EgressGatewaySpec {
+            namespace_selector: LabelSelector::default(),
+            pod_selector: LabelSelector::default(),
+            destination_cidrs: v(dst),
+            excluded_cidrs: v(excl),
+            egress_ips: v(ips),
+            gateway_node_selector: LabelSelector::default(),
+            interface: None,
+        }
+    }
+
+    #[test]
+    fn a_good_spec_parses_sorted() {
+        let s = parse_spec(&spec(&["198.18.0.201", "198.18.0.200"], &["203.0.113.0/24", "198.51.100.0/24"], &["203.0.113.128/25"])).unwrap();
+        assert_eq!(s.egress_ips, vec!["198.18.0.201".parse::<IpAddr>().unwrap(), "198.18.0.200".parse().unwrap()], "spec order kept");
+        assert_eq!(s.destinations[0].to_string(), "198.51.100.0/24");
+        assert_eq!(s.excluded.len(), 1);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_field() {
+        let cases: Vec<(EgressGatewaySpec, &str)> = vec![
+            (spec(&[], &["203.0.113.0/24"], &[]), "spec.egressIPs must not be empty"),
+            (spec(&["198.18.0.200"], &[], &[]), "spec.destinationCIDRs must not be empty"),
+            (spec(&["198.18.0.300"], &["203.0.113.0/24"], &[]), "spec.egressIPs[0]"),
+            (spec(&["198.18.0.200"], &["203.0.113.0"], &[]), "spec.destinationCIDRs[0]"),
+            (spec(&["198.18.0.200"], &["203.0.113.7/24"], &[]), "host bits set; write 203.0.113.0/24"),
+            (spec(&["198.18.0.200", "198.18.0.200"], &["203.0.113.0/24"], &[]), "spec.egressIPs[1]: \"198.18.0.200\" appears more than once"),
+            (spec(&["198.18.0.200"], &["203.0.113.0/24"], &["203.0.113.0/33"]), "spec.excludedCIDRs[0]"),
+            (spec(&["127.0.0.1"], &["203.0.113.0/24"], &[]), "not a unicast address"),
+            (spec(&["2001:db8::1"], &["203.0.113.0/24"], &[]), "IPv6"),
+        ];
+        for (s, want) in cases {
+            let err = parse_spec(&s).expect_err(want).to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn selector_operators_need_the_right_values() {
+        let mut s = spec(&["198.18.0.200"], &["203.0.113.0/24"], &[]);
+        s.pod_selector.match_expressions.push(LabelSelectorRequirement {
+            key: "app".into(),
+            operator: SelectorOperator::In,
+            values: vec![],
+        });
+        let err = parse_spec(&s).unwrap_err().to_string();
+        assert!(err.contains("spec.podSelector.matchExpressions[0]"), "{err}");
+        s.pod_selector.match_expressions[0] = LabelSelectorRequirement {
+            key: "app".into(),
+            operator: SelectorOperator::Exists,
+            values: vec!["x".into()],
+        };
+        assert!(parse_spec(&s).unwrap_err().to_string().contains("takes no values"));
+    }
+
+    #[test]
+    fn bad_interface_names_are_refused() {
+        let mut s = spec(&["198.18.0.200"], &["203.0.113.0/24"], &[]);
+        s.interface = Some("eth0/../x".into());
+        assert!(matches!(parse_spec(&s), Err(SpecError::BadInterface { .. })));
+        s.interface = Some("eth1".into());
+        assert!(parse_spec(&s).is_ok());
+    }
+}

@@ -1,0 +1,115 @@
+//! Nodes as the planner sees them: labels, readiness, agent liveness and interfaces.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Node as KubeNode;
+
+/// An interface of a node that can carry egress IPs, as its agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeInterface {
+    pub name: String,
+    /// The subnet configured on it (address and prefix), e.g. 198.18.0.12/24.
+    pub network: IpNetwork,
+}
+
+/// A node cut down to what assignment and steering need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The node's `Ready` condition is True.
+    pub ready: bool,
+    /// Its agent renewed its Lease recently (judged by the observer's own clock).
+    pub agent_alive: bool,
+    /// The agent's lease epoch (`leaseTransitions`): bumps each time the agent comes back
+    /// after having been fenced, so assignments made to an older epoch are not trusted.
+    pub agent_epoch: i64,
+    /// The node's InternalIP: the next hop other nodes steer traffic to.
+    pub internal_ip: Option<IpAddr>,
+    /// Interfaces the agent reported, with their subnets.
+    pub interfaces: Vec<NodeInterface>,
+}
+
+/// Why a node cannot host an egress IP.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ineligible {
+    /// Labels do not match `gatewayNodeSelector`.
+    SelectorMismatch,
+    /// The node is not Ready.
+    NotReady,
+    /// The node's agent has not renewed its Lease in time.
+    AgentDown,
+    /// No interface of the node has a subnet holding the IP (or the named interface is absent).
+    NoInterface,
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ineligible::SelectorMismatch => "does not match gatewayNodeSelector",
+            Ineligible::NotReady => "is not Ready",
+            Ineligible::AgentDown => "has no live egressgw agent",
+            Ineligible::NoInterface => "has no interface for the IP's subnet",
+        })
+    }
+}
+
+impl Node {
+    /// The interface that would carry `ip`: `wanted` if given and present, else the interface
+    /// whose subnet holds the IP (the longest prefix wins, then the name).
+    pub fn interface_for(&self, ip: IpAddr, wanted: Option<&str>) -> Option<&NodeInterface> {
+        match wanted {
+            Some(name) => self.interfaces.iter().find(|i| i.name == name),
+            None => self
+                .interfaces
+                .iter()
+                .filter(|i| i.network.contains(ip))
+                .max_by(|a, b| {
+                    a.network.prefix().cmp(&b.network.prefix()).then_with(|| b.name.cmp(&a.name))
+                }),
+        }
+    }
+
+    /// Whether this node may host `ip` for a gateway with this node selector and interface,
+    /// or the first reason it may not.
+    pub fn eligibility(
+        &self,
+        selector: &crate::api::LabelSelector,
+        ip: IpAddr,
+        interface: Option<&str>,
+    ) -> Result<&NodeInterface, Ineligible> {
+        if !selector.matches(&self.labels) {
+            return Err(Ineligible::SelectorMismatch);
+        }
+        if !self.ready {
+            return Err(Ineligible::NotReady);
+        }
+        if !self.agent_alive {
+            return Err(Ineligible::AgentDown);
+        }
+        self.interface_for(ip, interface).ok_or(Ineligible::NoInterface)
+    }
+
+    /// Cut a Kubernetes Node down. Liveness, epoch and interfaces come from the agent's Lease
+    /// and are filled in by the caller.
+    pub fn from_kube(node: &KubeNode) -> Option<Self> {
+        let name = node.metadata.name.clone()?;
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let internal_ip = status
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .and_then(|a| a.address.parse().ok());
+        Some(Self {
+            name,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            ready,
+            internal_ip,
+            ..Default::default()
+        })
+    }
+}

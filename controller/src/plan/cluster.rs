@@ -1,0 +1,112 @@
+//! The whole plan: selections, assignments and every gateway's rollout, computed in full or
+//! updated incrementally after one pod changes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::index::{ClusterIndex, PodKey};
+
+use super::assign::{self, Assignments};
+use super::node_plan::{NodePlan, digest};
+use super::rollout::{self, GatewayRollout};
+use super::select::{self, Selections};
+
+/// Everything the planner decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterPlan {
+    pub selections: Selections,
+    pub assignments: Assignments,
+    /// Gateway name to its rollout over the nodes.
+    pub rollouts: BTreeMap<String, GatewayRollout>,
+    /// Pod to the gateways that select it (won or lost), for incremental updates.
+    memberships: HashMap<PodKey, BTreeSet<String>>,
+}
+
+/// Plan everything, computing assignments (the controller).
+pub fn plan(index: &ClusterIndex) -> ClusterPlan {
+    plan_with(index, assign::assign(index))
+}
+
+/// Plan everything with the given assignments (the agent passes those recorded in status).
+pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan {
+    let selections = select::select_all(index);
+    let mut plan = ClusterPlan { selections, assignments, ..Default::default() };
+    for (name, sel) in &plan.selections.by_gateway {
+        for key in sel.pods.iter().chain(sel.lost.keys()) {
+            plan.memberships.entry(key.clone()).or_default().insert(name.clone());
+        }
+    }
+    let names: Vec<String> = plan.selections.by_gateway.keys().cloned().collect();
+    for name in names {
+        plan.rebuild_rollout(index, &name);
+    }
+    plan
+}
+
+impl ClusterPlan {
+    fn rebuild_rollout(&mut self, index: &ClusterIndex, gateway: &str) {
+        let Some(Ok(spec)) = index.gateways.get(gateway).map(|g| g.spec.as_ref()) else {
+            self.rollouts.remove(gateway);
+            return;
+        };
+        let empty = Default::default();
+        let pods = self.selections.by_gateway.get(gateway).map_or(&empty, |s| &s.pods);
+        let placements = self.assignments.by_gateway.get(gateway).map_or(&[][..], Vec::as_slice);
+        let r = rollout::rollout(index, gateway, spec, pods, placements);
+        self.rollouts.insert(gateway.to_string(), r);
+    }
+
+    /// Update the plan after one pod was added, changed or removed in `index` (already
+    /// updated). Costs one selector check per gateway plus the rebuild of the rollouts of the
+    /// gateways that select the pod, instead of a full plan. Returns those gateways.
+    pub fn update_pod(&mut self, index: &ClusterIndex, key: &PodKey) -> BTreeSet<String> {
+        let before = self.memberships.remove(key).unwrap_or_default();
+        let now = match index.pods.get(key) {
+            Some(pod) => select::pod_gateways(index, &select::by_seniority(index), pod),
+            None => select::PodGateways::default(),
+        };
+        for g in &before {
+            if let Some(sel) = self.selections.by_gateway.get_mut(g) {
+                sel.pods.remove(key);
+                sel.lost.remove(key);
+            }
+        }
+        let mut after = BTreeSet::new();
+        for g in &now.won {
+            if let Some(sel) = self.selections.by_gateway.get_mut(g) {
+                sel.pods.insert(key.clone());
+                after.insert(g.clone());
+            }
+        }
+        for (loser, winner) in &now.lost {
+            if let Some(sel) = self.selections.by_gateway.get_mut(loser) {
+                sel.lost.insert(key.clone(), winner.clone());
+                after.insert(loser.clone());
+            }
+        }
+        if !after.is_empty() {
+            self.memberships.insert(key.clone(), after.clone());
+        }
+        let affected: BTreeSet<String> = before.union(&after).cloned().collect();
+        for g in &affected {
+            self.rebuild_rollout(index, g);
+        }
+        affected
+    }
+
+    /// One node's plan.
+    pub fn node_plan(&self, node: &str) -> NodePlan {
+        rollout::node_plan(node, &self.rollouts)
+    }
+
+    /// Nodes that must act for `gateway` (host one of its IPs or carry rules for it).
+    pub fn nodes_for(&self, gateway: &str) -> BTreeSet<&str> {
+        let Some(r) = self.rollouts.get(gateway) else { return BTreeSet::new() };
+        r.nodes.keys().map(String::as_str).chain(r.hosted.values().map(|(n, _)| n.as_str())).collect()
+    }
+
+    /// The digest a node's agent reports once it has programmed `gateway` as planned.
+    pub fn expected_digest(&self, gateway: &str, node: &str) -> u64 {
+        let Some(r) = self.rollouts.get(gateway) else { return digest(None, []) };
+        digest(r.nodes.get(node), r.hosted.iter().filter(|(_, (n, _))| n == node).map(|(ip, (_, h))| (ip, h)))
+    }
+}

@@ -19,3 +19,6 @@ pub use cluster::{ClusterPlan, plan, plan_with};
 pub use node_plan::{GatewayNodePlan, HostedIp, NodePlan};
 pub use rollout::GatewayRollout;
 pub use select::{GatewaySelection, Selections};
+
+#[cfg(test)]
+mod tests;

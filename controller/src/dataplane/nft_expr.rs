@@ -1,0 +1,131 @@
+//! The nftables expressions our rules are made of, built through `nftnl_sys` (nftnl 0.9 has
+//! no inverted lookup, no mark arithmetic and no verdict-less counters in its safe API).
+
+use std::ffi::{CString, c_void};
+use std::ptr::NonNull;
+
+use nftnl::Rule;
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys::{self as sys, libc};
+
+/// An IPv4 header field.
+#[derive(Clone, Copy, Debug)]
+pub enum Ip4Field {
+    Saddr,
+    Daddr,
+}
+
+/// One expression; every one works on register 1.
+#[derive(Clone, Debug)]
+pub enum Expr {
+    /// reg1 = ip saddr / daddr
+    Payload(Ip4Field),
+    /// reg1 ∈ @set (or ∉ with `invert`), else stop
+    Lookup { set: CString, invert: bool },
+    /// reg1 = meta mark
+    MarkLoad,
+    /// meta mark = reg1
+    MarkStore,
+    /// reg1 = (reg1 & mask) ^ xor  (on a host-order u32)
+    Bitwise { mask: u32, xor: u32 },
+    /// reg1 != 0, else stop (host-order u32)
+    NonZero,
+    /// counter
+    Counter,
+    /// reg1 = ip
+    LoadAddr([u8; 4]),
+    /// snat to reg1
+    SnatReg1,
+    /// drop
+    Drop,
+}
+
+fn alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
+    NonNull::new(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) }).unwrap_or_else(|| std::process::abort())
+}
+
+unsafe fn set_data(e: *mut sys::nftnl_expr, attr: u32, data: &[u8]) {
+    unsafe { sys::nftnl_expr_set(e, attr as u16, data.as_ptr() as *const c_void, data.len() as u32) };
+}
+
+impl Expression for Expr {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let reg1 = libc::NFT_REG_1 as u32;
+        unsafe {
+            match self {
+                Expr::Payload(field) => {
+                    let e = alloc(c"payload");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, libc::NFT_PAYLOAD_NETWORK_HEADER as u32);
+                    let offset = match field {
+                        Ip4Field::Saddr => 12,
+                        Ip4Field::Daddr => 16,
+                    };
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, offset);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, 4);
+                    e
+                }
+                Expr::Lookup { set, invert } => {
+                    let e = alloc(c"lookup");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SREG as u16, reg1);
+                    sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
+                    if *invert {
+                        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, libc::NFT_LOOKUP_F_INV as u32);
+                    }
+                    e
+                }
+                Expr::MarkLoad | Expr::MarkStore => {
+                    let e = alloc(c"meta");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_META_KEY as u16, libc::NFT_META_MARK as u32);
+                    let reg_attr = if matches!(self, Expr::MarkLoad) { sys::NFTNL_EXPR_META_DREG } else { sys::NFTNL_EXPR_META_SREG };
+                    sys::nftnl_expr_set_u32(p, reg_attr as u16, reg1);
+                    e
+                }
+                Expr::Bitwise { mask, xor } => {
+                    let e = alloc(c"bitwise");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_BITWISE_SREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_BITWISE_DREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_BITWISE_LEN as u16, 4);
+                    set_data(p, sys::NFTNL_EXPR_BITWISE_MASK, &mask.to_ne_bytes());
+                    set_data(p, sys::NFTNL_EXPR_BITWISE_XOR, &xor.to_ne_bytes());
+                    e
+                }
+                Expr::NonZero => {
+                    let e = alloc(c"cmp");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_SREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_OP as u16, libc::NFT_CMP_NEQ as u32);
+                    set_data(p, sys::NFTNL_EXPR_CMP_DATA, &0u32.to_ne_bytes());
+                    e
+                }
+                Expr::Counter => alloc(c"counter"),
+                Expr::LoadAddr(octets) => {
+                    let e = alloc(c"immediate");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_DREG as u16, reg1);
+                    set_data(p, sys::NFTNL_EXPR_IMM_DATA, octets);
+                    e
+                }
+                Expr::SnatReg1 => {
+                    let e = alloc(c"nat");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_SNAT as u32);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_FAMILY as u16, libc::NFPROTO_IPV4 as u32);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, reg1);
+                    e
+                }
+                Expr::Drop => {
+                    let e = alloc(c"immediate");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_VERDICT as u16, libc::NF_DROP as u32);
+                    e
+                }
+            }
+        }
+    }
+}

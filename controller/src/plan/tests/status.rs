@@ -1,0 +1,106 @@
+use super::fixture::*;
+use crate::status::{Programming, condition, gateway_status, reason};
+use k8s_openapi::jiff::Timestamp;
+
+fn cond<'a>(s: &'a crate::api::EgressGatewayStatus, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+#[test]
+fn a_healthy_gateway_is_ready_and_shows_where_its_ips_live() {
+    let mut c = Cluster::new();
+    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.201", "198.18.0.200"], &["203.0.113.0/24"]))
+        .node(gw_node("n1", 11))
+        .node(gw_node("n2", 12))
+        .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
+    let plan = c.plan();
+    let s = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, now());
+    assert_eq!(s.selected_pods, Some(1));
+    assert_eq!(s.assignments.iter().map(|a| a.egress_ip.as_str()).collect::<Vec<_>>(), vec!["198.18.0.201", "198.18.0.200"]);
+    let nodes: Vec<String> = s.assignments.iter().map(|a| a.node.clone().unwrap()).collect();
+    assert_eq!(s.gateway_nodes.as_deref(), Some(nodes.join(",").as_str()));
+    assert_eq!(cond(&s, condition::READY).status, "True");
+    assert_eq!(cond(&s, condition::PROGRAMMED).status, "True");
+    assert_eq!(cond(&s, condition::CONFLICTED).status, "False");
+    assert_eq!(cond(&s, condition::DEGRADED).status, "False");
+    assert_eq!(s.observed_generation, Some(1));
+}
+
+#[test]
+fn an_ip_without_a_node_degrades_and_says_why() {
+    let mut c = Cluster::new();
+    let mut down = gw_node("n2", 12);
+    down.agent_alive = false;
+    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"])).node(gw_node("n1", 11)).node(down);
+    // n1 already holds .200 (recorded), so .201 can only go to n1 too: it does (spread is a preference).
+    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    assert_eq!(cond(&s, condition::DEGRADED).status, "False");
+    c.index.nodes.get_mut("n1").unwrap().ready = false;
+    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    let ready = cond(&s, condition::READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::NO_ELIGIBLE_NODE));
+    assert!(ready.message.contains("n1: is not Ready"), "{}", ready.message);
+    assert!(ready.message.contains("n2: has no live egressgw agent"), "{}", ready.message);
+    assert!(ready.message.contains("dropped"), "the operator learns traffic is held back: {}", ready.message);
+    assert_eq!(cond(&s, condition::DEGRADED).status, "True");
+    assert_eq!(s.gateway_nodes.as_deref(), Some("<none>,<none>"));
+}
+
+#[test]
+fn the_loser_of_a_conflict_names_the_winner() {
+    let mut c = Cluster::new();
+    c.gw(gateway("old", 1, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"]))
+        .gw(gateway("young", 2, "billing", "inv", &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"]))
+        .node(gw_node("n1", 11))
+        .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
+    let plan = c.plan();
+    let s = gateway_status(&c.index.gateways["young"], &plan, &Programming::default(), None, now());
+    let conflicted = cond(&s, condition::CONFLICTED);
+    assert_eq!((conflicted.status.as_str(), conflicted.reason.as_str()), ("True", reason::EGRESS_IP_CONFLICT));
+    assert!(conflicted.message.contains("198.18.0.200 is claimed by older gateway old"), "{}", conflicted.message);
+    assert!(conflicted.message.contains("also selected by older gateway old"), "{}", conflicted.message);
+    assert_eq!(cond(&s, condition::READY).status, "True", "it still has .201");
+    let s_old = gateway_status(&c.index.gateways["old"], &plan, &Programming::default(), None, now());
+    assert_eq!(cond(&s_old, condition::CONFLICTED).status, "False");
+}
+
+#[test]
+fn an_invalid_spec_is_a_condition_not_a_crash() {
+    let mut c = Cluster::new();
+    let spec = crate::api::EgressGatewaySpec {
+        namespace_selector: Default::default(),
+        pod_selector: Default::default(),
+        destination_cidrs: vec!["not-a-cidr".into()],
+        excluded_cidrs: vec![],
+        egress_ips: vec!["198.18.0.200".into()],
+        gateway_node_selector: Default::default(),
+        interface: None,
+    };
+    c.gw(from_spec("bad", 0, &spec)).node(gw_node("n1", 11));
+    let s = gateway_status(&c.index.gateways["bad"], &c.plan(), &Programming::default(), None, now());
+    let ready = cond(&s, condition::READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::INVALID_SPEC));
+    assert!(ready.message.contains("spec.destinationCIDRs[0]"), "{}", ready.message);
+    assert!(s.assignments.is_empty());
+}
+
+#[test]
+fn pending_nodes_keep_programmed_false_and_transition_times_survive() {
+    let mut c = Cluster::new();
+    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    let plan = c.plan();
+    let pending = Programming { pending: vec!["n1".into()] };
+    let first = gateway_status(&c.index.gateways["g"], &plan, &pending, None, now());
+    let p = cond(&first, condition::PROGRAMMED);
+    assert_eq!((p.status.as_str(), p.reason.as_str()), ("False", reason::PENDING));
+    assert!(p.message.contains("n1"));
+    let later = Timestamp::from_second(1_800_000_100).unwrap();
+    let second = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), Some(&first), later);
+    assert_eq!(cond(&second, condition::PROGRAMMED).last_transition_time.0, later, "changed: new time");
+    assert_eq!(cond(&second, condition::READY).last_transition_time.0, now(), "unchanged: time kept");
+    assert_eq!(second.assignments[0].since.as_ref().unwrap().0, now(), "the IP did not move");
+}

@@ -6,6 +6,7 @@
 //! - [`status`]: the status each gateway should carry.
 
 pub mod api;
+pub mod dataplane;
 pub mod index;
 pub mod plan;
 pub mod status;

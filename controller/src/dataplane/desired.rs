@@ -85,7 +85,7 @@ pub fn desired(plan: &NodePlan, cfg: &DataplaneConfig, slots: &BTreeMap<Ipv4Addr
 
     let ids = assign_gateway_ids(active.iter().map(|(n, _)| n.as_str()));
     let mut st = NftState { chains: our_chains(), ..NftState::default() };
-    let mut set = |st: &mut NftState, name: SetName, comment: Option<String>, content: SetContent| {
+    let set = |st: &mut NftState, name: SetName, comment: Option<String>, content: SetContent| {
         st.sets.insert(name.to_string(), NftSet { comment, content });
     };
     set(&mut st, SetName::Hosted, None, SetContent::Addrs(addresses.keys().copied().collect()));

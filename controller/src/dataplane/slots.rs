@@ -19,10 +19,11 @@ pub fn allocate_slots(
     let mut out: BTreeMap<Ipv4Addr, u32> =
         wanted.iter().filter_map(|nh| current.get(nh).map(|s| (*nh, *s))).collect();
     let mut used: BTreeSet<u32> = busy.iter().copied().chain(out.values().copied()).collect();
-    for nh in wanted.iter().filter(|nh| !out.contains_key(nh)) {
-        let slot = (1..=max_slot).find(|s| !used.contains(s)).ok_or(*nh)?;
+    let new: Vec<Ipv4Addr> = wanted.iter().filter(|nh| !out.contains_key(nh)).copied().collect();
+    for nh in new {
+        let slot = (1..=max_slot).find(|s| !used.contains(s)).ok_or(nh)?;
         used.insert(slot);
-        out.insert(*nh, slot);
+        out.insert(nh, slot);
     }
     Ok(out)
 }

@@ -1,0 +1,69 @@
+//! What an apply changed, and the traffic counters of our rules.
+
+use std::net::IpAddr;
+
+/// What one apply (or cleanup) did to the kernel. All zero when the plan was already in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Messages in the nftables transaction (batch begin/end not counted); 0 = none sent.
+    pub nft_messages: usize,
+    /// Size of the transaction in bytes.
+    pub nft_bytes: usize,
+    /// Set elements added and removed (a range counts once; a flushed set counts as removed).
+    pub elements_added: usize,
+    pub elements_removed: usize,
+    /// Rules added and removed.
+    pub rules_added: usize,
+    pub rules_removed: usize,
+    /// Egress IPs added to / removed from interfaces.
+    pub addresses_added: Vec<IpAddr>,
+    pub addresses_removed: Vec<IpAddr>,
+    /// Gratuitous ARP frames sent.
+    pub garps_sent: usize,
+    /// Policy rules and routes added, replaced or removed.
+    pub routing_changes: usize,
+    /// Conntrack entries deleted.
+    pub conntrack_deleted: usize,
+    /// IPv6 entries of the plan that this IPv4 dataplane skipped.
+    pub ipv6_ignored: usize,
+}
+
+impl ApplyReport {
+    /// Whether nothing in the kernel was changed.
+    pub fn is_noop(&self) -> bool {
+        self.nft_messages == 0
+            && self.addresses_added.is_empty()
+            && self.addresses_removed.is_empty()
+            && self.garps_sent == 0
+            && self.routing_changes == 0
+            && self.conntrack_deleted == 0
+    }
+}
+
+/// What a counter counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CounterKind {
+    /// Packets and bytes of the gateway's pods leaving with `egress_ip` (forward path, the
+    /// original direction).
+    Snat { egress_ip: IpAddr },
+    /// Connections SNATed to `egress_ip` (the nat rule sees each connection's first packet).
+    SnatConnections { egress_ip: IpAddr },
+    /// Packets and bytes of local pods steered to the node `next_hop`.
+    Steer { next_hop: IpAddr },
+    /// Packets and bytes dropped because the gateway has no egress IP (fail closed).
+    Blocked,
+    /// Packets addressed to a hosted egress IP dropped by the guard (no gateway).
+    Guard,
+    /// Connections of steered pods given the identity SNAT (no gateway).
+    SteeredConnections,
+}
+
+/// One counter of one of our rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleCounter {
+    /// The gateway the rule belongs to (`None` for node-wide rules).
+    pub gateway: Option<String>,
+    pub kind: CounterKind,
+    pub packets: u64,
+    pub bytes: u64,
+}

@@ -14,6 +14,9 @@ pub const MAX_CIDR_LEN: u32 = 49;
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 pub const MAX_INTERFACE_LEN: u32 = 15;
 
+// Message expressions quote only `self` (bounded by maxLength): `string(ip(..))` or
+// `string(cidr(..))` has no size bound for the apiserver's cost estimator, which then rejects
+// the whole CRD ("estimated messageExpression cost exceeds budget by factor of more than 100x").
 fn cidr_item(purpose: &str) -> serde_json::Value {
     serde_json::json!({
         "type": "string",
@@ -26,7 +29,7 @@ fn cidr_item(purpose: &str) -> serde_json::Value {
             },
             {
                 "rule": "!isCIDR(self) || cidr(self) == cidr(self).masked()",
-                "messageExpression": "'\"' + self + '\" has host bits set; write the network address ' + string(cidr(self).masked())"
+                "messageExpression": "'\"' + self + '\" has host bits set; write the network address (e.g. 203.0.113.0/24, not 203.0.113.7/24)'"
             },
             {
                 "rule": "!isCIDR(self) || cidr(self).ip().family() == 4",
@@ -78,7 +81,7 @@ pub fn egress_ips(_: &mut SchemaGenerator) -> Schema {
                 },
                 {
                     "rule": "!isIP(self) || ip.isCanonical(self)",
-                    "messageExpression": "'\"' + self + '\" is not in canonical form; write ' + string(ip(self))"
+                    "messageExpression": "'\"' + self + '\" is not in canonical form (no leading zeros; IPv6 compressed and lower-case)'"
                 },
                 {
                     "rule": "!isIP(self) || ip(self).isGlobalUnicast()",

@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack iputils-arping tcpdump iperf3 ca-certificates
 CRD := crds/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build crds check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan crds check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -21,7 +21,11 @@ deps:
 	else echo "debian packages: all present"; fi
 
 build: deps
-	$(CARGO) build --workspace --all-targets
+	$(CARGO) build --workspace
+
+## bench-plan: the planner benchmark (10k pods, 500 gateways, 100 nodes)
+bench-plan:
+	$(CARGO) bench -p egressgw --bench plan
 
 ## crds: regenerate the committed CRD from the Rust types
 crds:
@@ -40,12 +44,16 @@ lint:
 control-plane:
 	@if [ -x hack/control-plane/build.sh ]; then hack/control-plane/build.sh; fi
 
+## unit: the fast tests only (no root, no control plane)
 unit: deps
-	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test --workspace --lib --bins --tests
 
 ## test: every test on a fresh machine, as root
+# Tests that need root, network namespaces or the real control plane carry
+# #[ignore = "<why>"]; plain `cargo test` skips them, `make test` runs them all.
 test: deps check-crds control-plane
-	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --workspace --lib --bins --tests -- --include-ignored --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --workspace --benches --no-run
 
 demo:
 	@echo "make demo is not available yet: it arrives with the controller and the agent." >&2; exit 1

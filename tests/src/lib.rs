@@ -1,1 +1,2 @@
 //! Test harness for egressgw: a real control plane and a network-namespace testbed.
+pub mod testbed;

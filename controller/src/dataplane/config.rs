@@ -44,7 +44,7 @@ pub const ROUTE_PROTO: u8 = 0xe9;
 /// Gratuitous ARPs sent per added address.
 pub const DEFAULT_GARP_COUNT: u32 = 3;
 /// Pause between two gratuitous ARP rounds.
-pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_GARP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How the node dataplane is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]

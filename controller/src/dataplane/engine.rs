@@ -199,7 +199,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Gratuitous ARP bursts for the added addresses: `garp_count` rounds over all of them.
+    /// Gratuitous ARP for the added addresses: the first round now, the other
+    /// `garp_count - 1` rounds from a short-lived thread (the socket already lives in this
+    /// namespace), so an apply does not wait for the whole burst.
     fn announce(&self, added: &[RtOp], routing: &RoutingState, report: &mut ApplyReport) -> Result<(), DataplaneError> {
         let targets: Vec<_> = added
             .iter()
@@ -218,15 +220,28 @@ impl Engine {
             return Ok(());
         }
         let sock = GarpSocket::open().map_err(|e| DataplaneError::kernel("socket(AF_PACKET)", "gratuitous ARP", e))?;
-        for round in 0..self.cfg.garp_count {
-            if round > 0 {
-                std::thread::sleep(self.cfg.garp_interval);
-            }
-            for (ip, link, mac, ifname) in &targets {
-                sock.send(*link, *mac, *ip)
-                    .map_err(|e| DataplaneError::kernel("sendto(AF_PACKET)", format!("gratuitous ARP for {ip} on {ifname}"), e))?;
-                report.garps_sent += 1;
-            }
+        for (ip, link, mac, ifname) in &targets {
+            sock.send(*link, *mac, *ip)
+                .map_err(|e| DataplaneError::kernel("sendto(AF_PACKET)", format!("gratuitous ARP for {ip} on {ifname}"), e))?;
+            report.garps_sent += 1;
+        }
+        let rounds = self.cfg.garp_count - 1;
+        if rounds > 0 {
+            report.garps_sent += rounds as usize * targets.len();
+            let interval = self.cfg.garp_interval;
+            std::thread::Builder::new()
+                .name("egressgw-garp".into())
+                .spawn(move || {
+                    for _ in 0..rounds {
+                        std::thread::sleep(interval);
+                        for (ip, link, mac, ifname) in &targets {
+                            if let Err(e) = sock.send(*link, *mac, *ip) {
+                                warn!(ip = %ip, interface = %ifname, error = %e, "gratuitous ARP failed");
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| DataplaneError::kernel("spawn", "gratuitous ARP thread", e))?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ pub struct ApplyReport {
     /// Egress IPs added to / removed from interfaces.
     pub addresses_added: Vec<IpAddr>,
     pub addresses_removed: Vec<IpAddr>,
-    /// Gratuitous ARP frames sent.
+    /// Gratuitous ARP frames sent or scheduled (the first round is sent before apply returns).
     pub garps_sent: usize,
     /// Policy rules and routes added, replaced or removed.
     pub routing_changes: usize,

@@ -118,8 +118,12 @@ fn read_chains(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), Dataplane
             }
             let name = str_of(sys::nftnl_chain_get_str(c.ptr, sys::NFTNL_CHAIN_NAME as u16));
             let has_hook = sys::nftnl_chain_is_set(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16);
-            let hooknum = sys::nftnl_chain_get_u32(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16);
-            let prio = sys::nftnl_chain_get_s32(c.ptr, sys::NFTNL_CHAIN_PRIO as u16);
+            let hooknum = if has_hook { sys::nftnl_chain_get_u32(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16) } else { u32::MAX };
+            let prio = if sys::nftnl_chain_is_set(c.ptr, sys::NFTNL_CHAIN_PRIO as u16) {
+                sys::nftnl_chain_get_s32(c.ptr, sys::NFTNL_CHAIN_PRIO as u16)
+            } else {
+                i32::MIN
+            };
             let kind = str_of(sys::nftnl_chain_get_str(c.ptr, sys::NFTNL_CHAIN_TYPE as u16));
             let hook = match hooknum as i32 {
                 libc::NF_INET_PRE_ROUTING => Some(ChainHook::Prerouting),
@@ -166,7 +170,11 @@ fn read_sets(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneEr
                 return Ok(());
             }
             let name = str_of(sys::nftnl_set_get_str(s.ptr, sys::NFTNL_SET_NAME as u16));
-            let flags = sys::nftnl_set_get_u32(s.ptr, sys::NFTNL_SET_FLAGS as u16);
+            let flags = if sys::nftnl_set_is_set(s.ptr, sys::NFTNL_SET_FLAGS as u16) {
+                sys::nftnl_set_get_u32(s.ptr, sys::NFTNL_SET_FLAGS as u16)
+            } else {
+                0
+            };
             let mut len = 0u32;
             let ud = sys::nftnl_set_get_data(s.ptr, sys::NFTNL_SET_USERDATA as u16, &mut len);
             let comment = if ud.is_null() {
@@ -218,7 +226,10 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
                 if !key.is_null() && len == 4 {
                     let mut k = [0u8; 4];
                     std::ptr::copy_nonoverlapping(key as *const u8, k.as_mut_ptr(), 4);
-                    let flags = sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16);
+                    // libnftnl's *_get_u32 dereferences unset attributes: read them raw
+                    let mut flen = 0u32;
+                    let fp = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_FLAGS as u16, &mut flen);
+                    let flags = if fp.is_null() || flen < 4 { 0 } else { std::ptr::read_unaligned(fp as *const u32) };
                     out.push((u32::from_be_bytes(k), flags & libc::NFT_SET_ELEM_INTERVAL_END as u32 != 0));
                 }
                 e = sys::nftnl_set_elems_iter_next(it.ptr);
@@ -228,6 +239,13 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
     })
     .map_err(|e| DataplaneError::kernel("NFT_MSG_GETSETELEM", format!("set {set}"), e))?;
     Ok(out)
+}
+
+/// A u64 attribute of an expression, 0 when unset (libnftnl's getter would dereference NULL).
+unsafe fn expr_u64(e: *const sys::nftnl_expr, attr: u32) -> u64 {
+    let mut len = 0u32;
+    let p = unsafe { sys::nftnl_expr_get(e, attr as u16, &mut len) };
+    if p.is_null() || len < 8 { 0 } else { unsafe { std::ptr::read_unaligned(p as *const u64) } }
 }
 
 unsafe extern "C" fn iter_destroy(it: *const sys::nftnl_set_elems_iter) {
@@ -257,6 +275,9 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
                 return Ok(());
             }
             let chain = str_of(sys::nftnl_rule_get_str(r.ptr, sys::NFTNL_RULE_CHAIN as u16));
+            if !sys::nftnl_rule_is_set(r.ptr, sys::NFTNL_RULE_HANDLE as u16) {
+                return Err(io::Error::other("rule without handle"));
+            }
             let handle = sys::nftnl_rule_get_u64(r.ptr, sys::NFTNL_RULE_HANDLE as u16);
             let mut len = 0u32;
             let ud = sys::nftnl_rule_get_data(r.ptr, sys::NFTNL_RULE_USERDATA as u16, &mut len);
@@ -270,8 +291,8 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
             let mut e = sys::nftnl_expr_iter_next(it.ptr);
             while !e.is_null() {
                 if str_of(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter" {
-                    packets = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
-                    bytes = sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+                    packets = expr_u64(e, sys::NFTNL_EXPR_CTR_PACKETS);
+                    bytes = expr_u64(e, sys::NFTNL_EXPR_CTR_BYTES);
                 }
                 e = sys::nftnl_expr_iter_next(it.ptr);
             }

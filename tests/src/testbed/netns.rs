@@ -11,11 +11,28 @@ use anyhow::{Context, Result, bail};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+const PREFIX: &str = "egwt";
+
+/// Deletes testbed namespaces left by test processes that died without unwinding (a crash
+/// skips `Drop`). Only names `egwt<pid>-…` whose process is gone are touched.
+pub fn sweep_stale() {
+    let Ok(list) = run("ip", &["netns", "list"]) else { return };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
 /// A prefix unique to this process and call, so parallel tests never share a namespace.
 pub fn unique_prefix() -> String {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_stale);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("egwt{}-{n}-{:x}", std::process::id(), nanos & 0xfff)
+    format!("{PREFIX}{}-{n}-{:x}", std::process::id(), nanos & 0xfff)
 }
 
 /// Runs a command, failing with its stderr when it fails.

@@ -40,7 +40,9 @@ pub const VERSION: &str = "v1alpha1";
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "self.destinationCIDRs.all(d, !isCIDR(d) || self.egressIPs.exists(e, isIP(e) && ip(e).family() == cidr(d).ip().family()))",
+        // Judged only when every egress IP is valid: a malformed or missing IP is reported on
+        // its own item, not again here as a family mismatch.
+        "rule": "size(self.egressIPs) == 0 || self.egressIPs.exists(e, !isIP(e)) || self.destinationCIDRs.all(d, !isCIDR(d) || self.egressIPs.exists(e, isIP(e) && ip(e).family() == cidr(d).ip().family()))",
         "message": "every destination CIDR needs an egress IP of the same address family",
         "fieldPath": ".destinationCIDRs"
     },

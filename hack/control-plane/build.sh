@@ -31,6 +31,8 @@ if [[ -x "$APISERVER_BIN" && -x "$ETCD_BIN" ]]; then
   exit 0
 fi
 
+# The machine's Go lives in /usr/local/go; a non-login shell may not have it on the PATH.
+command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "build.sh: 'go' is not on the PATH; install Go to build the control plane" >&2; exit 1; }
 mkdir -p "$OUT"
 

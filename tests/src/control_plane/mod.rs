@@ -11,7 +11,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Each test starts its own control plane (~0.1 GB of memory, a few seconds); dropping it stops
+//! Each test starts its own control plane (~0.3 GB of memory, ~3 s); dropping it stops
 //! both processes by PID (SIGTERM, then SIGKILL) and deletes the folder, also when the test
 //! panics. Keep it on the test's own thread or runtime: the processes are also killed when the
 //! thread that started them exits, so a test binary killed by a timeout leaves nothing behind.

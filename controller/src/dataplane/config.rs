@@ -60,6 +60,9 @@ pub struct DataplaneConfig {
     /// Gratuitous ARPs per added address, and the pause between them.
     pub garp_count: u32,
     pub garp_interval: Duration,
+    /// `valid_lft` of egress IPs in seconds; the agent refreshes it after each lease renewal,
+    /// so the kernel itself removes the IPs of an agent that died (fencing). `None`: forever.
+    pub address_lifetime_secs: Option<u32>,
 }
 
 impl Default for DataplaneConfig {
@@ -71,6 +74,7 @@ impl Default for DataplaneConfig {
             rule_priority: DEFAULT_RULE_PRIORITY,
             garp_count: DEFAULT_GARP_COUNT,
             garp_interval: DEFAULT_GARP_INTERVAL,
+            address_lifetime_secs: None,
         }
     }
 }

@@ -54,6 +54,22 @@ fn open_rtnl() -> Result<Rtnl, DataplaneError> {
     Rtnl::open().map_err(|e| DataplaneError::kernel("socket(NETLINK_ROUTE)", "rtnetlink", e))
 }
 
+/// Extend the lifetime of every egress IP the kernel holds for us (see
+/// [`DataplaneConfig::address_lifetime_secs`]). Returns how many were refreshed.
+pub fn refresh_lifetimes(cfg: &DataplaneConfig) -> Result<usize, DataplaneError> {
+    let Some(secs) = cfg.address_lifetime_secs else { return Ok(0) };
+    let mut rtnl = open_rtnl()?;
+    rtnl.address_lifetime = Some(secs);
+    let routing = rtnl.read(cfg)?;
+    let mut n = 0;
+    for a in routing.addresses.iter().filter(|a| a.proto == Some(super::config::ADDRESS_PROTO) && a.prefix == 32) {
+        let ifname = routing.link_by_index(a.link).map(|l| l.name.clone()).unwrap_or_default();
+        rtnl.apply(&RtOp::AddAddress { ip: a.ip, link: a.link, ifname })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn count_elements(ops: &[NftOp], report: &mut ApplyReport, old: Option<&NftState>) {
     for op in ops {
         match op {
@@ -114,6 +130,7 @@ impl Engine {
         let cfg = self.cfg.clone();
         let mut nfnl = open_nfnl()?;
         let mut rtnl = open_rtnl()?;
+        rtnl.address_lifetime = cfg.address_lifetime_secs;
         let old = self.observed_table(&mut nfnl)?;
         let routing = rtnl.read(&cfg)?;
 

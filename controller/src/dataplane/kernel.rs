@@ -22,6 +22,7 @@ enum Request {
     Cleanup(Reply<ApplyReport>),
     Counters(Reply<Vec<RuleCounter>>),
     Snapshot(Reply<KernelSnapshot>),
+    RefreshLifetimes(Reply<usize>),
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -71,6 +72,7 @@ impl KernelDataplane {
                         Request::Cleanup(reply) => drop(reply.send(engine.cleanup())),
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
+                        Request::RefreshLifetimes(reply) => drop(reply.send(super::engine::refresh_lifetimes(engine.config()))),
                     }
                 }
             })
@@ -88,6 +90,11 @@ impl KernelDataplane {
     /// Everything of ours the kernel holds right now (tests, debugging).
     pub fn snapshot(&self) -> Result<KernelSnapshot, DataplaneError> {
         self.call(Request::Snapshot)
+    }
+
+    /// Extend the kernel lifetime of the egress IPs held here; returns how many.
+    pub fn refresh_lifetimes(&self) -> Result<usize, DataplaneError> {
+        self.call(Request::RefreshLifetimes)
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol, AddressScope};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol, AddressScope, CacheInfo};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
@@ -23,6 +23,8 @@ pub struct Rtnl {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// `valid_lft`/`preferred_lft` of the addresses this socket adds (`None`: forever).
+    pub address_lifetime: Option<u32>,
 }
 
 impl Rtnl {
@@ -30,7 +32,7 @@ impl Rtnl {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self { sock, seq: 1, buf: vec![0; 256 * 1024] })
+        Ok(Self { sock, seq: 1, buf: vec![0; 256 * 1024], address_lifetime: None })
     }
 
     /// Sends `msg` and hands each reply to `each`, until DONE or the ACK.
@@ -189,12 +191,12 @@ impl Rtnl {
         };
         match op {
             RtOp::AddAddress { ip, link, ifname } => {
-                let msg = address_message(*ip, 32, *link, true);
+                let msg = address_message(*ip, 32, *link, true, self.address_lifetime);
                 self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, drop)
                     .map_err(|e| DataplaneError::kernel("RTM_NEWADDR", format!("{ip}/32 on {ifname}"), e))
             }
             RtOp::DelAddress { ip, prefix, link, ifname } => {
-                let msg = address_message(*ip, *prefix, *link, false);
+                let msg = address_message(*ip, *prefix, *link, false, None);
                 self.request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK, drop)
                     .or_else(absent_ok)
                     .map_err(|e| DataplaneError::kernel("RTM_DELADDR", format!("{ip}/{prefix} on {ifname}"), e))
@@ -229,7 +231,7 @@ fn describe_rule(r: &RuleEntry) -> String {
     format!("rule pref {} fwmark {:#x}/{:#x} lookup {}", r.priority, r.mark, r.mask, r.table)
 }
 
-fn address_message(ip: Ipv4Addr, prefix: u8, link: u32, add: bool) -> AddressMessage {
+fn address_message(ip: Ipv4Addr, prefix: u8, link: u32, add: bool, lifetime: Option<u32>) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = AddressFamily::Inet;
     m.header.prefix_len = prefix;
@@ -239,6 +241,12 @@ fn address_message(ip: Ipv4Addr, prefix: u8, link: u32, add: bool) -> AddressMes
     m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
     if add {
         m.attributes.push(AddressAttribute::Protocol(AddressProtocol::from(ADDRESS_PROTO)));
+        if let Some(secs) = lifetime {
+            let mut info = CacheInfo::default();
+            info.ifa_preferred = secs;
+            info.ifa_valid = secs;
+            m.attributes.push(AddressAttribute::CacheInfo(info));
+        }
     }
     m
 }

@@ -1,0 +1,375 @@
+//! `egressgw agent --node-name N`: one per node. Renews its Lease, watches what its node
+//! needs, computes its node plan and commits it to the kernel; fences itself when it cannot
+//! renew. Rules stay in place when it stops (`--cleanup` removes them).
+
+pub mod fence;
+pub mod heartbeat;
+pub mod pod_watches;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tracing::{error, info, info_span, warn};
+
+use crate::api::EgressGateway;
+use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane, KernelSnapshot};
+use crate::index::{ClusterIndex, Gateway, Node, NodeInterface};
+use crate::k8s::names::SYSTEM_NAMESPACE;
+use crate::k8s::watch::reflect;
+use crate::plan::{NodePlan, assign, plan_with};
+use crate::telemetry::http::{Health, serve};
+use crate::telemetry::metrics::{AgentMetrics, label};
+
+use fence::{FenceClock, FenceTiming};
+use heartbeat::{Heartbeat, Report};
+use pod_watches::PodWatches;
+
+/// Coalesce bursts of watch events into one apply.
+pub const DEBOUNCE: Duration = Duration::from_millis(2);
+/// How often the fencing deadline is checked without any event.
+pub const TICK: Duration = Duration::from_millis(50);
+/// Interfaces are re-read every this many renewals.
+pub const INTERFACES_EVERY: u32 = 10;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The node this agent runs on (`spec.nodeName` of its pod, via the downward API).
+    #[arg(long, env = "NODE_NAME", required_unless_present = "cleanup")]
+    pub node_name: Option<String>,
+    /// Remove everything egressgw owns on this node and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the agents' Leases.
+    #[arg(long, env = "EGRESSGW_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// Work in this network namespace (the testbed's simulated nodes); default: the agent's own.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Address of /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+    /// Lease renewal period, milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub renew_ms: u64,
+    /// Drop egress IPs when no renewal sent this many milliseconds ago has succeeded.
+    #[arg(long, default_value_t = 1000)]
+    pub fence_ms: u64,
+    /// The controller's takeover deadline, milliseconds (checked against the fencing bounds).
+    #[arg(long, default_value_t = crate::controller::DEFAULT_TAKEOVER.as_millis() as u64)]
+    pub takeover_ms: u64,
+    /// Mark bits for steering (must not overlap the CNI's).
+    #[arg(long, default_value_t = crate::dataplane::config::DEFAULT_MARK_MASK, value_parser = parse_u32)]
+    pub mark_mask: u32,
+    /// First routing table id of the steering tables.
+    #[arg(long, default_value_t = crate::dataplane::config::DEFAULT_TABLE_BASE)]
+    pub table_base: u32,
+    /// Priority of the steering policy rules.
+    #[arg(long, default_value_t = crate::dataplane::config::DEFAULT_RULE_PRIORITY)]
+    pub rule_priority: u32,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// State shared by the heartbeat task and the apply loop.
+struct Shared {
+    fence: FenceClock,
+    epoch: i32,
+    needs_new_epoch: bool,
+    report: Report,
+}
+
+type SharedDataplane = Arc<Mutex<KernelDataplane>>;
+
+fn dataplane_config(args: &AgentArgs, timing: &FenceTiming) -> DataplaneConfig {
+    DataplaneConfig {
+        netns: args.netns.clone(),
+        mark_mask: args.mark_mask,
+        table_base: args.table_base,
+        rule_priority: args.rule_priority,
+        address_lifetime_secs: Some(timing.address_lifetime_secs),
+        ..DataplaneConfig::default()
+    }
+}
+
+/// The node's interfaces with their subnets, from the kernel: egress IPs (ours) and
+/// loopback are not interfaces that can carry one.
+pub fn node_interfaces(snapshot: &KernelSnapshot) -> Vec<NodeInterface> {
+    let ours = crate::dataplane::config::ADDRESS_PROTO;
+    snapshot
+        .routing
+        .addresses
+        .iter()
+        .filter(|a| a.proto != Some(ours) && !a.ip.is_loopback())
+        .filter_map(|a| {
+            let link = snapshot.routing.link_by_index(a.link)?;
+            let network = IpNetwork::new(a.ip.into(), a.prefix).ok()?;
+            Some(NodeInterface { name: link.name.clone(), network })
+        })
+        .collect()
+}
+
+/// Run the agent (or the cleanup).
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let timing = FenceTiming {
+        renew_interval: Duration::from_millis(args.renew_ms),
+        fence_after: Duration::from_millis(args.fence_ms),
+        ..FenceTiming::default()
+    };
+    let takeover = Duration::from_millis(args.takeover_ms);
+    timing.validate(takeover).map_err(|e| anyhow::anyhow!("unsafe timing: {e}"))?;
+    let cfg = dataplane_config(&args, &timing);
+    if args.cleanup {
+        let mut dp = KernelDataplane::new(cfg)?;
+        let r = dp.cleanup()?;
+        info!(
+            rules_removed = r.rules_removed,
+            addresses_removed = ?r.addresses_removed,
+            routing_changes = r.routing_changes,
+            "cleanup: removed everything egressgw owned on this node"
+        );
+        return Ok(());
+    }
+    let node = args.node_name.clone().expect("clap requires --node-name without --cleanup");
+    let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+    let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg)?));
+
+    let mut registry = Registry::default();
+    let metrics = AgentMetrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (dp2, m2) = (dp.clone(), metrics.clone());
+    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || refresh_counters(&dp2, &m2));
+    let health = Health { ready: ready.clone(), registry: Arc::new(Mutex::new(registry)), refresh: Some(refresh) };
+    let metrics_addr = args.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(e) = serve(metrics_addr, health).await {
+            error!(error = %e, addr = %metrics_addr, "metrics server failed");
+        }
+    });
+
+    let notify = Arc::new(Notify::new());
+    let heartbeat = Heartbeat::start(client.clone(), &args.namespace, &node, timing.fence_after, takeover).await?;
+    info!(node = %node, epoch = heartbeat.epoch, "agent starting");
+    let shared = Arc::new(Mutex::new(Shared {
+        fence: FenceClock::new(timing),
+        epoch: heartbeat.epoch,
+        needs_new_epoch: false,
+        report: Report::default(),
+    }));
+    tokio::spawn(heartbeat_loop(heartbeat, shared.clone(), dp.clone(), notify.clone(), metrics.clone()));
+
+    let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let nodes = reflect(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let namespaces = reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let mut pods = PodWatches::new(client.clone(), &node, notify.clone());
+    anyhow::ensure!(gateways.store.wait_until_ready().await.is_ok(), "the EgressGateway watch stopped before it synced");
+    anyhow::ensure!(nodes.store.wait_until_ready().await.is_ok(), "the Node watch stopped before it synced");
+    anyhow::ensure!(namespaces.store.wait_until_ready().await.is_ok(), "the Namespace watch stopped before it synced");
+    anyhow::ensure!(pods.wait_local().await, "the local Pod watch stopped before it synced");
+    info!(node = %node, "watches synced");
+
+    let mut last_plan: Option<NodePlan> = None;
+    let mut dirty_since: Option<Instant> = Some(Instant::now());
+    loop {
+        tokio::select! {
+            _ = notify.notified() => {
+                dirty_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let now = Instant::now();
+        let (fenced, epoch) = {
+            let mut s = shared.lock().expect("agent state lock");
+            if s.fence.check(now) {
+                s.needs_new_epoch = true;
+                metrics.fences.inc();
+                warn!(node = %node, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
+                dirty_since.get_or_insert(now);
+            }
+            (s.fence.is_fenced(), s.epoch)
+        };
+        metrics.fenced.set(i64::from(fenced));
+        let Some(since) = dirty_since else { continue };
+        let span = info_span!("apply", node = %node, epoch);
+        let _guard = span.enter();
+
+        let gws: Vec<Gateway> = gateways
+            .store
+            .state()
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+            .filter_map(|g| Gateway::from_kube(g))
+            .collect();
+        let queries: BTreeSet<String> = gws
+            .iter()
+            .filter(|g| g.recorded.values().any(|r| r.node == node && r.epoch == Some(i64::from(epoch))))
+            .filter_map(|g| g.spec.as_ref().ok().map(|s| s.pod_selector.to_query()))
+            .collect();
+        pods.set_selectors(&queries);
+        if !pods.synced() {
+            continue; // a watch of a newly hosted gateway is listing; its sync wakes us
+        }
+        let mut index = ClusterIndex::default();
+        for g in gws {
+            index.gateways.insert(g.name.clone(), g);
+        }
+        for n in nodes.store.state() {
+            if let Some(n) = Node::from_kube(&n) {
+                index.nodes.insert(n.name.clone(), n);
+            }
+        }
+        for ns in namespaces.store.state() {
+            index.namespaces.insert(ns.name_any(), ns.labels().clone());
+        }
+        index.pods = pods.pods();
+        let assignments = assign::from_status(&index, Some((&node, i64::from(epoch))));
+        let full = plan_with(&index, assignments).node_plan(&node);
+        let mut plan = full.clone();
+        if fenced {
+            plan.hosted.clear();
+            for g in plan.gateways.values_mut() {
+                g.snat.clear();
+            }
+            plan.gateways.retain(|_, g| !g.is_empty());
+        }
+        if last_plan.as_ref() != Some(&plan) {
+            let dp = dp.clone();
+            let p = plan.clone();
+            let result = tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").apply(&p)).await?;
+            match result {
+                Ok(r) => {
+                    metrics.applies.get_or_create(&label("result", "ok")).inc();
+                    metrics.program_latency.observe(since.elapsed().as_secs_f64());
+                    metrics.garps_sent.inc_by(r.garps_sent as u64);
+                    metrics.conntrack_deleted.inc_by(r.conntrack_deleted as u64);
+                    if !r.is_noop() {
+                        info!(
+                            elements_added = r.elements_added,
+                            elements_removed = r.elements_removed,
+                            addresses_added = ?r.addresses_added,
+                            addresses_removed = ?r.addresses_removed,
+                            garps = r.garps_sent,
+                            latency_ms = since.elapsed().as_secs_f64() * 1e3,
+                            "committed node plan"
+                        );
+                    }
+                    record_sizes(&metrics, &plan);
+                    last_plan = Some(plan.clone());
+                }
+                Err(e) => {
+                    metrics.applies.get_or_create(&label("result", "error")).inc();
+                    error!(error = %e, "applying the node plan failed; the previous state stays, retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        dirty_since = None;
+        let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
+        shared.lock().expect("agent state lock").report.programmed = programmed;
+        ready.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: SharedDataplane, notify: Arc<Notify>, metrics: AgentMetrics) {
+    let mut round: u32 = 0;
+    let mut ticker = tokio::time::interval(shared.lock().expect("agent state lock").fence.timing().renew_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if round % INTERFACES_EVERY == 0 {
+            let dp = dp.clone();
+            if let Ok(Ok(snap)) = tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").snapshot()).await {
+                shared.lock().expect("agent state lock").report.interfaces = node_interfaces(&snap);
+            }
+        }
+        round = round.wrapping_add(1);
+        let report = {
+            let mut s = shared.lock().expect("agent state lock");
+            if s.needs_new_epoch {
+                hb.epoch += 1;
+                s.needs_new_epoch = false;
+                info!(epoch = hb.epoch, "renewing under a new epoch after fencing");
+            }
+            s.report.clone()
+        };
+        match hb.renew(&report).await {
+            Ok(sent) => {
+                metrics.lease_renewals.get_or_create(&label("result", "ok")).inc();
+                let outcome = {
+                    let mut s = shared.lock().expect("agent state lock");
+                    s.epoch = hb.epoch;
+                    s.fence.renewed(sent, Instant::now())
+                };
+                if outcome.unfenced {
+                    info!(epoch = hb.epoch, "lease renewed: hosting egress IPs again under this epoch");
+                    notify.notify_one();
+                }
+                if outcome.refresh_lifetimes {
+                    let dp = dp.clone();
+                    match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").refresh_lifetimes()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
+                        Err(e) => warn!(error = %e, "lifetime refresh task failed"),
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.lease_renewals.get_or_create(&label("result", "error")).inc();
+                warn!(error = %e, "lease renewal failed");
+            }
+        }
+    }
+}
+
+fn record_sizes(metrics: &AgentMetrics, plan: &NodePlan) {
+    metrics.hosted_ips.set(plan.hosted.len() as i64);
+    metrics.set_entries.clear();
+    for (g, p) in &plan.gateways {
+        let put = |role: &str, n: usize| {
+            metrics.set_entries.get_or_create(&vec![("gateway".into(), g.clone()), ("role".into(), role.into())]).set(n as i64);
+        };
+        put("snat", p.snat.values().map(BTreeSet::len).sum());
+        put("steer", p.steer.values().map(BTreeSet::len).sum());
+        put("blocked", p.blocked.len());
+    }
+}
+
+fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
+    let Ok(counters) = dp.lock().map_err(|_| ()).and_then(|mut d| d.counters().map_err(|_| ())) else { return };
+    let mut packets: BTreeMap<String, u64> = BTreeMap::new();
+    let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    for c in counters {
+        if let (Some(g), CounterKind::Snat { .. }) = (&c.gateway, &c.kind) {
+            *packets.entry(g.clone()).or_default() += c.packets;
+            *bytes.entry(g.clone()).or_default() += c.bytes;
+        }
+    }
+    metrics.snat_packets.clear();
+    metrics.snat_bytes.clear();
+    for (g, n) in packets {
+        metrics.snat_packets.get_or_create(&label("gateway", &g)).set(n as i64);
+    }
+    for (g, n) in bytes {
+        metrics.snat_bytes.get_or_create(&label("gateway", &g)).set(n as i64);
+    }
+}

@@ -1,0 +1,73 @@
+//! Agent liveness as the controller observes it: an agent is alive while its Lease changed
+//! less than `takeover` ago **by the controller's own monotonic clock**. Renew times written
+//! by the agent are never compared with the controller's clock.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Per node, the Lease version last seen and when it was first seen.
+#[derive(Debug)]
+pub struct AgentLiveness {
+    takeover: Duration,
+    seen: HashMap<String, (String, Instant)>,
+}
+
+impl AgentLiveness {
+    pub fn new(takeover: Duration) -> Self {
+        Self { takeover, seen: HashMap::new() }
+    }
+
+    /// Record a Lease version for `node` seen at `now`.
+    pub fn observe(&mut self, node: &str, version: &str, now: Instant) {
+        match self.seen.get_mut(node) {
+            Some((v, _)) if v == version => {}
+            Some(entry) => *entry = (version.to_string(), now),
+            None => {
+                self.seen.insert(node.to_string(), (version.to_string(), now));
+            }
+        }
+    }
+
+    /// The agent's Lease is gone.
+    pub fn forget(&mut self, node: &str) {
+        self.seen.remove(node);
+    }
+
+    /// When the controller last saw `node`'s Lease change.
+    pub fn last_change(&self, node: &str) -> Option<Instant> {
+        self.seen.get(node).map(|(_, t)| *t)
+    }
+
+    pub fn alive(&self, node: &str, now: Instant) -> bool {
+        self.last_change(node).is_some_and(|t| now.duration_since(t) < self.takeover)
+    }
+
+    /// The nodes alive at `now` (sorted), to detect when the set changes.
+    pub fn alive_set(&self, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self.seen.keys().filter(|n| self.alive(n, now)).cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_dies_a_takeover_after_its_last_observed_change() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = AgentLiveness::new(ms(1600));
+        assert!(!l.alive("a", t0), "never seen");
+        l.observe("a", "1", t0);
+        assert!(l.alive("a", t0 + ms(1500)));
+        l.observe("a", "1", t0 + ms(1500));
+        assert!(!l.alive("a", t0 + ms(1600)), "the same version seen again is no heartbeat");
+        l.observe("a", "2", t0 + ms(1700));
+        assert!(l.alive("a", t0 + ms(3000)));
+        assert_eq!(l.alive_set(t0 + ms(3000)), vec!["a".to_string()]);
+        l.forget("a");
+        assert!(l.alive_set(t0 + ms(3000)).is_empty());
+    }
+}

@@ -1,0 +1,193 @@
+//! `egressgw controller`: watches gateways, nodes, pods, namespaces and the agents' Leases,
+//! plans, and writes status and events — only while it is the elected leader, and never
+//! before every watch has synced.
+
+pub mod liveness;
+pub mod notices;
+pub mod reconciler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::api::EgressGateway;
+use crate::k8s::lease::AgentReport;
+use crate::k8s::leader::{LeaderConfig, LeaderElector};
+use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
+use crate::k8s::watch::reflect;
+use crate::telemetry::http::{Health, serve};
+use crate::telemetry::metrics::ControllerMetrics;
+
+use liveness::AgentLiveness;
+use reconciler::{Reconciler, Stores};
+
+/// An agent is dead when its Lease has not changed for this long (controller's clock). Must
+/// exceed the agent's fencing bound (see `agent::fence`).
+pub const DEFAULT_TAKEOVER: Duration = Duration::from_millis(1600);
+/// Coalesce bursts of watch events into one reconcile.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
+/// How often agent liveness is re-judged without any event.
+pub const LIVENESS_TICK: Duration = Duration::from_millis(100);
+/// Resync even when nothing seems to change (repairs a status someone else edited).
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader Lease and the agents' Leases.
+    #[arg(long, env = "EGRESSGW_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// This replica's identity in leader election (default: the hostname and PID).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Address of /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// An agent whose Lease has not changed for this many milliseconds loses its egress IPs.
+    #[arg(long, default_value_t = DEFAULT_TAKEOVER.as_millis() as u64)]
+    pub takeover_ms: u64,
+    /// Leader lease duration in seconds (the standby takes over after this long).
+    #[arg(long, default_value_t = 4)]
+    pub leader_lease_seconds: u64,
+}
+
+/// Run the controller until leadership is lost or a fatal error.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+    let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let mut registry = Registry::default();
+    let metrics = ControllerMetrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { ready: ready.clone(), registry: Arc::new(Mutex::new(registry)), refresh: None };
+    let metrics_addr = args.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(e) = serve(metrics_addr, health).await {
+            error!(error = %e, addr = %metrics_addr, "metrics server failed");
+        }
+    });
+
+    let notify = Arc::new(Notify::new());
+    let takeover = Duration::from_millis(args.takeover_ms);
+    let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
+    let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let nodes = reflect(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let pods = reflect(Api::<KubePod>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let namespaces = reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let lv = liveness.clone();
+    let leases = reflect(
+        Api::<Lease>::namespaced(client.clone(), &args.namespace),
+        watcher::Config::default().labels(LABEL_AGENT_NODE),
+        notify.clone(),
+        move |lease: &Lease| {
+            if let Some(r) = AgentReport::from_lease(lease) {
+                lv.lock().expect("liveness lock").observe(&r.node, &r.version, Instant::now());
+            }
+        },
+    );
+    let stores = Stores {
+        gateways: gateways.store,
+        nodes: nodes.store,
+        pods: pods.store,
+        namespaces: namespaces.store,
+        leases: leases.store,
+    };
+    for (what, s) in [
+        ("EgressGateways", stores.gateways.wait_until_ready().await.is_ok()),
+        ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
+        ("Pods", stores.pods.wait_until_ready().await.is_ok()),
+        ("Namespaces", stores.namespaces.wait_until_ready().await.is_ok()),
+        ("Leases", stores.leases.wait_until_ready().await.is_ok()),
+    ] {
+        anyhow::ensure!(s, "the {what} watch stopped before it synced");
+    }
+    info!("all watches synced");
+    ready.store(true, Ordering::Relaxed);
+
+    let elector = LeaderElector::new(
+        client.clone(),
+        LeaderConfig {
+            namespace: args.namespace.clone(),
+            name: CONTROLLER_LEASE.to_string(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.leader_lease_seconds),
+            renew_deadline: Duration::from_secs(args.leader_lease_seconds) * 2 / 3,
+            retry_period: Duration::from_millis(500),
+        },
+    );
+    elector.acquire().await?;
+    // Agents seen before we led were judged by nothing yet: give each a full takeover window
+    // from now, so a fresh leader never fails an IP over on stale information.
+    {
+        let mut lv = liveness.lock().expect("liveness lock");
+        *lv = AgentLiveness::new(takeover);
+        for l in stores.leases.state() {
+            if let Some(r) = AgentReport::from_lease(&l) {
+                lv.observe(&r.node, &r.version, Instant::now());
+            }
+        }
+    }
+    metrics.is_leader.set(1);
+    let reporter = Reporter { controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(), instance: Some(identity) };
+    let reconciler = Reconciler {
+        stores,
+        liveness: liveness.clone(),
+        api: Api::all(client.clone()),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    };
+    tokio::select! {
+        lost = elector.hold() => {
+            metrics.is_leader.set(0);
+            Err(anyhow::anyhow!("stepping down: {lost}"))
+        }
+        r = control_loop(&reconciler, notify) => r,
+    }
+}
+
+async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::Result<()> {
+    let mut alive = Vec::new();
+    let mut last_full = Instant::now() - RESYNC;
+    let mut dirty = true;
+    loop {
+        let now = Instant::now();
+        let alive_now = reconciler.liveness.lock().expect("liveness lock").alive_set(now);
+        if alive_now != alive {
+            info!(alive = ?alive_now, "agent liveness changed");
+            alive = alive_now;
+            dirty = true;
+        }
+        if dirty || now.duration_since(last_full) >= RESYNC {
+            match reconciler.reconcile().await {
+                Ok(_) => {
+                    dirty = false;
+                    last_full = now;
+                }
+                Err(e) => warn!(error = %e, "reconcile failed; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = notify.notified() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                dirty = true;
+            }
+            _ = tokio::time::sleep(LIVENESS_TICK) => {}
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "egressgw".into())
+}

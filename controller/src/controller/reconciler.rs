@@ -1,0 +1,177 @@
+//! One reconcile: index from the watch stores, plan, statuses written where they changed,
+//! events for what changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+use thiserror::Error;
+use tracing::{info, info_span, warn};
+
+use crate::api::{EgressGateway, EgressGatewayStatus};
+use crate::index::{ClusterIndex, Gateway, Node, Pod};
+use crate::k8s::lease::AgentReport;
+use crate::k8s::names::FIELD_MANAGER_CONTROLLER;
+use crate::plan::{self, ClusterPlan};
+use crate::status::{self, Programming};
+use crate::telemetry::metrics::ControllerMetrics;
+
+use super::liveness::AgentLiveness;
+use super::notices::notices;
+
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    #[error("writing the status of EgressGateway {gateway}: {source}")]
+    Status { gateway: String, source: kube::Error },
+}
+
+/// The watch stores the controller plans from.
+pub struct Stores {
+    pub gateways: Store<EgressGateway>,
+    pub nodes: Store<KubeNode>,
+    pub pods: Store<KubePod>,
+    pub namespaces: Store<Namespace>,
+    pub leases: Store<Lease>,
+}
+
+pub struct Reconciler {
+    pub stores: Stores,
+    pub liveness: Arc<Mutex<AgentLiveness>>,
+    pub api: Api<EgressGateway>,
+    pub recorder: Recorder,
+    pub metrics: ControllerMetrics,
+}
+
+impl Reconciler {
+    /// The cluster as the planner sees it, with agent liveness judged at `now`.
+    pub fn index(&self, now: Instant) -> ClusterIndex {
+        let reports: BTreeMap<String, AgentReport> =
+            self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
+        let liveness = self.liveness.lock().expect("liveness lock");
+        let mut index = ClusterIndex::default();
+        for n in self.stores.nodes.state() {
+            if let Some(mut node) = Node::from_kube(&n) {
+                if let Some(r) = reports.get(&node.name) {
+                    node.agent_alive = liveness.alive(&node.name, now);
+                    node.agent_epoch = r.epoch;
+                    node.interfaces = r.interfaces.clone();
+                }
+                index.nodes.insert(node.name.clone(), node);
+            }
+        }
+        for ns in self.stores.namespaces.state() {
+            index.namespaces.insert(ns.name_any(), ns.labels().clone());
+        }
+        for p in self.stores.pods.state() {
+            if let Some(pod) = Pod::from_kube(&p) {
+                index.pods.insert(pod.key.clone(), pod);
+            }
+        }
+        for g in self.stores.gateways.state() {
+            if g.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(gw) = Gateway::from_kube(&g) {
+                index.gateways.insert(gw.name.clone(), gw);
+            }
+        }
+        index
+    }
+
+    /// Which nodes have not reported the digest the plan expects for `gateway`.
+    fn programming(&self, plan: &ClusterPlan, gateway: &str, reports: &BTreeMap<String, AgentReport>) -> Programming {
+        let pending = plan
+            .nodes_for(gateway)
+            .into_iter()
+            .filter(|node| {
+                let expected = plan.expected_digest(gateway, node);
+                reports.get(*node).and_then(|r| r.programmed.get(gateway)) != Some(&expected)
+            })
+            .map(str::to_string)
+            .collect();
+        Programming { pending }
+    }
+
+    /// Plan and write every status that changed. Returns the number of writes.
+    pub async fn reconcile(&self) -> Result<usize, ReconcileError> {
+        let started = Instant::now();
+        let span = info_span!("reconcile");
+        let _guard = span.enter();
+        let index = self.index(started);
+        let plan = plan::plan(&index);
+        let reports: BTreeMap<String, AgentReport> =
+            self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
+        let now = Timestamp::now();
+        let (mut placed, mut unplaced) = (0i64, 0i64);
+        let mut writes = 0;
+        for g in self.stores.gateways.state() {
+            let Some(gw) = index.gateways.get(&g.name_any()) else { continue };
+            let programming = self.programming(&plan, &gw.name, &reports);
+            let desired = status::gateway_status(gw, &plan, &programming, g.status.as_ref(), now);
+            for a in &desired.assignments {
+                if a.node.is_some() { placed += 1 } else { unplaced += 1 }
+            }
+            if g.status.as_ref() == Some(&desired) {
+                continue;
+            }
+            self.count_failovers(g.status.as_ref(), &desired, started);
+            self.write_status(&g, &desired).await?;
+            writes += 1;
+            for n in notices(g.status.as_ref(), &desired) {
+                let ev = Event {
+                    type_: if n.warning { EventType::Warning } else { EventType::Normal },
+                    reason: n.reason.to_string(),
+                    note: Some(n.note.clone()),
+                    action: n.action.to_string(),
+                    secondary: None,
+                };
+                info!(gateway = %gw.name, reason = n.reason, note = %n.note, "event");
+                if let Err(e) = self.recorder.publish(&ev, &g.object_ref(&())).await {
+                    warn!(gateway = %gw.name, error = %e, "cannot publish event");
+                }
+            }
+        }
+        self.metrics.egress_ips_placed.set(placed);
+        self.metrics.egress_ips_unplaced.set(unplaced);
+        self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        Ok(writes)
+    }
+
+    /// Count IPs that left a node whose agent is dead, and how long after its last heartbeat.
+    fn count_failovers(&self, old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus, now: Instant) {
+        let Some(old) = old else { return };
+        let liveness = self.liveness.lock().expect("liveness lock");
+        for a in &new.assignments {
+            let before = old.assignments.iter().find(|b| b.egress_ip == a.egress_ip).and_then(|b| b.node.as_deref());
+            if let Some(from) = before.filter(|from| a.node.as_deref() != Some(*from) && !liveness.alive(from, now)) {
+                self.metrics.failovers.inc();
+                if let Some(last) = liveness.last_change(from) {
+                    self.metrics.failover_duration.observe(now.duration_since(last).as_secs_f64());
+                }
+                info!(ip = %a.egress_ip, from, to = ?a.node, "failover: egress IP leaves a node whose agent is dead");
+            }
+        }
+    }
+
+    async fn write_status(&self, g: &EgressGateway, status: &EgressGatewayStatus) -> Result<(), ReconcileError> {
+        let name = g.name_any();
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+            "kind": "EgressGateway",
+            "status": status,
+        });
+        self.api
+            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER_CONTROLLER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|source| ReconcileError::Status { gateway: name.clone(), source })?;
+        self.metrics.status_writes.inc();
+        Ok(())
+    }
+}

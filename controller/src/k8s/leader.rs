@@ -1,0 +1,187 @@
+//! Leader election on a `coordination.k8s.io` Lease, judged by the observer's own clock.
+//!
+//! A standby takes over when it has seen the Lease unchanged for `lease_duration` (measured
+//! with its monotonic clock, so no two clocks must agree); the leader steps down when it
+//! could not renew for `renew_deadline` < `lease_duration`. Every write is a compare-and-swap
+//! on `resourceVersion`, so two candidates can never both win.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use thiserror::Error;
+use tracing::{info, warn};
+
+#[derive(Debug, Error)]
+pub enum LeaderError {
+    #[error("leader lease {namespace}/{name}: {source}")]
+    Api { namespace: String, name: String, source: kube::Error },
+    #[error("lost the leader lease {name}: {why}")]
+    Lost { name: String, why: String },
+}
+
+/// Timing of the election.
+#[derive(Clone, Debug)]
+pub struct LeaderConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// What a candidate has seen of the Lease: a takeover needs it unchanged for a full duration.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    version: String,
+    since: Instant,
+}
+
+impl Observation {
+    /// Record the Lease version seen at `now`; returns whether the holder may be presumed dead.
+    pub fn observe(slot: &mut Option<Observation>, version: &str, now: Instant, duration: Duration) -> bool {
+        match slot {
+            Some(o) if o.version == version => now.duration_since(o.since) >= duration,
+            _ => {
+                *slot = Some(Observation { version: version.to_string(), since: now });
+                false
+            }
+        }
+    }
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    cfg: LeaderConfig,
+}
+
+fn now_micro() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+impl LeaderElector {
+    pub fn new(client: Client, cfg: LeaderConfig) -> Self {
+        Self { api: Api::namespaced(client, &cfg.namespace), cfg }
+    }
+
+    fn err(&self, source: kube::Error) -> LeaderError {
+        LeaderError::Api { namespace: self.cfg.namespace.clone(), name: self.cfg.name.clone(), source }
+    }
+
+    fn held_by_me(&self, spec: &LeaseSpec) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.cfg.identity.clone()),
+            lease_duration_seconds: Some(self.cfg.lease_duration.as_secs().max(1) as i32),
+            renew_time: Some(now_micro()),
+            ..spec.clone()
+        }
+    }
+
+    /// Wait until this candidate holds the Lease.
+    pub async fn acquire(&self) -> Result<(), LeaderError> {
+        let mut seen: Option<Observation> = None;
+        loop {
+            match self.try_acquire(&mut seen).await {
+                Ok(true) => {
+                    info!(lease = %self.cfg.name, identity = %self.cfg.identity, "became leader");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.cfg.retry_period).await;
+        }
+    }
+
+    async fn try_acquire(&self, seen: &mut Option<Observation>) -> Result<bool, LeaderError> {
+        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.cfg.name.clone()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    acquire_time: Some(now_micro()),
+                    lease_transitions: Some(0),
+                    ..self.held_by_me(&LeaseSpec::default())
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(self.err(e)),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let mine = holder == self.cfg.identity;
+        let free = holder.is_empty() || mine;
+        if !free && !Observation::observe(seen, &version, Instant::now(), self.cfg.lease_duration) {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        lease.spec = Some(LeaseSpec {
+            acquire_time: Some(now_micro()),
+            lease_transitions: Some(transitions),
+            ..self.held_by_me(&spec)
+        });
+        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Renew until leadership is lost; returns why. The caller must stop acting as leader.
+    pub async fn hold(&self) -> LeaderError {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(self.cfg.retry_period).await;
+            match self.renew().await {
+                Ok(()) => last_ok = Instant::now(),
+                Err(e @ LeaderError::Lost { .. }) => return e,
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the leader lease");
+                    if last_ok.elapsed() >= self.cfg.renew_deadline {
+                        return LeaderError::Lost {
+                            name: self.cfg.name.clone(),
+                            why: format!("no successful renewal for {:?}", last_ok.elapsed()),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew(&self) -> Result<(), LeaderError> {
+        let mut lease = self.api.get(&self.cfg.name).await.map_err(|e| self.err(e))?;
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return Err(LeaderError::Lost {
+                name: self.cfg.name.clone(),
+                why: format!("now held by {:?}", spec.holder_identity.unwrap_or_default()),
+            });
+        }
+        lease.spec = Some(self.held_by_me(&spec));
+        self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await.map(drop).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_presumed_dead_only_after_a_full_duration_without_change() {
+        let d = Duration::from_secs(4);
+        let t0 = Instant::now();
+        let mut seen = None;
+        assert!(!Observation::observe(&mut seen, "1", t0, d), "first sight starts the clock");
+        assert!(!Observation::observe(&mut seen, "1", t0 + Duration::from_secs(3), d));
+        assert!(!Observation::observe(&mut seen, "2", t0 + Duration::from_secs(5), d), "a renewal restarts it");
+        assert!(!Observation::observe(&mut seen, "2", t0 + Duration::from_secs(8), d));
+        assert!(Observation::observe(&mut seen, "2", t0 + Duration::from_secs(9), d));
+    }
+}

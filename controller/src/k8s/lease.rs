@@ -1,0 +1,93 @@
+//! The agent Lease: heartbeat, epoch and the agent's reports (interfaces, programmed
+//! digests), encoded in annotations so the controller needs nothing but the Lease watch.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::coordination::v1::Lease;
+
+use super::names::{ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, LABEL_AGENT_NODE};
+use crate::index::NodeInterface;
+
+/// What an agent says about its node through its Lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    pub node: String,
+    /// `spec.leaseTransitions`: the agent's epoch.
+    pub epoch: i64,
+    pub interfaces: Vec<NodeInterface>,
+    /// Gateway name to the digest of what the agent committed for it.
+    pub programmed: BTreeMap<String, u64>,
+    /// The Lease's resourceVersion: any change is a heartbeat.
+    pub version: String,
+}
+
+/// `eth1=198.18.0.12/24,eth0=…` (sorted, so an unchanged report is an unchanged string).
+pub fn encode_interfaces(interfaces: &[NodeInterface]) -> String {
+    let mut v: Vec<String> = interfaces.iter().map(|i| format!("{}={}", i.name, i.network)).collect();
+    v.sort();
+    v.join(",")
+}
+
+/// The inverse of [`encode_interfaces`]; malformed entries are skipped.
+pub fn decode_interfaces(s: &str) -> Vec<NodeInterface> {
+    s.split(',')
+        .filter_map(|e| {
+            let (name, net) = e.split_once('=')?;
+            Some(NodeInterface { name: name.to_string(), network: net.parse::<IpNetwork>().ok()? })
+        })
+        .collect()
+}
+
+/// `gateway=hex,…` sorted by gateway.
+pub fn encode_programmed(p: &BTreeMap<String, u64>) -> String {
+    p.iter().map(|(g, d)| format!("{g}={d:016x}")).collect::<Vec<_>>().join(",")
+}
+
+/// The inverse of [`encode_programmed`]; malformed entries are skipped.
+pub fn decode_programmed(s: &str) -> BTreeMap<String, u64> {
+    s.split(',')
+        .filter_map(|e| {
+            let (g, d) = e.split_once('=')?;
+            Some((g.to_string(), u64::from_str_radix(d, 16).ok()?))
+        })
+        .collect()
+}
+
+impl AgentReport {
+    /// Read an agent Lease; `None` when it is not one (no node label).
+    pub fn from_lease(lease: &Lease) -> Option<Self> {
+        let node = lease.metadata.labels.as_ref()?.get(LABEL_AGENT_NODE)?.clone();
+        let ann = lease.metadata.annotations.clone().unwrap_or_default();
+        Some(Self {
+            node,
+            epoch: lease.spec.as_ref().and_then(|s| s.lease_transitions).map(i64::from).unwrap_or(0),
+            interfaces: ann.get(ANNOTATION_INTERFACES).map(|s| decode_interfaces(s)).unwrap_or_default(),
+            programmed: ann.get(ANNOTATION_PROGRAMMED).map(|s| decode_programmed(s)).unwrap_or_default(),
+            version: lease.metadata.resource_version.clone().unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations_round_trip() {
+        let ifs = vec![
+            NodeInterface { name: "eth1".into(), network: "198.18.0.12/24".parse().unwrap() },
+            NodeInterface { name: "eth0".into(), network: "198.51.100.12/24".parse().unwrap() },
+        ];
+        let s = encode_interfaces(&ifs);
+        assert_eq!(s, "eth0=198.51.100.12/24,eth1=198.18.0.12/24");
+        let mut back = decode_interfaces(&s);
+        back.sort();
+        let mut want = ifs.clone();
+        want.sort();
+        assert_eq!(back, want);
+        let p: BTreeMap<String, u64> = [("billing".to_string(), 0xabcdu64), ("pay".to_string(), u64::MAX)].into();
+        assert_eq!(decode_programmed(&encode_programmed(&p)), p);
+        assert!(decode_programmed("garbage,x=zz").is_empty());
+    }
+}

@@ -1,0 +1,10 @@
+//! Talking to the Kubernetes API: client set-up, the Leases that carry heartbeats and
+//! leadership, events. Everything else (index, plan, status) is pure.
+
+pub mod client;
+pub mod lease;
+pub mod leader;
+pub mod names;
+pub mod watch;
+
+pub use client::{ClientError, client};

@@ -1,0 +1,26 @@
+//! Names shared by the controller, the agent and the install manifests.
+
+/// The namespace egressgw is installed in; the agents' and the controller's Leases live here.
+pub const SYSTEM_NAMESPACE: &str = "egressgw-system";
+/// Server-side-apply field manager of the controller.
+pub const FIELD_MANAGER_CONTROLLER: &str = "egressgw-controller";
+/// Field manager of the agents (their Leases).
+pub const FIELD_MANAGER_AGENT: &str = "egressgw-agent";
+/// The controller's leader-election Lease.
+pub const CONTROLLER_LEASE: &str = "egressgw-controller";
+/// Prefix of each agent's Lease; the node name follows.
+pub const AGENT_LEASE_PREFIX: &str = "egressgw-agent-";
+/// Label on agent Leases carrying the node name (names can be cut, labels are exact).
+pub const LABEL_AGENT_NODE: &str = "egressgw.io/node";
+/// Agent Lease annotation: the node's interfaces and subnets, `eth1=198.18.0.12/24,…`.
+pub const ANNOTATION_INTERFACES: &str = "egressgw.io/interfaces";
+/// Agent Lease annotation: per gateway, the digest of what the agent last committed,
+/// `gateway=0123abcd…,…`.
+pub const ANNOTATION_PROGRAMMED: &str = "egressgw.io/programmed";
+/// Agent Lease annotation: the agent fenced itself at least once in this epoch (`true`).
+pub const ANNOTATION_FENCED: &str = "egressgw.io/fenced";
+
+/// The Lease name of the agent on `node`.
+pub fn agent_lease(node: &str) -> String {
+    format!("{AGENT_LEASE_PREFIX}{node}")
+}

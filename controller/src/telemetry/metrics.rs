@@ -1,0 +1,120 @@
+//! Prometheus metrics of the controller and the agent.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels `gateway=…` (and more), as ordered pairs.
+pub type Labels = Vec<(String, String)>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The controller's metrics.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub reconcile_duration: Histogram,
+    pub egress_ips_placed: Gauge,
+    pub egress_ips_unplaced: Gauge,
+    pub status_writes: Counter,
+    pub failovers: Counter,
+    pub failover_duration: Histogram,
+    pub is_leader: Gauge,
+}
+
+impl ControllerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            reconcile_duration: latency_histogram(),
+            egress_ips_placed: Gauge::default(),
+            egress_ips_unplaced: Gauge::default(),
+            status_writes: Counter::default(),
+            failovers: Counter::default(),
+            failover_duration: latency_histogram(),
+            is_leader: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("egressgw_controller");
+        r.register("reconcile_duration_seconds", "Time to plan the cluster and write changed statuses", m.reconcile_duration.clone());
+        r.register("egress_ips_placed", "Egress IPs hosted by a node", m.egress_ips_placed.clone());
+        r.register("egress_ips_unplaced", "Egress IPs without an eligible node (their pods' traffic is dropped)", m.egress_ips_unplaced.clone());
+        r.register("status_writes", "Gateway status updates written", m.status_writes.clone());
+        r.register("failovers", "Egress IPs moved away from a node whose agent stopped renewing its lease", m.failovers.clone());
+        r.register(
+            "failover_duration_seconds",
+            "From the dead agent's last observed heartbeat to the status that moves its IP",
+            m.failover_duration.clone(),
+        );
+        r.register("leader", "1 while this replica is the leader", m.is_leader.clone());
+        m
+    }
+}
+
+/// The agent's metrics.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    pub program_latency: Histogram,
+    pub applies: Family<Labels, Counter>,
+    pub set_entries: Family<Labels, Gauge>,
+    pub snat_packets: Family<Labels, Gauge>,
+    pub snat_bytes: Family<Labels, Gauge>,
+    pub garps_sent: Counter,
+    pub conntrack_deleted: Counter,
+    pub hosted_ips: Gauge,
+    pub fenced: Gauge,
+    pub fences: Counter,
+    pub lease_renewals: Family<Labels, Counter>,
+}
+
+impl AgentMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            program_latency: latency_histogram(),
+            applies: Family::default(),
+            set_entries: Family::default(),
+            snat_packets: Family::default(),
+            snat_bytes: Family::default(),
+            garps_sent: Counter::default(),
+            conntrack_deleted: Counter::default(),
+            hosted_ips: Gauge::default(),
+            fenced: Gauge::default(),
+            fences: Counter::default(),
+            lease_renewals: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("egressgw_agent");
+        r.register(
+            "program_latency_seconds",
+            "From the first input change the agent saw to the kernel commit that includes it",
+            m.program_latency.clone(),
+        );
+        r.register("applies", "Dataplane applies by result", m.applies.clone());
+        r.register("set_entries", "Pod IPs programmed, by gateway and role (snat, steer, blocked)", m.set_entries.clone());
+        r.register("snat_packets", "Packets SNATed to an egress IP, by gateway (nftables counters)", m.snat_packets.clone());
+        r.register("snat_bytes", "Bytes SNATed to an egress IP, by gateway (nftables counters)", m.snat_bytes.clone());
+        r.register("gratuitous_arps_sent", "Gratuitous ARP packets sent", m.garps_sent.clone());
+        r.register("conntrack_entries_deleted", "Conntrack entries deleted for pods that left a gateway or moved", m.conntrack_deleted.clone());
+        r.register("hosted_egress_ips", "Egress IPs on this node now", m.hosted_ips.clone());
+        r.register("fenced", "1 while the agent has dropped its egress IPs for lack of lease renewals", m.fenced.clone());
+        r.register("fences", "Times the agent fenced itself", m.fences.clone());
+        r.register("lease_renewals", "Lease renewals by result", m.lease_renewals.clone());
+        m
+    }
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// A single-label set.
+pub fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}

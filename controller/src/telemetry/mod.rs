@@ -1,0 +1,5 @@
+//! Logs, metrics and the health endpoints of both binaries.
+
+pub mod http;
+pub mod logging;
+pub mod metrics;

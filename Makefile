@@ -52,6 +52,7 @@ unit: deps
 # Tests that need root, network namespaces or the real control plane carry
 # #[ignore = "<why>"]; plain `cargo test` skips them, `make test` runs them all.
 test: deps check-crds control-plane
+	$(CARGO) build -p egressgw --bin egressgw
 	$(CARGO) test --workspace --lib --bins --tests -- --include-ignored --test-threads=$${TEST_THREADS:-4}
 	$(CARGO) test --workspace --benches --no-run
 

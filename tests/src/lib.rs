@@ -1,3 +1,4 @@
 //! Test harness for egressgw: a real control plane and a network-namespace testbed.
 pub mod control_plane;
 pub mod testbed;
+pub mod sim;

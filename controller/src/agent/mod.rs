@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tracing::{error, info, info_span, warn};
 
 use crate::api::EgressGateway;
-use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane, KernelSnapshot};
+use crate::dataplane::route_model::RoutingState;
+use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane};
 use crate::index::{ClusterIndex, Gateway, Node, NodeInterface};
 use crate::k8s::names::SYSTEM_NAMESPACE;
 use crate::k8s::watch::reflect;
@@ -112,15 +113,14 @@ fn dataplane_config(args: &AgentArgs, timing: &FenceTiming) -> DataplaneConfig {
 
 /// The node's interfaces with their subnets, from the kernel: egress IPs (ours) and
 /// loopback are not interfaces that can carry one.
-pub fn node_interfaces(snapshot: &KernelSnapshot) -> Vec<NodeInterface> {
+pub fn node_interfaces(routing: &RoutingState) -> Vec<NodeInterface> {
     let ours = crate::dataplane::config::ADDRESS_PROTO;
-    snapshot
-        .routing
+    routing
         .addresses
         .iter()
         .filter(|a| a.proto != Some(ours) && !a.ip.is_loopback())
         .filter_map(|a| {
-            let link = snapshot.routing.link_by_index(a.link)?;
+            let link = routing.link_by_index(a.link)?;
             let network = IpNetwork::new(a.ip.into(), a.prefix).ok()?;
             Some(NodeInterface { name: link.name.clone(), network })
         })
@@ -298,8 +298,10 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
         ticker.tick().await;
         if round % INTERFACES_EVERY == 0 {
             let dp = dp.clone();
-            if let Ok(Ok(snap)) = tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").snapshot()).await {
-                shared.lock().expect("agent state lock").report.interfaces = node_interfaces(&snap);
+            match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing()).await {
+                Ok(Ok(routing)) => shared.lock().expect("agent state lock").report.interfaces = node_interfaces(&routing),
+                Ok(Err(e)) => warn!(error = %e, "cannot read the node's interfaces"),
+                Err(e) => warn!(error = %e, "interface read task failed"),
             }
         }
         round = round.wrapping_add(1);

@@ -1,9 +1,12 @@
 //! Which conntrack entries a change makes stale (pure).
 //!
 //! A flow keeps the NAT binding it got on its first packet. When a pod's role for a gateway
-//! changes on this node (starts or stops being SNATed here, steered to another next hop,
-//! blocked), its entries towards that gateway's destinations are deleted so the next packet
-//! is classified afresh. When an egress IP leaves the node, every entry NATed to it goes.
+//! on this node changes or ends (stops being SNATed here, is steered to another next hop,
+//! becomes blocked, leaves the gateway), its entries towards that gateway's destinations are
+//! deleted so the next packet is classified afresh. When an egress IP leaves the node, every
+//! entry NATed to it goes. A newly selected pod's existing flows are left alone: they keep
+//! their old path until they end, and no conntrack dump (which walks the whole, global
+//! conntrack hash) is paid for every pod that starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -83,14 +86,12 @@ pub fn select_stale(old: Option<&NftState>, new: Option<&NftState>) -> CtSelecto
     let mut sel = CtSelector::default();
     let keys: BTreeSet<&(GatewayId, Ipv4Addr)> = ro.keys().chain(rn.keys()).collect();
     for key in keys {
-        if ro.get(key) == rn.get(key) {
+        if ro.get(key).is_none() || ro.get(key) == rn.get(key) {
             continue;
         }
         let (gid, pod) = key;
         let scopes = sel.pods.entry(*pod).or_default();
-        if ro.contains_key(key) {
-            scopes.push(scope(old, gid));
-        }
+        scopes.push(scope(old, gid));
         if rn.contains_key(key) {
             scopes.push(scope(new, gid));
         }
@@ -147,6 +148,15 @@ mod tests {
         assert!(!sel.matches(pod, ip("203.0.113.200"), pod), "excluded destination");
         assert!(!sel.matches(pod, ip("198.51.100.10"), ip("198.18.0.12")), "other destination");
         assert!(!sel.matches(other, ip("203.0.113.10"), other));
+    }
+
+    #[test]
+    fn newly_selected_pods_keep_their_flows() {
+        let a = st(&[], &[], &[("198.18.0.12", &["198.19.1.10"])]);
+        let b = st(&[], &[], &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])]);
+        assert!(select_stale(Some(&a), Some(&b)).is_empty());
+        assert!(select_stale(None, Some(&b)).is_empty());
+        assert_eq!(select_stale(Some(&b), Some(&a)).pod_count(), 1, "a pod that leaves is selected");
     }
 
     #[test]

@@ -54,6 +54,12 @@ fn open_rtnl() -> Result<Rtnl, DataplaneError> {
     Rtnl::open().map_err(|e| DataplaneError::kernel("socket(NETLINK_ROUTE)", "rtnetlink", e))
 }
 
+/// Every link and IPv4 address of the namespace (not only ours): the agent reports the
+/// node's interfaces and subnets from it.
+pub fn read_routing(cfg: &DataplaneConfig) -> Result<RoutingState, DataplaneError> {
+    open_rtnl()?.read(cfg)
+}
+
 /// Extend the lifetime of every egress IP the kernel holds for us (see
 /// [`DataplaneConfig::address_lifetime_secs`]). Returns how many were refreshed.
 pub fn refresh_lifetimes(cfg: &DataplaneConfig) -> Result<usize, DataplaneError> {

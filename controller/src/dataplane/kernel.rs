@@ -23,6 +23,7 @@ enum Request {
     Counters(Reply<Vec<RuleCounter>>),
     Snapshot(Reply<KernelSnapshot>),
     RefreshLifetimes(Reply<usize>),
+    Routing(Reply<super::route_model::RoutingState>),
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -72,6 +73,7 @@ impl KernelDataplane {
                         Request::Cleanup(reply) => drop(reply.send(engine.cleanup())),
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
+                        Request::Routing(reply) => drop(reply.send(super::engine::read_routing(engine.config()))),
                         Request::RefreshLifetimes(reply) => drop(reply.send(super::engine::refresh_lifetimes(engine.config()))),
                     }
                 }
@@ -90,6 +92,11 @@ impl KernelDataplane {
     /// Everything of ours the kernel holds right now (tests, debugging).
     pub fn snapshot(&self) -> Result<KernelSnapshot, DataplaneError> {
         self.call(Request::Snapshot)
+    }
+
+    /// Every link and IPv4 address in the namespace.
+    pub fn routing(&self) -> Result<super::route_model::RoutingState, DataplaneError> {
+        self.call(Request::Routing)
     }
 
     /// Extend the kernel lifetime of the egress IPs held here; returns how many.

@@ -1,0 +1,225 @@
+//! A simulated cluster: the real control plane, the network-namespace testbed, and the real
+//! `egressgw` controller and agents as processes (agents inside their node's namespace).
+//! Used by the end-to-end tests and by `make demo`. Drop kills the processes it started (by
+//! PID), then the testbed's namespaces go, then the control plane.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use egressgw::api::EgressGateway;
+use egressgw::k8s::names::SYSTEM_NAMESPACE;
+use kube::Api;
+
+use crate::control_plane::ControlPlane;
+use crate::testbed::Testbed;
+
+/// Label that makes a node a gateway candidate in the examples.
+pub const GATEWAY_LABEL: (&str, &str) = ("egressgw.io/gateway", "true");
+
+/// The `egressgw` binary built next to the test executable (`make test` builds it first).
+pub fn egressgw_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("EGRESSGW_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("test executable has no folder")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("egressgw");
+    if !bin.exists() {
+        bail!("{} not found: run `cargo build -p egressgw` first (make test does)", bin.display());
+    }
+    Ok(bin)
+}
+
+pub struct SimCluster {
+    agents: BTreeMap<usize, Child>,
+    controllers: Vec<Child>,
+    // Drop order: processes (above, killed in Drop), then the testbed, then the control plane.
+    pub tb: Testbed,
+    pub cp: ControlPlane,
+    bin: PathBuf,
+    logs: PathBuf,
+}
+
+impl SimCluster {
+    /// Control plane with the CRD, a testbed of `nodes` nodes (2 pods each; nodes are
+    /// numbered from 1 as in the testbed), Node objects (nodes in `gateways` labelled as
+    /// gateway candidates), `controllers` controller
+    /// replicas and one agent per node.
+    pub async fn start(nodes: usize, gateways: &[usize], allow: &[Ipv4Addr], controllers: usize) -> Result<Self> {
+        let bin = egressgw_binary()?;
+        let cp = ControlPlane::start_with_crds().await?;
+        cp.create_namespace(SYSTEM_NAMESPACE, &[]).await?;
+        let mut b = Testbed::builder().nodes(nodes).pods_per_node(2);
+        for ip in allow {
+            b = b.allow(*ip);
+        }
+        let tb = b.build()?;
+        for (i, n) in tb.nodes().iter().enumerate().map(|(i, n)| (i + 1, n)) {
+            let labels: Vec<(&str, &str)> = if gateways.contains(&i) { vec![GATEWAY_LABEL] } else { vec![] };
+            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true).await?;
+        }
+        let logs = cp.dir().join("egressgw-logs");
+        std::fs::create_dir_all(&logs)?;
+        let mut sim = Self { agents: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
+        for i in 0..controllers {
+            sim.start_controller(i)?;
+        }
+        for i in 1..=nodes {
+            sim.start_agent(i)?;
+        }
+        Ok(sim)
+    }
+
+    fn spawn(&self, log: &str, args: &[String]) -> Result<Child> {
+        let out = std::fs::File::create(self.logs.join(log))?;
+        let err = out.try_clone()?;
+        Command::new(&self.bin)
+            .args(args)
+            .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))
+    }
+
+    /// Start controller replica `i`.
+    pub fn start_controller(&mut self, i: usize) -> Result<()> {
+        let args = vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            self.cp.kubeconfig().display().to_string(),
+            "--identity".into(),
+            format!("controller-{i}"),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let child = self.spawn(&format!("controller-{i}-{}.log", self.controllers.len()), &args)?;
+        self.controllers.push(child);
+        Ok(())
+    }
+
+    /// Start the agent of node `i` inside the node's namespace.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = self.tb.node(i);
+        let args = vec![
+            "agent".into(),
+            "--node-name".into(),
+            node.name().to_string(),
+            "--netns".into(),
+            node.netns_path().display().to_string(),
+            "--kubeconfig".into(),
+            self.cp.kubeconfig().display().to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let n = self.agents.len();
+        let child = self.spawn(&format!("agent-{}-{n}.log", node.name()), &args)?;
+        self.agents.insert(i, child);
+        Ok(())
+    }
+
+    /// SIGKILL the agent of node `i` (its kernel state stays, as after a crash).
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        let mut child = self.agents.remove(&i).context("no agent running on that node")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGKILL controller replica `i` (index into those started).
+    pub fn kill_controller(&mut self, i: usize) -> Result<()> {
+        let child = self.controllers.get_mut(i).context("no such controller")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Create pod `name` in `namespace` on node `node`, with the IP of the testbed's pod
+    /// `(node, k)`, and make it Running.
+    pub async fn add_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)], node: usize, k: usize) -> Result<()> {
+        let n = self.tb.node(node).name().to_string();
+        self.cp.create_pod(namespace, name, labels, &n).await?;
+        self.cp.set_pod_ip(namespace, name, IpAddr::V4(self.tb.pod(node, k).ip())).await?;
+        Ok(())
+    }
+
+    /// Poll the gateway until `check` holds or `timeout` passes.
+    pub async fn wait_gateway(&self, name: &str, timeout: Duration, check: impl Fn(&EgressGateway) -> bool) -> Result<EgressGateway> {
+        let api: Api<EgressGateway> = Api::all(self.cp.client());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let g = api.get_opt(name).await?;
+            if let Some(g) = g.filter(|g| check(g)) {
+                return Ok(g);
+            }
+            if Instant::now() > deadline {
+                bail!("gateway {name} did not reach the expected state in {timeout:?}; last: {:?}", api.get_opt(name).await?.and_then(|g| g.status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Indices of the nodes whose kernel holds `ip` on an interface.
+    pub fn holders(&self, ip: Ipv4Addr) -> Result<Vec<usize>> {
+        let mut v = Vec::new();
+        for (i, n) in self.tb.nodes().iter().enumerate() {
+            let out = n.netns().ip(&["-4", "-o", "addr", "show"])?;
+            if out.split_whitespace().any(|w| w == format!("{ip}/32")) {
+                v.push(i + 1);
+            }
+        }
+        Ok(v)
+    }
+
+    /// The testbed index (from 1) of node `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.tb.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+    }
+
+    /// Where the logs of the processes are.
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &mut self.controllers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Status helpers.
+pub mod status {
+    use egressgw::api::EgressGateway;
+
+    /// The status of condition `type_`, if present.
+    pub fn condition(g: &EgressGateway, type_: &str) -> Option<String> {
+        g.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+    }
+
+    /// The node status assigns `ip` to.
+    pub fn node_of(g: &EgressGateway, ip: &str) -> Option<String> {
+        g.status.as_ref()?.assignments.iter().find(|a| a.egress_ip == ip)?.node.clone()
+    }
+
+    /// Ready and Programmed are both True for the current generation.
+    pub fn ready_and_programmed(g: &EgressGateway) -> bool {
+        let current = g.status.as_ref().and_then(|s| s.observed_generation) == g.metadata.generation;
+        current && condition(g, "Ready").as_deref() == Some("True") && condition(g, "Programmed").as_deref() == Some("True")
+    }
+}

@@ -56,8 +56,11 @@ test: deps check-crds control-plane
 	$(CARGO) test --workspace --lib --bins --tests -- --include-ignored --test-threads=$${TEST_THREADS:-4}
 	$(CARGO) test --workspace --benches --no-run
 
-demo:
-	@echo "make demo is not available yet: it arrives with the controller and the agent." >&2; exit 1
+## demo: egressgw on a simulated 3-node cluster (as root), narrated
+demo: deps control-plane
+	$(CARGO) build -q -p egressgw --bin egressgw
+	$(CARGO) build -q -p egressgw-tests --bin demo
+	$${CARGO_TARGET_DIR:-target}/debug/demo
 
 clean:
 	$(CARGO) clean

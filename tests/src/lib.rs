@@ -2,3 +2,4 @@
 pub mod control_plane;
 pub mod testbed;
 pub mod sim;
+pub mod proxy;

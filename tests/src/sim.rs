@@ -4,7 +4,7 @@
 //! PID), then the testbed's namespaces go, then the control plane.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use egressgw::k8s::names::SYSTEM_NAMESPACE;
 use kube::Api;
 
 use crate::control_plane::ControlPlane;
+use crate::proxy::CuttableProxy;
 use crate::testbed::Testbed;
 
 /// Label that makes a node a gateway candidate in the examples.
@@ -39,6 +40,8 @@ pub fn egressgw_binary() -> Result<PathBuf> {
 
 pub struct SimCluster {
     agents: BTreeMap<usize, Child>,
+    /// Each agent reaches the apiserver through its own proxy, so a test can cut it off.
+    proxies: BTreeMap<usize, (CuttableProxy, PathBuf)>,
     controllers: Vec<Child>,
     // Drop order: processes (above, killed in Drop), then the testbed, then the control plane.
     pub tb: Testbed,
@@ -67,9 +70,17 @@ impl SimCluster {
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
-        let mut sim = Self { agents: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
+        let mut sim = Self { agents: BTreeMap::new(), proxies: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
         for i in 0..controllers {
             sim.start_controller(i)?;
+        }
+        let server: SocketAddr = sim.cp.server().trim_start_matches("https://").parse().context("apiserver address")?;
+        let kubeconfig = std::fs::read_to_string(sim.cp.kubeconfig())?;
+        for i in 1..=nodes {
+            let proxy = CuttableProxy::start(server).await?;
+            let path = sim.logs.join(format!("kubeconfig-agent-{i}"));
+            std::fs::write(&path, kubeconfig.replace(sim.cp.server(), &format!("https://{}", proxy.addr())))?;
+            sim.proxies.insert(i, (proxy, path));
         }
         for i in 1..=nodes {
             sim.start_agent(i)?;
@@ -116,7 +127,7 @@ impl SimCluster {
             "--netns".into(),
             node.netns_path().display().to_string(),
             "--kubeconfig".into(),
-            self.cp.kubeconfig().display().to_string(),
+            self.proxies[&i].1.display().to_string(),
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
         ];
@@ -132,6 +143,21 @@ impl SimCluster {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// Cut the agent of node `i` off from the apiserver (it keeps running).
+    pub fn cut_agent(&self, i: usize) {
+        self.proxies[&i].0.cut();
+    }
+
+    /// Let the agent of node `i` reach the apiserver again.
+    pub fn restore_agent(&self, i: usize) {
+        self.proxies[&i].0.restore();
+    }
+
+    /// Stop (SIGSTOP) or continue (SIGCONT) controller replica `i`.
+    pub fn controller_pid(&self, i: usize) -> Option<u32> {
+        self.controllers.get(i).map(Child::id)
     }
 
     /// SIGKILL controller replica `i` (index into those started).

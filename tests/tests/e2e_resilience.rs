@@ -1,0 +1,262 @@
+//! End to end, when things go wrong: a gateway node dies, an agent is cut off from the
+//! apiserver, the controller leader dies, gateways conflict or cannot be placed, specs change.
+//! Real apiserver, real controller and agents, real kernel, real TCP.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use egressgw::api::EgressGateway;
+use egressgw_tests::sim::{SimCluster, status};
+use egressgw_tests::testbed::client::connect_once;
+use egressgw_tests::testbed::topology::{OTHER_SERVER, PROTECTED_SERVER, SERVER_PORT};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+
+const EGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
+const GATEWAY: &str = "billing-to-mainframe";
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// The tests share two cores: one simulated cluster at a time keeps timings honest.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn connect(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    let ns = sim.tb.pod(node, k).netns().path();
+    tokio::task::spawn_blocking(move || connect_once(ns, SocketAddrV4::new(dst, SERVER_PORT), Duration::from_millis(800)))
+        .await
+        .expect("join")
+        .expect("client")
+        .ok()
+        .map(|a| *a.ip())
+}
+
+async fn wait_seen(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr, want: Option<Ipv4Addr>, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        if connect(sim, node, k, dst).await == want {
+            return;
+        }
+        assert!(start.elapsed() < timeout, "pod ({node},{k}) -> {dst}: never saw {want:?} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A cluster with node 1 a worker and nodes 2, 3 gateway candidates, invoicer-0 on node 1,
+/// and `examples/01-one-ip.yaml` applied and programmed. Returns the host node's index.
+async fn cluster(controllers: usize) -> (SimCluster, usize) {
+    let sim = SimCluster::start(3, &[2, 3], &[EGRESS_IP], controllers).await.expect("simulated cluster");
+    sim.cp.create_namespace("billing", &[("team", "billing")]).await.unwrap();
+    sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0).await.unwrap();
+    apply(&sim, "../examples/01-one-ip.yaml").await;
+    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    let host = sim.node_index(&status::node_of(&g, "198.18.0.200").unwrap()).unwrap();
+    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
+    (sim, host)
+}
+
+async fn apply(sim: &SimCluster, file: &str) {
+    let out = sim.cp.kubectl(["apply", "-f", file]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn apply_yaml(sim: &SimCluster, yaml: &str) {
+    let path = sim.logs().join(format!("manifest-{}.yaml", Instant::now().elapsed().as_nanos()));
+    std::fs::write(&path, yaml).unwrap();
+    apply(sim, path.to_str().unwrap()).await;
+}
+
+fn other_gateway(host: usize) -> usize {
+    if host == 2 { 3 } else { 2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn gateway_node_death_keeps_established_connections() {
+    let _serial = SERIAL.lock().await;
+    let (mut sim, host) = cluster(1).await;
+    let long = sim.tb.pod(1, 0).long_lived(PROTECTED_SERVER, Duration::from_millis(50)).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The node dies: its link goes down and its agent with it.
+    let died = Instant::now();
+    sim.tb.kill_node(host).unwrap();
+    sim.kill_agent(host).unwrap();
+    let new = other_gateway(host);
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name()))
+        .await
+        .unwrap();
+    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
+    let failover = died.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = long.finish();
+    eprintln!("node death: new connections from the egress IP after {failover:?}; established connection: {report:?}");
+    assert!(report.survived(), "the established connection must survive the gateway's death: {report:?}");
+    assert_eq!(report.seen.map(|s| *s.ip()), Some(EGRESS_IP));
+
+    // The node and its agent come back: nothing moves back, one node holds the IP.
+    sim.tb.revive_node(host).unwrap();
+    sim.start_agent(host).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    assert_eq!(status::node_of(&g, "198.18.0.200").as_deref(), Some(sim.tb.node(new).name()));
+    assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![new]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn an_agent_cut_off_from_the_apiserver_keeps_steering_and_fences_its_ips() {
+    let _serial = SERIAL.lock().await;
+    let (sim, host) = cluster(1).await;
+
+    // A worker's agent cut off keeps its pods' dataplane: nothing to fence there.
+    sim.cut_agent(1);
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(connect(&sim, 1, 0, PROTECTED_SERVER).await, Some(EGRESS_IP), "the cut-off worker must keep steering");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sim.restore_agent(1);
+
+    // The gateway node's agent cut off drops the address itself, before the controller moves it.
+    let cut = Instant::now();
+    sim.cut_agent(host);
+    while sim.holders(EGRESS_IP).unwrap().contains(&host) {
+        assert!(cut.elapsed() < Duration::from_millis(1600), "the cut-off agent must fence before the takeover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fenced = cut.elapsed();
+    let new = other_gateway(host);
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name()))
+        .await
+        .unwrap();
+    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
+    eprintln!("cut off: address dropped by the agent after {fenced:?}; service restored after {:?}", cut.elapsed());
+
+    // Reconnected, it comes back under a new epoch and takes nothing back.
+    sim.restore_agent(host);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    assert_eq!(status::node_of(&g, "198.18.0.200").as_deref(), Some(sim.tb.node(new).name()));
+    assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![new]);
+    let lease: Lease = Api::namespaced(sim.cp.client(), "egressgw-system")
+        .get(&format!("egressgw-agent-{}", sim.tb.node(host).name()))
+        .await
+        .unwrap();
+    assert!(lease.spec.unwrap().lease_transitions.unwrap() >= 1, "a fenced agent returns under a new epoch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn the_standby_controller_takes_over_and_nothing_moves() {
+    let _serial = SERIAL.lock().await;
+    let (mut sim, host) = cluster(2).await;
+    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
+    let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let leader = holder(&leases.get("egressgw-controller").await.unwrap());
+    let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
+    let before = sim.wait_gateway(GATEWAY, CONVERGE, |_| true).await.unwrap();
+    sim.kill_controller(idx).unwrap();
+    let killed = Instant::now();
+    loop {
+        let now = holder(&leases.get("egressgw-controller").await.unwrap());
+        if now != leader && !now.is_empty() {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(15), "the standby never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("standby leader after {:?}", killed.elapsed());
+    // The new leader writes the same assignment (status is the record) ...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    assert_eq!(before.status.as_ref().unwrap().assignments, after.status.as_ref().unwrap().assignments, "no assignment changes");
+    assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host]);
+    // ... and acts: an extra egress IP is placed, on the other gateway node.
+    let out = sim
+        .cp
+        .kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let g = sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)).await.unwrap();
+    assert_eq!(status::node_of(&g, "198.18.0.201").as_deref(), Some(sim.tb.node(other_gateway(host)).name()), "spread over both gateway nodes");
+}
+
+fn gateway_yaml(name: &str, ip: &str, dst: &str, node_selector: &str) -> String {
+    format!(
+        "apiVersion: egressgw.io/v1alpha1\nkind: EgressGateway\nmetadata: {{ name: {name} }}\nspec:\n  namespaceSelector: {{ matchLabels: {{ team: billing }} }}\n  podSelector: {{ matchLabels: {{ app: invoicer }} }}\n  destinationCIDRs: [{dst}]\n  egressIPs: [{ip}]\n  gatewayNodeSelector: {{ matchLabels: {{ {node_selector} }} }}\n"
+    )
+}
+
+async fn events_for(sim: &SimCluster, name: &str) -> String {
+    let out = sim
+        .cp
+        .kubectl(["get", "events", "-A", "--field-selector", &format!("involvedObject.name={name}"), "-o", "custom-columns=REASON:.reason,MESSAGE:.message"])
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn conflicts_and_unplaceable_ips_are_explained_and_fail_closed() {
+    let _serial = SERIAL.lock().await;
+    let (sim, _host) = cluster(1).await;
+    let node1 = sim.tb.node(1).ip();
+    assert_eq!(connect(&sim, 1, 0, OTHER_SERVER).await, Some(node1), "unrelated network: the node's address");
+
+    // A younger gateway claims the same egress IP for another destination: it loses the IP,
+    // says so, and its pods' traffic to that destination is held back, not leaked.
+    apply_yaml(&sim, &gateway_yaml("partner-copycat", "198.18.0.200", "198.51.100.0/24", "egressgw.io/gateway: \"true\"")).await;
+    let g = sim
+        .wait_gateway("partner-copycat", CONVERGE, |g| status::condition(g, "Conflicted").as_deref() == Some("True"))
+        .await
+        .unwrap();
+    let c = g.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Conflicted").unwrap();
+    assert!(c.message.contains("198.18.0.200 is claimed by older gateway billing-to-mainframe"), "{}", c.message);
+    assert_eq!(status::condition(&g, "Ready").as_deref(), Some("False"));
+    wait_seen(&sim, 1, 0, OTHER_SERVER, None, Duration::from_secs(5)).await;
+    assert_eq!(connect(&sim, 1, 0, PROTECTED_SERVER).await, Some(EGRESS_IP), "the older gateway is untouched");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events_for(&sim, "partner-copycat").await.contains("Conflict") {
+        assert!(Instant::now() < deadline, "no Conflict event: {}", events_for(&sim, "partner-copycat").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An egress IP no node may host: Ready=False with every node's reason, and an event.
+    apply_yaml(&sim, &gateway_yaml("nowhere", "198.18.0.240", "198.51.100.128/25", "egressgw.io/zone: mars")).await;
+    let g = sim.wait_gateway("nowhere", CONVERGE, |g| status::condition(g, "Ready").as_deref() == Some("False")).await.unwrap();
+    let ready = g.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().clone();
+    assert_eq!(ready.reason, "NoEligibleNode");
+    assert!(ready.message.contains("node-1, node-2, node-3: does not match gatewayNodeSelector"), "{}", ready.message);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !events_for(&sim, "nowhere").await.contains("NoEligibleNode") {
+        assert!(Instant::now() < deadline, "no NoEligibleNode event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let api: Api<EgressGateway> = Api::all(sim.cp.client());
+    assert_eq!(api.get("nowhere").await.unwrap().status.unwrap().gateway_nodes.as_deref(), Some("<none>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn spec_changes_converge() {
+    let _serial = SERIAL.lock().await;
+    let (sim, _host) = cluster(1).await;
+    sim.add_pod("billing", "reporter-0", &[("app", "reporter")], 2, 1).await.unwrap();
+    assert_eq!(connect(&sim, 2, 1, PROTECTED_SERVER).await, None, "not selected yet");
+
+    // A new destination.
+    let sim = &sim;
+    let patch = |p: &'static str| async move { sim.cp.kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", p]).await.unwrap() };
+    assert!(patch(r#"{"spec":{"destinationCIDRs":["203.0.113.0/24","198.51.100.0/24"]}}"#).await.status.success());
+    wait_seen(sim, 1, 0, OTHER_SERVER, Some(EGRESS_IP), Duration::from_secs(10)).await;
+
+    // A selector change.
+    assert!(patch(r#"{"spec":{"podSelector":{"matchLabels":null,"matchExpressions":[{"key":"app","operator":"In","values":["invoicer","reporter"]}]}}}"#).await.status.success());
+    wait_seen(sim, 2, 1, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(10)).await;
+    let g = sim.wait_gateway(GATEWAY, CONVERGE, |g| g.status.as_ref().and_then(|s| s.selected_pods) == Some(2) && status::ready_and_programmed(g)).await.unwrap();
+    assert_eq!(g.status.unwrap().observed_generation, g.metadata.generation);
+
+    // Shrinking back: the pod that left the selection loses the egress IP.
+    assert!(patch(r#"{"spec":{"podSelector":{"matchExpressions":[{"key":"app","operator":"In","values":["invoicer"]}]}}}"#).await.status.success());
+    wait_seen(sim, 2, 1, PROTECTED_SERVER, None, Duration::from_secs(10)).await;
+}

@@ -14,31 +14,7 @@ use std::net::Ipv4Addr;
 use super::names::{GatewayId, SetName};
 use super::nft_model::{IpRange, NftState, ranges_contain};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Snat(Ipv4Addr),
-    Steer(Ipv4Addr),
-    Blocked,
-}
-
 type Scope = (BTreeSet<IpRange>, BTreeSet<IpRange>);
-
-fn roles(st: &NftState) -> BTreeMap<(GatewayId, Ipv4Addr), Role> {
-    let mut out = BTreeMap::new();
-    for (name, set) in &st.sets {
-        let Ok(parsed) = name.parse::<SetName>() else { continue };
-        let (gid, role) = match &parsed {
-            SetName::Snat(g, e) => (g, Role::Snat(*e)),
-            SetName::Via(g, nh) => (g, Role::Steer(*nh)),
-            SetName::Blocked(g) => (g, Role::Blocked),
-            _ => continue,
-        };
-        for pod in set.content.addrs().into_iter().flatten() {
-            out.insert((gid.clone(), *pod), role);
-        }
-    }
-    out
-}
 
 fn scope(st: &NftState, gid: &GatewayId) -> Scope {
     (
@@ -79,21 +55,36 @@ impl CtSelector {
 }
 
 /// The stale entries when the table goes from `old` to `new` (`None` = no table).
+///
+/// A pod's role for a gateway is the one pod set of that gateway (`_snat_E`, `_via_NH`,
+/// `_blocked`) holding it, so a role that changed or ended is exactly a pod missing from the
+/// same-named set in `new`: one ordered difference per set, no per-pod bookkeeping.
 pub fn select_stale(old: Option<&NftState>, new: Option<&NftState>) -> CtSelector {
     let empty = NftState::default();
     let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-    let (ro, rn) = (roles(old), roles(new));
     let mut sel = CtSelector::default();
-    let keys: BTreeSet<&(GatewayId, Ipv4Addr)> = ro.keys().chain(rn.keys()).collect();
-    for key in keys {
-        if ro.get(key).is_none() || ro.get(key) == rn.get(key) {
+    for (name, set) in &old.sets {
+        let gid = match name.parse::<SetName>() {
+            Ok(SetName::Snat(g, _) | SetName::Via(g, _) | SetName::Blocked(g)) => g,
+            _ => continue,
+        };
+        let Some(before) = set.content.addrs() else { continue };
+        let after = new.sets.get(name).and_then(|s| s.content.addrs());
+        let gone: Vec<Ipv4Addr> = match after {
+            Some(a) => before.difference(a).copied().collect(),
+            None => before.iter().copied().collect(),
+        };
+        if gone.is_empty() {
             continue;
         }
-        let (gid, pod) = key;
-        let scopes = sel.pods.entry(*pod).or_default();
-        scopes.push(scope(old, gid));
-        if rn.contains_key(key) {
-            scopes.push(scope(new, gid));
+        let scopes = [scope(old, &gid), scope(new, &gid)];
+        for pod in gone {
+            let entry = sel.pods.entry(pod).or_default();
+            for sc in &scopes {
+                if !sc.0.is_empty() && !entry.contains(sc) {
+                    entry.push(sc.clone());
+                }
+            }
         }
     }
     sel.nat_to = old.hosted().difference(&new.hosted()).copied().collect();

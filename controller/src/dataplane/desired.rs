@@ -41,15 +41,17 @@ struct V4Filter {
 
 impl V4Filter {
     fn addrs<'a>(&mut self, ips: impl IntoIterator<Item = &'a IpAddr>) -> BTreeSet<Ipv4Addr> {
-        let mut out = BTreeSet::new();
-        for ip in ips {
-            match v4(*ip) {
-                Some(v) => {
-                    out.insert(v);
-                }
-                None => self.ignored += 1,
-            }
-        }
+        // collect() bulk-builds the tree from the (already sorted) input
+        let mut ignored = 0;
+        let out = ips
+            .into_iter()
+            .filter_map(|ip| {
+                let v = v4(*ip);
+                ignored += usize::from(v.is_none());
+                v
+            })
+            .collect();
+        self.ignored += ignored;
         out
     }
 

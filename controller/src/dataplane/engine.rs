@@ -109,14 +109,21 @@ impl Engine {
         self.cached = None;
     }
 
-    fn observed_table(&mut self, nfnl: &mut NfnlSocket) -> Result<Option<NftState>, DataplaneError> {
-        if let Some(t) = &self.cached {
-            return Ok(t.clone());
+    /// Makes sure the cache holds our table, reading the kernel if it does not.
+    fn ensure_cached(&mut self, nfnl: &mut NfnlSocket) -> Result<(), DataplaneError> {
+        if self.cached.is_none() {
+            let t = read_table(nfnl)?;
+            debug!(present = t.is_some(), elements = t.as_ref().map_or(0, NftState::element_count), "read table from kernel");
+            self.cached = Some(t);
         }
-        let t = read_table(nfnl)?;
-        debug!(present = t.is_some(), elements = t.as_ref().map_or(0, NftState::element_count), "read table from kernel");
-        self.cached = Some(t.clone());
-        Ok(t)
+        Ok(())
+    }
+
+    /// Our table, moved out of the cache (large tables are not copied); the caller puts the
+    /// new state back on success, a failure leaves the cache empty.
+    fn take_observed(&mut self, nfnl: &mut NfnlSocket) -> Result<Option<NftState>, DataplaneError> {
+        self.ensure_cached(nfnl)?;
+        Ok(self.cached.take().flatten())
     }
 
     /// Brings the kernel to `plan`. On error the cache is dropped, so the next call starts
@@ -137,7 +144,7 @@ impl Engine {
         let mut nfnl = open_nfnl()?;
         let mut rtnl = open_rtnl()?;
         rtnl.address_lifetime = cfg.address_lifetime_secs;
-        let old = self.observed_table(&mut nfnl)?;
+        let mut old = self.take_observed(&mut nfnl)?;
         let routing = rtnl.read(&cfg)?;
 
         let slots = allocate_slots(&routing.slots(&cfg), &routing.busy_slots(&cfg), &wanted_next_hops(plan), cfg.max_slot())
@@ -153,8 +160,11 @@ impl Engine {
         self.run_rt(&mut rtnl, &rplan.before_nft, &mut report)?;
 
         // 3. the table, in one transaction
+        let stale = select_stale(old.as_ref(), want.nft.as_ref());
         let ops = diff(old.as_ref(), want.nft.as_ref());
-        if !ops.is_empty() {
+        if ops.is_empty() {
+            self.cached = Some(old);
+        } else {
             count_elements(&ops, &mut report, old.as_ref());
             let encoded = encode(&ops);
             report.nft_messages = encoded.messages;
@@ -163,10 +173,10 @@ impl Engine {
                 let failed = e.seq.and_then(|s| encoded.op_for_seq(s)).map_or_else(|| "batch".to_string(), |i| ops[i].describe());
                 return Err(DataplaneError::Transaction { messages: encoded.messages, failed, source: e.error });
             }
-            let mut now = want.nft.clone();
+            let mut now = want.nft;
             if let Some(t) = now.as_mut() {
                 let rules_changed = ops.iter().any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
-                let fresh = if rules_changed { read_rules_only(&mut nfnl)? } else { old.clone().unwrap_or_default() };
+                let fresh = if rules_changed { read_rules_only(&mut nfnl)? } else { old.take().unwrap_or_default() };
                 t.rules = fresh.rules;
                 t.foreign_rules = fresh.foreign_rules;
             }
@@ -190,7 +200,6 @@ impl Engine {
         self.run_rt(&mut rtnl, &rplan.after_nft, &mut report)?;
 
         // 6. conntrack
-        let stale = select_stale(old.as_ref(), want.nft.as_ref());
         if !stale.is_empty() {
             report.conntrack_deleted = delete_stale(&mut nfnl, &stale)?;
             info!(pods = stale.pod_count(), deleted = report.conntrack_deleted, "stale conntrack entries deleted");
@@ -279,9 +288,10 @@ impl Engine {
     /// Counters of our rules, read from the kernel now.
     pub fn counters(&mut self) -> Result<Vec<RuleCounter>, DataplaneError> {
         let mut nfnl = open_nfnl()?;
-        let table = self.observed_table(&mut nfnl)?;
+        self.ensure_cached(&mut nfnl)?;
+        let table = self.cached.as_ref().and_then(Option::as_ref);
         let rules = read_rules_only(&mut nfnl)?;
-        let name = |gid: &GatewayId| table.as_ref().and_then(|t| t.gateway_name(gid)).map(str::to_string).or_else(|| Some(gid.to_string()));
+        let name = |gid: &GatewayId| table.and_then(|t| t.gateway_name(gid)).map(str::to_string).or_else(|| Some(gid.to_string()));
         let mut out = Vec::new();
         for (spec, h) in &rules.rules {
             let Some(h) = h else { continue };

@@ -15,5 +15,6 @@ pub mod dataplane;
 pub mod index;
 pub mod k8s;
 pub mod plan;
+pub mod plugin;
 pub mod status;
 pub mod telemetry;

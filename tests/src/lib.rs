@@ -2,4 +2,5 @@
 pub mod control_plane;
 pub mod testbed;
 pub mod sim;
+pub mod plugin_bin;
 pub mod proxy;

@@ -42,6 +42,8 @@ pub struct SimCluster {
     agents: BTreeMap<usize, Child>,
     /// Each agent reaches the apiserver through its own proxy, so a test can cut it off.
     proxies: BTreeMap<usize, (CuttableProxy, PathBuf)>,
+    /// Where each agent serves /metrics.
+    agent_metrics: BTreeMap<usize, SocketAddr>,
     controllers: Vec<Child>,
     // Drop order: processes (above, killed in Drop), then the testbed, then the control plane.
     pub tb: Testbed,
@@ -70,7 +72,7 @@ impl SimCluster {
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
-        let mut sim = Self { agents: BTreeMap::new(), proxies: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
+        let mut sim = Self { agents: BTreeMap::new(), proxies: BTreeMap::new(), agent_metrics: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
         for i in 0..controllers {
             sim.start_controller(i)?;
         }
@@ -81,6 +83,8 @@ impl SimCluster {
             let path = sim.logs.join(format!("kubeconfig-agent-{i}"));
             std::fs::write(&path, kubeconfig.replace(sim.cp.server(), &format!("https://{}", proxy.addr())))?;
             sim.proxies.insert(i, (proxy, path));
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            sim.agent_metrics.insert(i, port);
         }
         for i in 1..=nodes {
             sim.start_agent(i)?;
@@ -129,7 +133,7 @@ impl SimCluster {
             "--kubeconfig".into(),
             self.proxies[&i].1.display().to_string(),
             "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
+            self.agent_metrics[&i].to_string(),
         ];
         let n = self.agents.len();
         let child = self.spawn(&format!("agent-{}-{n}.log", node.name()), &args)?;
@@ -143,6 +147,16 @@ impl SimCluster {
         child.kill()?;
         child.wait()?;
         Ok(())
+    }
+
+    /// The Prometheus text the agent of node `i` serves at /metrics.
+    pub fn agent_metrics(&self, i: usize) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.agent_metrics[&i])?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
     }
 
     /// Cut the agent of node `i` off from the apiserver (it keeps running).

@@ -6,14 +6,21 @@ use std::net::Ipv4Addr;
 use egressgw::dataplane::nft_model::RuleSpec;
 use egressgw::dataplane::{Dataplane, KernelSnapshot};
 use egressgw_tests::testbed::{
-    GatewaySpec, Node, PROTECTED_SERVER, Testbed, all_plans, apply_all, dataplane, dataplanes, node_plan,
+    GatewaySpec, Node, PROTECTED_SERVER, Testbed, all_plans, apply_all, dataplane, dataplanes,
+    node_plan,
 };
 
 const E1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const E2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
 
 fn testbed() -> Testbed {
-    Testbed::builder().nodes(3).pods_per_node(3).allow(E1).allow(E2).build().expect("testbed")
+    Testbed::builder()
+        .nodes(3)
+        .pods_per_node(3)
+        .allow(E1)
+        .allow(E2)
+        .build()
+        .expect("testbed")
 }
 
 /// The snapshot without the traffic counters (they move with every packet).
@@ -31,17 +38,46 @@ fn without_counters(mut s: KernelSnapshot) -> KernelSnapshot {
 fn plant_foreign_objects(node: &Node) {
     let ns = node.netns();
     ns.nft("table ip other { chain post { type nat hook postrouting priority srcnat; policy accept; }; }").unwrap();
-    ns.ip(&["addr", "add", "198.18.0.240/32", "dev", "eth0"]).unwrap();
-    ns.ip(&["rule", "add", "pref", "1500", "fwmark", "0x1/0x1", "lookup", "100"]).unwrap();
-    ns.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.0.1", "table", "100"]).unwrap();
+    ns.ip(&["addr", "add", "198.18.0.240/32", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&[
+        "rule", "add", "pref", "1500", "fwmark", "0x1/0x1", "lookup", "100",
+    ])
+    .unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "198.18.0.1",
+        "table",
+        "100",
+    ])
+    .unwrap();
 }
 
 fn assert_foreign_objects_intact(node: &Node) {
     let ns = node.netns();
-    assert!(ns.exec("nft", &["list", "tables"]).unwrap().contains("table ip other"));
-    assert!(ns.ip(&["-4", "addr", "show", "dev", "eth0"]).unwrap().contains("198.18.0.240/32"));
-    assert!(ns.ip(&["rule", "show"]).unwrap().contains("fwmark 0x1/0x1 lookup 100"));
-    assert!(ns.ip(&["route", "show", "table", "100"]).unwrap().contains("198.51.100.0/24"));
+    assert!(
+        ns.exec("nft", &["list", "tables"])
+            .unwrap()
+            .contains("table ip other")
+    );
+    assert!(
+        ns.ip(&["-4", "addr", "show", "dev", "eth0"])
+            .unwrap()
+            .contains("198.18.0.240/32")
+    );
+    assert!(
+        ns.ip(&["rule", "show"])
+            .unwrap()
+            .contains("fwmark 0x1/0x1 lookup 100")
+    );
+    assert!(
+        ns.ip(&["route", "show", "table", "100"])
+            .unwrap()
+            .contains("198.51.100.0/24")
+    );
 }
 
 /// Table ids of ours mentioned in `ip` output after `word` (e.g. "lookup ", "table ").
@@ -56,7 +92,9 @@ fn our_tables(output: &str, word: &str) -> Vec<u32> {
 }
 
 fn gateway(tb: &Testbed, pods: &[(usize, usize)]) -> GatewaySpec {
-    let mut g = GatewaySpec::new("billing", &["203.0.113.0/24"]).excluded(&["203.0.113.128/25"]).egress(E1, 2);
+    let mut g = GatewaySpec::new("billing", &["203.0.113.0/24"])
+        .excluded(&["203.0.113.128/25"])
+        .egress(E1, 2);
     for (n, k) in pods {
         g = g.pod(tb.pod(*n, *k).ip(), *n);
     }
@@ -73,7 +111,11 @@ fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element() {
     assert!(first[&1].nft_messages > 0 && first[&2].nft_messages > 0);
     assert_eq!(first[&2].addresses_added, [std::net::IpAddr::V4(E1)]);
     assert!(first[&2].garps_sent > 0);
-    assert!(first[&3].is_noop(), "node-3 has nothing to do: {:?}", first[&3]);
+    assert!(
+        first[&3].is_noop(),
+        "node-3 has nothing to do: {:?}",
+        first[&3]
+    );
 
     let second = apply_all(&mut dps, &plans);
     for (n, r) in &second {
@@ -85,7 +127,15 @@ fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element() {
     let plans = all_plans(&tb, &[gateway(&tb, &[(1, 0), (1, 1), (2, 0)])]);
     let third = apply_all(&mut dps, &plans);
     for n in [1, 2] {
-        assert_eq!((third[&n].nft_messages, third[&n].elements_added, third[&n].elements_removed), (1, 1, 0), "node-{n}");
+        assert_eq!(
+            (
+                third[&n].nft_messages,
+                third[&n].elements_added,
+                third[&n].elements_removed
+            ),
+            (1, 1, 0),
+            "node-{n}"
+        );
     }
     assert_eq!(tb.pod(1, 1).connect(PROTECTED_SERVER).unwrap(), Ok(E1));
 }
@@ -98,16 +148,25 @@ fn a_restarted_agent_with_the_same_plan_changes_nothing() {
     let before: Vec<KernelSnapshot> = {
         let mut dps = dataplanes(&tb);
         apply_all(&mut dps, &plans);
-        dps.values().map(|d| without_counters(d.snapshot().unwrap())).collect()
+        dps.values()
+            .map(|d| without_counters(d.snapshot().unwrap()))
+            .collect()
     }; // the agents stop here; the kernel keeps their state
-    assert_eq!(tb.pod(1, 0).connect(PROTECTED_SERVER).unwrap(), Ok(E1), "rules stay in place without the agent");
+    assert_eq!(
+        tb.pod(1, 0).connect(PROTECTED_SERVER).unwrap(),
+        Ok(E1),
+        "rules stay in place without the agent"
+    );
 
     let mut dps = dataplanes(&tb);
     let reports = apply_all(&mut dps, &plans);
     for (n, r) in &reports {
         assert!(r.is_noop(), "node-{n} after restart: {r:?}");
     }
-    let after: Vec<KernelSnapshot> = dps.values().map(|d| without_counters(d.snapshot().unwrap())).collect();
+    let after: Vec<KernelSnapshot> = dps
+        .values()
+        .map(|d| without_counters(d.snapshot().unwrap()))
+        .collect();
     assert_eq!(before, after);
 }
 
@@ -125,19 +184,28 @@ fn a_restarted_agent_converges_from_an_older_plan_without_touching_foreign_objec
         apply_all(&mut dps, &all_plans(&tb, &old));
     }
     // new plan: billing is gone; "payroll" with E2 on node-3 for other pods
-    let new = [GatewaySpec::new("payroll", &["203.0.113.0/25"]).egress(E2, 3).pod(tb.pod(1, 2).ip(), 1).pod(tb.pod(2, 1).ip(), 2)];
+    let new = [GatewaySpec::new("payroll", &["203.0.113.0/25"])
+        .egress(E2, 3)
+        .pod(tb.pod(1, 2).ip(), 1)
+        .pod(tb.pod(2, 1).ip(), 2)];
     let mut dps = dataplanes(&tb);
     let reports = apply_all(&mut dps, &all_plans(&tb, &new));
     assert_eq!(reports[&2].addresses_removed, [std::net::IpAddr::V4(E1)]);
     assert_eq!(reports[&3].addresses_added, [std::net::IpAddr::V4(E2)]);
 
     // the result equals what a fresh node gets for the new plan: compare with a clean apply
-    let converged: Vec<KernelSnapshot> = dps.values().map(|d| without_counters(d.snapshot().unwrap())).collect();
+    let converged: Vec<KernelSnapshot> = dps
+        .values()
+        .map(|d| without_counters(d.snapshot().unwrap()))
+        .collect();
     for d in dps.values_mut() {
         d.cleanup().unwrap();
     }
     apply_all(&mut dps, &all_plans(&tb, &new));
-    let fresh: Vec<KernelSnapshot> = dps.values().map(|d| without_counters(d.snapshot().unwrap())).collect();
+    let fresh: Vec<KernelSnapshot> = dps
+        .values()
+        .map(|d| without_counters(d.snapshot().unwrap()))
+        .collect();
     let strip = |v: &[KernelSnapshot]| -> Vec<_> {
         // Rule handles differ between two builds of the same table, and the slot of a next hop
         // may too (a slot freed in an apply is not reused in the same apply): compare the rest,
@@ -147,14 +215,31 @@ fn a_restarted_agent_converges_from_an_older_plan_without_touching_foreign_objec
                 let mut s = s.clone();
                 let mut next_hops: Vec<_> = s.routing.routes.iter().map(|r| r.gateway).collect();
                 next_hops.sort();
-                assert_eq!(s.routing.rules.iter().filter(|r| r.priority == 1500 && r.mask != 1).count(), next_hops.len());
+                assert_eq!(
+                    s.routing
+                        .rules
+                        .iter()
+                        .filter(|r| r.priority == 1500 && r.mask != 1)
+                        .count(),
+                    next_hops.len()
+                );
                 s.routing.rules.clear();
                 s.routing.routes.clear();
                 if let Some(t) = s.table.as_mut() {
                     t.rules = std::mem::take(&mut t.rules)
                         .into_keys()
                         .map(|spec| match spec {
-                            RuleSpec::Steer { gid, next_hop, mask, .. } => RuleSpec::Steer { gid, next_hop, mark: 0, mask },
+                            RuleSpec::Steer {
+                                gid,
+                                next_hop,
+                                mask,
+                                ..
+                            } => RuleSpec::Steer {
+                                gid,
+                                next_hop,
+                                mark: 0,
+                                mask,
+                            },
                             other => other,
                         })
                         .map(|spec| (spec, None))
@@ -165,12 +250,25 @@ fn a_restarted_agent_converges_from_an_older_plan_without_touching_foreign_objec
             .collect()
     };
     assert_eq!(strip(&converged), strip(&fresh));
-    assert!(apply_all(&mut dps, &all_plans(&tb, &new)).values().all(|r| r.is_noop()));
+    assert!(
+        apply_all(&mut dps, &all_plans(&tb, &new))
+            .values()
+            .all(|r| r.is_noop())
+    );
 
     assert_eq!(tb.pod(1, 2).connect(PROTECTED_SERVER).unwrap(), Ok(E2));
     assert_eq!(tb.pod(2, 1).connect(PROTECTED_SERVER).unwrap(), Ok(E2));
-    assert!(tb.pod(1, 0).connect(PROTECTED_SERVER).unwrap().is_err(), "no longer selected");
-    assert!(!tb.node(2).netns().ip(&["-4", "addr"]).unwrap().contains(&E1.to_string()));
+    assert!(
+        tb.pod(1, 0).connect(PROTECTED_SERVER).unwrap().is_err(),
+        "no longer selected"
+    );
+    assert!(
+        !tb.node(2)
+            .netns()
+            .ip(&["-4", "addr"])
+            .unwrap()
+            .contains(&E1.to_string())
+    );
     for n in tb.nodes() {
         assert_foreign_objects_intact(n);
     }
@@ -188,15 +286,43 @@ fn a_failed_transaction_leaves_the_previous_state_and_the_next_apply_recovers() 
 
     // someone removes an element behind the agent's back: its cached view is now wrong,
     // so the next transaction (which deletes that element and adds another) is rejected
-    let set = before.table.as_ref().unwrap().sets.keys().find(|n| n.contains("_snat_")).unwrap().clone();
-    node.netns().exec("nft", &["delete", "element", "ip", "egressgw", &set, &format!("{{ {} }}", tb.pod(2, 1).ip())]).unwrap();
+    let set = before
+        .table
+        .as_ref()
+        .unwrap()
+        .sets
+        .keys()
+        .find(|n| n.contains("_snat_"))
+        .unwrap()
+        .clone();
+    node.netns()
+        .exec(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "egressgw",
+                &set,
+                &format!("{{ {} }}", tb.pod(2, 1).ip()),
+            ],
+        )
+        .unwrap();
     let plan2 = node_plan(&tb, 2, &[gateway(&tb, &[(2, 0), (2, 2)])]);
-    let err = dp.apply(&plan2).expect_err("the kernel rejects the stale transaction");
+    let err = dp
+        .apply(&plan2)
+        .expect_err("the kernel rejects the stale transaction");
     assert!(err.to_string().contains("nothing committed"), "{err}");
 
     // all or nothing: the new pod was not added, nothing else changed
     let after_failure = without_counters(dp.snapshot().unwrap());
-    let elems = after_failure.table.as_ref().unwrap().addrs(&set.parse().unwrap()).unwrap().clone();
+    let elems = after_failure
+        .table
+        .as_ref()
+        .unwrap()
+        .addrs(&set.parse().unwrap())
+        .unwrap()
+        .clone();
     assert_eq!(elems, [tb.pod(2, 0).ip()].into());
 
     // the failure dropped the cache: the next apply reads the kernel and converges
@@ -213,7 +339,11 @@ fn cleanup_leaves_no_table_address_rule_route_of_ours() {
     for n in tb.nodes() {
         plant_foreign_objects(n);
     }
-    let links_before: Vec<String> = tb.nodes().iter().map(|n| n.netns().ip(&["-o", "link"]).unwrap()).collect();
+    let links_before: Vec<String> = tb
+        .nodes()
+        .iter()
+        .map(|n| n.netns().ip(&["-o", "link"]).unwrap())
+        .collect();
     let mut dps = dataplanes(&tb);
     // node-1 steers to two next hops, node-2 and node-3 host egress IPs
     let gw = GatewaySpec::new("billing", &["203.0.113.0/24"])
@@ -224,27 +354,52 @@ fn cleanup_leaves_no_table_address_rule_route_of_ours() {
     apply_all(&mut dps, &all_plans(&tb, &[gw]));
     let rules = tb.node(1).netns().ip(&["rule", "show"]).unwrap();
     assert_eq!(our_tables(&rules, "lookup ").len(), 2, "{rules}");
-    let routes = tb.node(1).netns().ip(&["route", "show", "table", "all"]).unwrap();
+    let routes = tb
+        .node(1)
+        .netns()
+        .ip(&["route", "show", "table", "all"])
+        .unwrap();
     assert_eq!(our_tables(&routes, "table ").len(), 2, "{routes}");
-    let listing = tb.node(2).netns().exec("nft", &["list", "table", "ip", "egressgw"]).unwrap();
-    assert!(listing.contains("snat to 198.18.0.200") && listing.contains("comment \"snat "), "{listing}");
+    let listing = tb
+        .node(2)
+        .netns()
+        .exec("nft", &["list", "table", "ip", "egressgw"])
+        .unwrap();
+    assert!(
+        listing.contains("snat to 198.18.0.200") && listing.contains("comment \"snat "),
+        "{listing}"
+    );
 
     for (n, dp) in dps.iter_mut() {
         let r = dp.cleanup().unwrap();
         assert!(!r.is_noop(), "node-{n} had state");
-        assert!(dp.cleanup().unwrap().is_noop(), "node-{n}: a second cleanup finds nothing");
+        assert!(
+            dp.cleanup().unwrap().is_noop(),
+            "node-{n}: a second cleanup finds nothing"
+        );
     }
     for n in tb.nodes() {
         let ns = n.netns();
-        assert!(!ns.exec("nft", &["list", "tables"]).unwrap().contains("egressgw"));
+        assert!(
+            !ns.exec("nft", &["list", "tables"])
+                .unwrap()
+                .contains("egressgw")
+        );
         let addrs = ns.ip(&["-4", "addr"]).unwrap();
-        assert!(!addrs.contains("198.18.0.200") && !addrs.contains("198.18.0.201"), "{addrs}");
+        assert!(
+            !addrs.contains("198.18.0.200") && !addrs.contains("198.18.0.201"),
+            "{addrs}"
+        );
         let rules = ns.ip(&["rule", "show"]).unwrap();
         assert!(our_tables(&rules, "lookup ").is_empty(), "{rules}");
         let routes = ns.ip(&["route", "show", "table", "all"]).unwrap();
         assert!(our_tables(&routes, "table ").is_empty(), "{routes}");
         assert_foreign_objects_intact(n);
     }
-    let links_after: Vec<String> = tb.nodes().iter().map(|n| n.netns().ip(&["-o", "link"]).unwrap()).collect();
+    let links_after: Vec<String> = tb
+        .nodes()
+        .iter()
+        .map(|n| n.netns().ip(&["-o", "link"]).unwrap())
+        .collect();
     assert_eq!(links_before, links_after, "no device of ours left");
 }

@@ -29,17 +29,29 @@ const IFACE: &str = "b0";
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("spawning {program}"))?;
     if let Some(input) = stdin {
-        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -92,7 +104,13 @@ fn pod(i: u32) -> Ipv4Addr {
 
 fn plan(n: u32) -> NodePlan {
     let mut p = NodePlan::empty("bench-node");
-    p.hosted.insert(IpAddr::V4(EGRESS_IP), HostedIp { gateway: GATEWAY.into(), interface: IFACE.into() });
+    p.hosted.insert(
+        IpAddr::V4(EGRESS_IP),
+        HostedIp {
+            gateway: GATEWAY.into(),
+            interface: IFACE.into(),
+        },
+    );
     let pods: BTreeSet<IpAddr> = (0..n).map(|i| IpAddr::V4(pod(i))).collect();
     let g = GatewayNodePlan {
         destinations: vec![DESTINATION.parse().expect("cidr")],
@@ -119,7 +137,10 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
 }
 
 /// Runs `f` on a thread inside the namespace at `path`.
-fn in_netns<T: Send + 'static>(path: String, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+fn in_netns<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path)?;
         use std::os::fd::AsRawFd;
@@ -138,17 +159,23 @@ fn one_element_tx(path: String, ip: Ipv4Addr, add: bool) -> Result<Duration> {
     in_netns(path, move || {
         let set = SetName::Snat(GatewayId::derive(GATEWAY, 0), EGRESS_IP).to_string();
         let content = SetContent::Addrs([ip].into());
-        let op = if add { NftOp::AddElems { set, content } } else { NftOp::DelElems { set, content } };
+        let op = if add {
+            NftOp::AddElems { set, content }
+        } else {
+            NftOp::DelElems { set, content }
+        };
         let t = Instant::now();
         let mut sock = NfnlSocket::open()?;
         let batch = encode(std::slice::from_ref(&op));
-        sock.send_batch(&batch.batch).map_err(|e| anyhow::anyhow!("transaction: {}", e.error))?;
+        sock.send_batch(&batch.batch)
+            .map_err(|e| anyhow::anyhow!("transaction: {}", e.error))?;
         Ok(t.elapsed())
     })
 }
 
 struct Ours {
     full_apply: Duration,
+    full_tx: Duration,
     full_bytes: usize,
     add_apply: Duration,
     del_apply: Duration,
@@ -157,14 +184,21 @@ struct Ours {
 }
 
 fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
-    let mut dp = KernelDataplane::new(DataplaneConfig { garp_count: 0, ..DataplaneConfig::in_netns(scratch.path()) })?;
+    let mut dp = KernelDataplane::new(DataplaneConfig {
+        garp_count: 0,
+        ..DataplaneConfig::in_netns(scratch.path())
+    })?;
     let base = plan(n);
     let bigger = plan(n + 1);
     let (full_apply, report) = timed(|| Ok(dp.apply(&base)?))?;
     let (mut add_apply, mut del_apply, mut add_tx, mut del_tx) = (vec![], vec![], vec![], vec![]);
     for _ in 0..repeat {
         let (t, r) = timed(|| Ok(dp.apply(&bigger)?))?;
-        assert_eq!((r.nft_messages, r.elements_added), (1, 1), "one pod = one element");
+        assert_eq!(
+            (r.nft_messages, r.elements_added),
+            (1, 1),
+            "one pod = one element"
+        );
         add_apply.push(t);
         let (t, r) = timed(|| Ok(dp.apply(&base)?))?;
         assert_eq!((r.nft_messages, r.elements_removed), (1, 1));
@@ -173,8 +207,22 @@ fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
         del_tx.push(one_element_tx(scratch.path(), pod(n + 7), false)?);
     }
     dp.cleanup()?;
+    // the same full table as one transaction only (desired state built beforehand)
+    let want =
+        egressgw::dataplane::desired::desired(&base, &DataplaneConfig::default(), &BTreeMap::new());
+    let ops = egressgw::dataplane::nft_diff::diff(None, want.nft.as_ref());
+    let full_tx = in_netns(scratch.path(), move || {
+        let t = Instant::now();
+        let mut sock = NfnlSocket::open()?;
+        let batch = encode(&ops);
+        sock.send_batch(&batch.batch)
+            .map_err(|e| anyhow::anyhow!("transaction: {}", e.error))?;
+        Ok(t.elapsed())
+    })?;
+    dp.cleanup()?;
     Ok(Ours {
         full_apply,
+        full_tx,
         full_bytes: report.nft_bytes,
         add_apply: median(add_apply),
         del_apply: median(del_apply),
@@ -191,7 +239,10 @@ struct Iptables {
 }
 
 fn rule(i: u32) -> String {
-    format!("-A EGW -s {}/32 -d {DESTINATION} -j SNAT --to-source {EGRESS_IP}\n", pod(i))
+    format!(
+        "-A EGW -s {}/32 -d {DESTINATION} -j SNAT --to-source {EGRESS_IP}\n",
+        pod(i)
+    )
 }
 
 fn bench_iptables(scratch: &Scratch, n: u32, repeat: usize) -> Result<Iptables> {
@@ -202,7 +253,11 @@ fn bench_iptables(scratch: &Scratch, n: u32, repeat: usize) -> Result<Iptables> 
     }
     script.push_str("COMMIT\n");
     let (restore, ()) = timed(|| scratch.exec("iptables-restore", &[], Some(&script)))?;
-    let one: Vec<String> = rule(n + 7).trim_start_matches("-A EGW ").split_whitespace().map(str::to_string).collect();
+    let one: Vec<String> = rule(n + 7)
+        .trim_start_matches("-A EGW ")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let one: Vec<&str> = one.iter().map(String::as_str).collect();
     let (mut append, mut delete, mut chain) = (vec![], vec![], vec![]);
     // the chain alone, N+1 rules, as controllers that re-sync their chain send it
@@ -218,18 +273,37 @@ fn bench_iptables(scratch: &Scratch, n: u32, repeat: usize) -> Result<Iptables> 
         let mut d = vec!["-t", "nat", "-D", "EGW"];
         d.extend_from_slice(&one);
         delete.push(timed(|| scratch.exec("iptables", &d, None))?.0);
-        chain.push(timed(|| scratch.exec("iptables-restore", &["--noflush"], Some(&chain_script)))?.0);
+        chain.push(
+            timed(|| scratch.exec("iptables-restore", &["--noflush"], Some(&chain_script)))?.0,
+        );
     }
     scratch.exec("iptables", &["-t", "nat", "-F"], None)?;
     scratch.exec("iptables", &["-t", "nat", "-X", "EGW"], None)?;
-    Ok(Iptables { restore, append: median(append), delete: median(delete), restore_chain: median(chain) })
+    Ok(Iptables {
+        restore,
+        append: median(append),
+        delete: median(delete),
+        restore_chain: median(chain),
+    })
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let sizes: Vec<u32> = arg("--sizes").unwrap_or_else(|| "10000,100000".into()).split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
-    let repeat: usize = arg("--repeat").map(|s| s.parse()).transpose()?.unwrap_or(21);
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let sizes: Vec<u32> = arg("--sizes")
+        .unwrap_or_else(|| "10000,100000".into())
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let repeat: usize = arg("--repeat")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(21);
     let scratch = Scratch::create()?;
 
     let mut results = Vec::new();
@@ -249,21 +323,60 @@ fn main() -> Result<()> {
         let cells: Vec<String> = results.iter().map(f).collect();
         writeln!(out, "| {name} | {} |", cells.join(" | ")).expect("string write");
     };
-    row("egressgw: full plan, one transaction (apply, end to end)", &|r| ms(r.1.full_apply));
-    row("egressgw: full plan, transaction size", &|r| format!("{} KiB", r.1.full_bytes / 1024));
-    row("egressgw: add one pod (kernel transaction)", &|r| ms(r.1.add_tx));
-    row("egressgw: remove one pod (kernel transaction)", &|r| ms(r.1.del_tx));
-    row("egressgw: add one pod (apply of the whole NodePlan, diff included)", &|r| ms(r.1.add_apply));
-    row("egressgw: remove one pod (apply of the whole NodePlan, diff included)", &|r| ms(r.1.del_apply));
-    row("iptables-nft: load N rules (iptables-restore)", &|r| ms(r.2.restore));
-    row("iptables-nft: add one pod (iptables -A)", &|r| ms(r.2.append));
-    row("iptables-nft: remove one pod (iptables -D)", &|r| ms(r.2.delete));
-    row("iptables-nft: re-sync the chain with N+1 rules (iptables-restore --noflush)", &|r| ms(r.2.restore_chain));
+    row(
+        "egressgw: full plan, one transaction (apply, end to end)",
+        &|r| ms(r.1.full_apply),
+    );
+    row(
+        "egressgw: full plan, the nftables transaction alone (encode + commit + ACKs)",
+        &|r| ms(r.1.full_tx),
+    );
+    row("egressgw: full plan, transaction size", &|r| {
+        format!("{} KiB", r.1.full_bytes / 1024)
+    });
+    row("egressgw: add one pod (kernel transaction)", &|r| {
+        ms(r.1.add_tx)
+    });
+    row("egressgw: remove one pod (kernel transaction)", &|r| {
+        ms(r.1.del_tx)
+    });
+    row(
+        "egressgw: add one pod (apply of the whole NodePlan, diff included)",
+        &|r| ms(r.1.add_apply),
+    );
+    row(
+        "egressgw: remove one pod (apply of the whole NodePlan, diff included)",
+        &|r| ms(r.1.del_apply),
+    );
+    row("iptables-nft: load N rules (iptables-restore)", &|r| {
+        ms(r.2.restore)
+    });
+    row("iptables-nft: add one pod (iptables -A)", &|r| {
+        ms(r.2.append)
+    });
+    row("iptables-nft: remove one pod (iptables -D)", &|r| {
+        ms(r.2.delete)
+    });
+    row(
+        "iptables-nft: re-sync the chain with N+1 rules (iptables-restore --noflush)",
+        &|r| ms(r.2.restore_chain),
+    );
     let ratio = |a: Duration, b: Duration| format!("{:.0}x", a.as_secs_f64() / b.as_secs_f64());
-    row("ratio: full load, iptables-restore / egressgw apply", &|r| ratio(r.2.restore, r.1.full_apply));
-    row("ratio: add one pod, iptables -A / egressgw transaction", &|r| ratio(r.2.append, r.1.add_tx));
-    row("ratio: remove one pod, iptables -D / egressgw transaction", &|r| ratio(r.2.delete, r.1.del_tx));
-    row("ratio: add one pod, iptables -A / egressgw apply", &|r| ratio(r.2.append, r.1.add_apply));
+    row(
+        "ratio: full load, iptables-restore / egressgw apply",
+        &|r| ratio(r.2.restore, r.1.full_apply),
+    );
+    row(
+        "ratio: add one pod, iptables -A / egressgw transaction",
+        &|r| ratio(r.2.append, r.1.add_tx),
+    );
+    row(
+        "ratio: remove one pod, iptables -D / egressgw transaction",
+        &|r| ratio(r.2.delete, r.1.del_tx),
+    );
+    row("ratio: add one pod, iptables -A / egressgw apply", &|r| {
+        ratio(r.2.append, r.1.add_apply)
+    });
     print!("{out}");
     Ok(())
 }

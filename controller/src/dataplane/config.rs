@@ -82,7 +82,10 @@ impl Default for DataplaneConfig {
 impl DataplaneConfig {
     /// The config, working inside the network namespace at `path`.
     pub fn in_netns(path: impl Into<PathBuf>) -> Self {
-        Self { netns: Some(path.into()), ..Self::default() }
+        Self {
+            netns: Some(path.into()),
+            ..Self::default()
+        }
     }
 
     /// Checks the knobs; the message says what is wrong.
@@ -93,18 +96,30 @@ impl DataplaneConfig {
         }
         let shifted = m >> m.trailing_zeros();
         if shifted & (shifted + 1) != 0 {
-            return Err(format!("mark mask {m:#010x} must be one run of contiguous bits"));
+            return Err(format!(
+                "mark mask {m:#010x} must be one run of contiguous bits"
+            ));
         }
         if self.table_base == 0 || self.table_base.checked_add(self.max_slot()).is_none() {
-            return Err(format!("table base {} leaves no room for {} tables", self.table_base, self.max_slot()));
+            return Err(format!(
+                "table base {} leaves no room for {} tables",
+                self.table_base,
+                self.max_slot()
+            ));
         }
         // 253..=255 are default, main, local; 0 is unspec.
         let last = self.table_base + self.max_slot();
         if (self.table_base..=last).any(|t| (253..=255).contains(&t)) {
-            return Err(format!("table range {}..={last} overlaps the kernel's own tables", self.table_base));
+            return Err(format!(
+                "table range {}..={last} overlaps the kernel's own tables",
+                self.table_base
+            ));
         }
         if self.rule_priority == 0 || self.rule_priority >= 32766 {
-            return Err(format!("rule priority {} must lie between 1 and 32765", self.rule_priority));
+            return Err(format!(
+                "rule priority {} must lie between 1 and 32765",
+                self.rule_priority
+            ));
         }
         Ok(())
     }

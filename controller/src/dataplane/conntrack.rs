@@ -48,10 +48,17 @@ pub fn delete_stale(sock: &mut NfnlSocket, sel: &CtSelector) -> Result<usize, Da
     if sel.is_empty() {
         return Ok(0);
     }
-    let mut dump = MsgBuilder::nfnl(msg_type(IPCTNL_MSG_CT_GET), libc::NLM_F_DUMP as u16, libc::AF_INET as u8).finish();
+    let mut dump = MsgBuilder::nfnl(
+        msg_type(IPCTNL_MSG_CT_GET),
+        libc::NLM_F_DUMP as u16,
+        libc::AF_INET as u8,
+    )
+    .finish();
     let mut victims = Vec::new();
     sock.request(&mut dump, |m| {
-        let Some(body) = m.body.get(4..) else { return Ok(()) };
+        let Some(body) = m.body.get(4..) else {
+            return Ok(());
+        };
         let (mut orig, mut reply) = (None, None);
         let mut identity = Vec::new();
         for a in attrs(body) {
@@ -65,10 +72,13 @@ pub fn delete_stale(sock: &mut NfnlSocket, sel: &CtSelector) -> Result<usize, Da
                 _ => {}
             }
         }
-        if let (Some((osrc, odst)), Some((_, rdst))) = (orig, reply) {
-            if sel.matches(osrc, odst, rdst) {
-                victims.push(Victim { identity, describe: format!("{osrc} -> {odst} (replies to {rdst})") });
-            }
+        if let (Some((osrc, odst)), Some((_, rdst))) = (orig, reply)
+            && sel.matches(osrc, odst, rdst)
+        {
+            victims.push(Victim {
+                identity,
+                describe: format!("{osrc} -> {odst} (replies to {rdst})"),
+            });
         }
         Ok(())
     })
@@ -76,7 +86,11 @@ pub fn delete_stale(sock: &mut NfnlSocket, sel: &CtSelector) -> Result<usize, Da
 
     let mut deleted = 0;
     for v in victims {
-        let mut b = MsgBuilder::nfnl(msg_type(IPCTNL_MSG_CT_DELETE), libc::NLM_F_ACK as u16, libc::AF_INET as u8);
+        let mut b = MsgBuilder::nfnl(
+            msg_type(IPCTNL_MSG_CT_DELETE),
+            libc::NLM_F_ACK as u16,
+            libc::AF_INET as u8,
+        );
         for a in &v.identity {
             b.raw(a);
         }
@@ -85,7 +99,13 @@ pub fn delete_stale(sock: &mut NfnlSocket, sel: &CtSelector) -> Result<usize, Da
             Ok(()) => deleted += 1,
             // gone meanwhile (timed out, or replaced by a newer entry with another id)
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(DataplaneError::kernel("IPCTNL_MSG_CT_DELETE", format!("conntrack entry {}", v.describe), e)),
+            Err(e) => {
+                return Err(DataplaneError::kernel(
+                    "IPCTNL_MSG_CT_DELETE",
+                    format!("conntrack entry {}", v.describe),
+                    e,
+                ));
+            }
         }
     }
     Ok(deleted)

@@ -18,8 +18,12 @@ type Scope = (BTreeSet<IpRange>, BTreeSet<IpRange>);
 
 fn scope(st: &NftState, gid: &GatewayId) -> Scope {
     (
-        st.ranges(&SetName::Dst(gid.clone())).cloned().unwrap_or_default(),
-        st.ranges(&SetName::Excl(gid.clone())).cloned().unwrap_or_default(),
+        st.ranges(&SetName::Dst(gid.clone()))
+            .cloned()
+            .unwrap_or_default(),
+        st.ranges(&SetName::Excl(gid.clone()))
+            .cloned()
+            .unwrap_or_default(),
     )
 }
 
@@ -49,7 +53,9 @@ impl CtSelector {
             return true;
         }
         self.pods.get(&orig_src).is_some_and(|scopes| {
-            scopes.iter().any(|(dst, excl)| ranges_contain(dst, orig_dst) && !ranges_contain(excl, orig_dst))
+            scopes
+                .iter()
+                .any(|(dst, excl)| ranges_contain(dst, orig_dst) && !ranges_contain(excl, orig_dst))
         })
     }
 }
@@ -68,7 +74,9 @@ pub fn select_stale(old: Option<&NftState>, new: Option<&NftState>) -> CtSelecto
             Ok(SetName::Snat(g, _) | SetName::Via(g, _) | SetName::Blocked(g)) => g,
             _ => continue,
         };
-        let Some(before) = set.content.addrs() else { continue };
+        let Some(before) = set.content.addrs() else {
+            continue;
+        };
         let after = new.sets.get(name).and_then(|s| s.content.addrs());
         let gone: Vec<Ipv4Addr> = match after {
             Some(a) => before.difference(a).copied().collect(),
@@ -104,55 +112,116 @@ mod tests {
         let g = GatewayId::derive("gw", 0);
         let mut s = NftState::default();
         let addrs = |v: &[&str]| SetContent::Addrs(v.iter().map(|x| ip(x)).collect());
-        s.sets.insert(SetName::Hosted.to_string(), NftSet { comment: None, content: addrs(hosted) });
+        s.sets.insert(
+            SetName::Hosted.to_string(),
+            NftSet {
+                comment: None,
+                content: addrs(hosted),
+            },
+        );
         s.sets.insert(
             SetName::Dst(g.clone()).to_string(),
-            NftSet { comment: Some("gw".into()), content: SetContent::Ranges([IpRange::of("203.0.113.0/24".parse().unwrap())].into()) },
+            NftSet {
+                comment: Some("gw".into()),
+                content: SetContent::Ranges(
+                    [IpRange::of("203.0.113.0/24".parse().unwrap())].into(),
+                ),
+            },
         );
         s.sets.insert(
             SetName::Excl(g.clone()).to_string(),
-            NftSet { comment: None, content: SetContent::Ranges([IpRange::of("203.0.113.128/25".parse().unwrap())].into()) },
+            NftSet {
+                comment: None,
+                content: SetContent::Ranges(
+                    [IpRange::of("203.0.113.128/25".parse().unwrap())].into(),
+                ),
+            },
         );
         for (e, pods) in snat {
-            s.sets.insert(SetName::Snat(g.clone(), ip(e)).to_string(), NftSet { comment: None, content: addrs(pods) });
+            s.sets.insert(
+                SetName::Snat(g.clone(), ip(e)).to_string(),
+                NftSet {
+                    comment: None,
+                    content: addrs(pods),
+                },
+            );
         }
         for (nh, pods) in via {
-            s.sets.insert(SetName::Via(g.clone(), ip(nh)).to_string(), NftSet { comment: None, content: addrs(pods) });
+            s.sets.insert(
+                SetName::Via(g.clone(), ip(nh)).to_string(),
+                NftSet {
+                    comment: None,
+                    content: addrs(pods),
+                },
+            );
         }
         s
     }
 
     #[test]
     fn unchanged_roles_select_nothing() {
-        let a = st(&["198.18.0.200"], &[("198.18.0.200", &["198.19.1.10"])], &[]);
+        let a = st(
+            &["198.18.0.200"],
+            &[("198.18.0.200", &["198.19.1.10"])],
+            &[],
+        );
         assert!(select_stale(Some(&a), Some(&a)).is_empty());
     }
 
     #[test]
     fn moved_next_hop_selects_the_pod_towards_destinations_only() {
-        let a = st(&[], &[], &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])]);
-        let b = st(&[], &[], &[("198.18.0.12", &["198.19.1.11"]), ("198.18.0.13", &["198.19.1.10"])]);
+        let a = st(
+            &[],
+            &[],
+            &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])],
+        );
+        let b = st(
+            &[],
+            &[],
+            &[
+                ("198.18.0.12", &["198.19.1.11"]),
+                ("198.18.0.13", &["198.19.1.10"]),
+            ],
+        );
         let sel = select_stale(Some(&a), Some(&b));
         assert_eq!(sel.pod_count(), 1);
         let (pod, other) = (ip("198.19.1.10"), ip("198.19.1.11"));
         assert!(sel.matches(pod, ip("203.0.113.10"), pod));
-        assert!(!sel.matches(pod, ip("203.0.113.200"), pod), "excluded destination");
-        assert!(!sel.matches(pod, ip("198.51.100.10"), ip("198.18.0.12")), "other destination");
+        assert!(
+            !sel.matches(pod, ip("203.0.113.200"), pod),
+            "excluded destination"
+        );
+        assert!(
+            !sel.matches(pod, ip("198.51.100.10"), ip("198.18.0.12")),
+            "other destination"
+        );
         assert!(!sel.matches(other, ip("203.0.113.10"), other));
     }
 
     #[test]
     fn newly_selected_pods_keep_their_flows() {
         let a = st(&[], &[], &[("198.18.0.12", &["198.19.1.10"])]);
-        let b = st(&[], &[], &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])]);
+        let b = st(
+            &[],
+            &[],
+            &[("198.18.0.12", &["198.19.1.10", "198.19.1.11"])],
+        );
         assert!(select_stale(Some(&a), Some(&b)).is_empty());
         assert!(select_stale(None, Some(&b)).is_empty());
-        assert_eq!(select_stale(Some(&b), Some(&a)).pod_count(), 1, "a pod that leaves is selected");
+        assert_eq!(
+            select_stale(Some(&b), Some(&a)).pod_count(),
+            1,
+            "a pod that leaves is selected"
+        );
     }
 
     #[test]
     fn leaving_egress_ip_selects_everything_natted_to_it() {
-        let a = st(&["198.18.0.200"], &[("198.18.0.200", &["198.19.1.10"])], &[]);
+        let a = st(
+            &["198.18.0.200"],
+            &[("198.18.0.200", &["198.19.1.10"])],
+            &[],
+        );
         let sel = select_stale(Some(&a), None);
         let e = ip("198.18.0.200");
         assert!(sel.matches(ip("198.19.3.7"), ip("198.51.100.1"), e));

@@ -25,7 +25,11 @@ pub struct DesiredNode {
 
 /// The IPv4 next hops the plan steers to.
 pub fn wanted_next_hops(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
-    plan.gateways.values().flat_map(|g| g.steer.keys()).filter_map(|ip| v4(*ip)).collect()
+    plan.gateways
+        .values()
+        .flat_map(|g| g.steer.keys())
+        .filter_map(|ip| v4(*ip))
+        .collect()
 }
 
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
@@ -69,7 +73,11 @@ impl V4Filter {
 
 /// The desired kernel state for `plan`, with next hops on the given `slots`
 /// (see [`super::slots::allocate_slots`]; next hops missing from `slots` are not steered).
-pub fn desired(plan: &NodePlan, cfg: &DataplaneConfig, slots: &BTreeMap<Ipv4Addr, u32>) -> DesiredNode {
+pub fn desired(
+    plan: &NodePlan,
+    cfg: &DataplaneConfig,
+    slots: &BTreeMap<Ipv4Addr, u32>,
+) -> DesiredNode {
     let mut f = V4Filter { ignored: 0 };
     let mut addresses = BTreeMap::new();
     for (ip, hosted) in &plan.hosted {
@@ -80,54 +88,127 @@ pub fn desired(plan: &NodePlan, cfg: &DataplaneConfig, slots: &BTreeMap<Ipv4Addr
             None => f.ignored += 1,
         }
     }
-    let active: Vec<(&String, _)> = plan.gateways.iter().filter(|(_, g)| !g.is_empty()).collect();
+    let active: Vec<(&String, _)> = plan
+        .gateways
+        .iter()
+        .filter(|(_, g)| !g.is_empty())
+        .collect();
     if addresses.is_empty() && active.is_empty() {
-        return DesiredNode { ipv6_ignored: f.ignored, ..DesiredNode::default() };
+        return DesiredNode {
+            ipv6_ignored: f.ignored,
+            ..DesiredNode::default()
+        };
     }
 
     let ids = assign_gateway_ids(active.iter().map(|(n, _)| n.as_str()));
-    let mut st = NftState { chains: our_chains(), ..NftState::default() };
-    let set = |st: &mut NftState, name: SetName, comment: Option<String>, content: SetContent| {
-        st.sets.insert(name.to_string(), NftSet { comment, content });
+    let mut st = NftState {
+        chains: our_chains(),
+        ..NftState::default()
     };
-    set(&mut st, SetName::Hosted, None, SetContent::Addrs(addresses.keys().copied().collect()));
+    let set = |st: &mut NftState, name: SetName, comment: Option<String>, content: SetContent| {
+        st.sets
+            .insert(name.to_string(), NftSet { comment, content });
+    };
+    set(
+        &mut st,
+        SetName::Hosted,
+        None,
+        SetContent::Addrs(addresses.keys().copied().collect()),
+    );
     st.rules.insert(RuleSpec::Guard, None);
-    st.rules.insert(RuleSpec::MarkSnat { mask: cfg.mark_mask }, None);
+    st.rules.insert(
+        RuleSpec::MarkSnat {
+            mask: cfg.mark_mask,
+        },
+        None,
+    );
 
     let mut used_slots = BTreeMap::new();
     for (name, g) in active {
         let gid: GatewayId = ids[name.as_str()].clone();
-        set(&mut st, SetName::Dst(gid.clone()), Some(name.clone()), SetContent::Ranges(f.ranges(&g.destinations)));
-        set(&mut st, SetName::Excl(gid.clone()), None, SetContent::Ranges(f.ranges(&g.excluded)));
+        set(
+            &mut st,
+            SetName::Dst(gid.clone()),
+            Some(name.clone()),
+            SetContent::Ranges(f.ranges(&g.destinations)),
+        );
+        set(
+            &mut st,
+            SetName::Excl(gid.clone()),
+            None,
+            SetContent::Ranges(f.ranges(&g.excluded)),
+        );
         for (egress, pods) in &g.snat {
             let Some(egress_ip) = v4(*egress) else {
                 f.ignored += 1;
                 continue;
             };
             let pods = f.addrs(pods);
-            set(&mut st, SetName::Snat(gid.clone(), egress_ip), None, SetContent::Addrs(pods));
-            st.rules.insert(RuleSpec::Snat { gid: gid.clone(), egress_ip }, None);
-            st.rules.insert(RuleSpec::Account { gid: gid.clone(), egress_ip }, None);
+            set(
+                &mut st,
+                SetName::Snat(gid.clone(), egress_ip),
+                None,
+                SetContent::Addrs(pods),
+            );
+            st.rules.insert(
+                RuleSpec::Snat {
+                    gid: gid.clone(),
+                    egress_ip,
+                },
+                None,
+            );
+            st.rules.insert(
+                RuleSpec::Account {
+                    gid: gid.clone(),
+                    egress_ip,
+                },
+                None,
+            );
         }
         for (nh, pods) in &g.steer {
             let Some(next_hop) = v4(*nh) else {
                 f.ignored += 1;
                 continue;
             };
-            let Some(slot) = slots.get(&next_hop) else { continue };
+            let Some(slot) = slots.get(&next_hop) else {
+                continue;
+            };
             used_slots.insert(next_hop, *slot);
             let pods = f.addrs(pods);
-            set(&mut st, SetName::Via(gid.clone(), next_hop), None, SetContent::Addrs(pods));
+            set(
+                &mut st,
+                SetName::Via(gid.clone(), next_hop),
+                None,
+                SetContent::Addrs(pods),
+            );
             let (mark, mask) = (cfg.slot_mark(*slot), cfg.mark_mask);
-            st.rules.insert(RuleSpec::Steer { gid: gid.clone(), next_hop, mark, mask }, None);
+            st.rules.insert(
+                RuleSpec::Steer {
+                    gid: gid.clone(),
+                    next_hop,
+                    mark,
+                    mask,
+                },
+                None,
+            );
         }
         if !g.blocked.is_empty() {
             let pods = f.addrs(&g.blocked);
-            set(&mut st, SetName::Blocked(gid.clone()), None, SetContent::Addrs(pods));
+            set(
+                &mut st,
+                SetName::Blocked(gid.clone()),
+                None,
+                SetContent::Addrs(pods),
+            );
             st.rules.insert(RuleSpec::Block { gid: gid.clone() }, None);
         }
     }
-    DesiredNode { nft: Some(st), addresses, slots: used_slots, ipv6_ignored: f.ignored }
+    DesiredNode {
+        nft: Some(st),
+        addresses,
+        slots: used_slots,
+        ipv6_ignored: f.ignored,
+    }
 }
 
 #[cfg(test)]
@@ -141,11 +222,23 @@ mod tests {
 
     fn plan() -> NodePlan {
         let mut p = NodePlan::empty("node-b");
-        p.hosted.insert(ip("198.18.0.200"), HostedIp { gateway: "gw".into(), interface: "eth0".into() });
+        p.hosted.insert(
+            ip("198.18.0.200"),
+            HostedIp {
+                gateway: "gw".into(),
+                interface: "eth0".into(),
+            },
+        );
         let g = GatewayNodePlan {
-            destinations: vec!["203.0.113.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+            destinations: vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
             excluded: vec!["203.0.113.128/25".parse().unwrap()],
-            snat: BTreeMap::from([(ip("198.18.0.200"), BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")]))]),
+            snat: BTreeMap::from([(
+                ip("198.18.0.200"),
+                BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")]),
+            )]),
             steer: BTreeMap::from([(ip("198.18.0.13"), BTreeSet::from([ip("198.19.2.11")]))]),
             blocked: BTreeSet::new(),
         };
@@ -155,7 +248,11 @@ mod tests {
 
     #[test]
     fn empty_plan_wants_no_table() {
-        let d = desired(&NodePlan::empty("n"), &DataplaneConfig::default(), &BTreeMap::new());
+        let d = desired(
+            &NodePlan::empty("n"),
+            &DataplaneConfig::default(),
+            &BTreeMap::new(),
+        );
         assert_eq!(d, DesiredNode::default());
     }
 
@@ -173,8 +270,16 @@ mod tests {
         assert_eq!(st.addrs(&SetName::Via(gid.clone(), nh)).unwrap().len(), 1);
         assert_eq!(st.ranges(&SetName::Dst(gid.clone())).unwrap().len(), 1);
         assert_eq!(st.hosted(), BTreeSet::from([e]));
-        assert!(st.rules.contains_key(&RuleSpec::Snat { gid: gid.clone(), egress_ip: e }));
-        assert!(st.rules.contains_key(&RuleSpec::Steer { gid: gid.clone(), next_hop: nh, mark: cfg.slot_mark(2), mask: cfg.mark_mask }));
+        assert!(st.rules.contains_key(&RuleSpec::Snat {
+            gid: gid.clone(),
+            egress_ip: e
+        }));
+        assert!(st.rules.contains_key(&RuleSpec::Steer {
+            gid: gid.clone(),
+            next_hop: nh,
+            mark: cfg.slot_mark(2),
+            mask: cfg.mark_mask
+        }));
         assert!(!st.sets.contains_key(&SetName::Blocked(gid).to_string()));
         assert_eq!(d.addresses[&e], "eth0");
         assert_eq!(d.slots[&nh], 2);

@@ -47,7 +47,8 @@ pub struct Engine {
 }
 
 fn open_nfnl() -> Result<NfnlSocket, DataplaneError> {
-    NfnlSocket::open().map_err(|e| DataplaneError::kernel("socket(NETLINK_NETFILTER)", "nfnetlink", e))
+    NfnlSocket::open()
+        .map_err(|e| DataplaneError::kernel("socket(NETLINK_NETFILTER)", "nfnetlink", e))
 }
 
 fn open_rtnl() -> Result<Rtnl, DataplaneError> {
@@ -63,14 +64,27 @@ pub fn read_routing(cfg: &DataplaneConfig) -> Result<RoutingState, DataplaneErro
 /// Extend the lifetime of every egress IP the kernel holds for us (see
 /// [`DataplaneConfig::address_lifetime_secs`]). Returns how many were refreshed.
 pub fn refresh_lifetimes(cfg: &DataplaneConfig) -> Result<usize, DataplaneError> {
-    let Some(secs) = cfg.address_lifetime_secs else { return Ok(0) };
+    let Some(secs) = cfg.address_lifetime_secs else {
+        return Ok(0);
+    };
     let mut rtnl = open_rtnl()?;
     rtnl.address_lifetime = Some(secs);
     let routing = rtnl.read(cfg)?;
     let mut n = 0;
-    for a in routing.addresses.iter().filter(|a| a.proto == Some(super::config::ADDRESS_PROTO) && a.prefix == 32) {
-        let ifname = routing.link_by_index(a.link).map(|l| l.name.clone()).unwrap_or_default();
-        rtnl.apply(&RtOp::AddAddress { ip: a.ip, link: a.link, ifname })?;
+    for a in routing
+        .addresses
+        .iter()
+        .filter(|a| a.proto == Some(super::config::ADDRESS_PROTO) && a.prefix == 32)
+    {
+        let ifname = routing
+            .link_by_index(a.link)
+            .map(|l| l.name.clone())
+            .unwrap_or_default();
+        rtnl.apply(&RtOp::AddAddress {
+            ip: a.ip,
+            link: a.link,
+            ifname,
+        })?;
         n += 1;
     }
     Ok(n)
@@ -83,7 +97,9 @@ fn count_elements(ops: &[NftOp], report: &mut ApplyReport, old: Option<&NftState
             NftOp::AddElems { content, .. } => report.elements_added += content.len(),
             NftOp::DelElems { content, .. } => report.elements_removed += content.len(),
             NftOp::FlushSet { name } | NftOp::DelSet { name } => {
-                report.elements_removed += old.and_then(|o| o.sets.get(name)).map_or(0, |s| s.content.len())
+                report.elements_removed += old
+                    .and_then(|o| o.sets.get(name))
+                    .map_or(0, |s| s.content.len())
             }
             NftOp::DelTable => report.elements_removed += old.map_or(0, NftState::element_count),
             NftOp::AddRule(_) => report.rules_added += 1,
@@ -113,7 +129,11 @@ impl Engine {
     fn ensure_cached(&mut self, nfnl: &mut NfnlSocket) -> Result<(), DataplaneError> {
         if self.cached.is_none() {
             let t = read_table(nfnl)?;
-            debug!(present = t.is_some(), elements = t.as_ref().map_or(0, NftState::element_count), "read table from kernel");
+            debug!(
+                present = t.is_some(),
+                elements = t.as_ref().map_or(0, NftState::element_count),
+                "read table from kernel"
+            );
             self.cached = Some(t);
         }
         Ok(())
@@ -147,14 +167,30 @@ impl Engine {
         let mut old = self.take_observed(&mut nfnl)?;
         let routing = rtnl.read(&cfg)?;
 
-        let slots = allocate_slots(&routing.slots(&cfg), &routing.busy_slots(&cfg), &wanted_next_hops(plan), cfg.max_slot())
-            .map_err(|nh| DataplaneError::SlotsExhausted { next_hop: IpAddr::V4(nh), mask: cfg.mark_mask, max: cfg.max_slot() })?;
+        let slots = allocate_slots(
+            &routing.slots(&cfg),
+            &routing.busy_slots(&cfg),
+            &wanted_next_hops(plan),
+            cfg.max_slot(),
+        )
+        .map_err(|nh| DataplaneError::SlotsExhausted {
+            next_hop: IpAddr::V4(nh),
+            mask: cfg.mark_mask,
+            max: cfg.max_slot(),
+        })?;
         let want = desired(plan, &cfg, &slots);
         let recorded = old.as_ref().map(NftState::hosted).unwrap_or_default();
-        let rplan = plan_routing(&routing, &recorded, &want.addresses, &want.slots, &cfg).map_err(|m| {
-            DataplaneError::InterfaceNotFound { ip: IpAddr::V4(m.ip), interface: m.interface }
-        })?;
-        let mut report = ApplyReport { ipv6_ignored: want.ipv6_ignored, ..ApplyReport::default() };
+        let rplan =
+            plan_routing(&routing, &recorded, &want.addresses, &want.slots, &cfg).map_err(|m| {
+                DataplaneError::InterfaceNotFound {
+                    ip: IpAddr::V4(m.ip),
+                    interface: m.interface,
+                }
+            })?;
+        let mut report = ApplyReport {
+            ipv6_ignored: want.ipv6_ignored,
+            ..ApplyReport::default()
+        };
 
         // 2. addresses out, new next hops in
         self.run_rt(&mut rtnl, &rplan.before_nft, &mut report)?;
@@ -170,13 +206,26 @@ impl Engine {
             report.nft_messages = encoded.messages;
             report.nft_bytes = encoded.bytes;
             if let Err(e) = nfnl.send_batch(&encoded.batch) {
-                let failed = e.seq.and_then(|s| encoded.op_for_seq(s)).map_or_else(|| "batch".to_string(), |i| ops[i].describe());
-                return Err(DataplaneError::Transaction { messages: encoded.messages, failed, source: e.error });
+                let failed = e
+                    .seq
+                    .and_then(|s| encoded.op_for_seq(s))
+                    .map_or_else(|| "batch".to_string(), |i| ops[i].describe());
+                return Err(DataplaneError::Transaction {
+                    messages: encoded.messages,
+                    failed,
+                    source: e.error,
+                });
             }
             let mut now = want.nft;
             if let Some(t) = now.as_mut() {
-                let rules_changed = ops.iter().any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
-                let fresh = if rules_changed { read_rules_only(&mut nfnl)? } else { old.take().unwrap_or_default() };
+                let rules_changed = ops
+                    .iter()
+                    .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
+                let fresh = if rules_changed {
+                    read_rules_only(&mut nfnl)?
+                } else {
+                    old.take().unwrap_or_default()
+                };
                 t.rules = fresh.rules;
                 t.foreign_rules = fresh.foreign_rules;
             }
@@ -202,7 +251,11 @@ impl Engine {
         // 6. conntrack
         if !stale.is_empty() {
             report.conntrack_deleted = delete_stale(&mut nfnl, &stale)?;
-            info!(pods = stale.pod_count(), deleted = report.conntrack_deleted, "stale conntrack entries deleted");
+            info!(
+                pods = stale.pod_count(),
+                deleted = report.conntrack_deleted,
+                "stale conntrack entries deleted"
+            );
         }
         if !report.is_noop() {
             info!(?report, "dataplane converged");
@@ -210,7 +263,12 @@ impl Engine {
         Ok(report)
     }
 
-    fn run_rt(&self, rtnl: &mut Rtnl, ops: &[RtOp], report: &mut ApplyReport) -> Result<(), DataplaneError> {
+    fn run_rt(
+        &self,
+        rtnl: &mut Rtnl,
+        ops: &[RtOp],
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
         for op in ops {
             rtnl.apply(op)?;
             match op {
@@ -234,7 +292,12 @@ impl Engine {
     /// Gratuitous ARP for the added addresses: the first round now, the other
     /// `garp_count - 1` rounds from a short-lived thread (the socket already lives in this
     /// namespace), so an apply does not wait for the whole burst.
-    fn announce(&self, added: &[RtOp], routing: &RoutingState, report: &mut ApplyReport) -> Result<(), DataplaneError> {
+    fn announce(
+        &self,
+        added: &[RtOp],
+        routing: &RoutingState,
+        report: &mut ApplyReport,
+    ) -> Result<(), DataplaneError> {
         let targets: Vec<_> = added
             .iter()
             .filter_map(|op| match op {
@@ -251,10 +314,16 @@ impl Engine {
         if targets.is_empty() || self.cfg.garp_count == 0 {
             return Ok(());
         }
-        let sock = GarpSocket::open().map_err(|e| DataplaneError::kernel("socket(AF_PACKET)", "gratuitous ARP", e))?;
+        let sock = GarpSocket::open()
+            .map_err(|e| DataplaneError::kernel("socket(AF_PACKET)", "gratuitous ARP", e))?;
         for (ip, link, mac, ifname) in &targets {
-            sock.send(*link, *mac, *ip)
-                .map_err(|e| DataplaneError::kernel("sendto(AF_PACKET)", format!("gratuitous ARP for {ip} on {ifname}"), e))?;
+            sock.send(*link, *mac, *ip).map_err(|e| {
+                DataplaneError::kernel(
+                    "sendto(AF_PACKET)",
+                    format!("gratuitous ARP for {ip} on {ifname}"),
+                    e,
+                )
+            })?;
             report.garps_sent += 1;
         }
         let rounds = self.cfg.garp_count - 1;
@@ -291,19 +360,44 @@ impl Engine {
         self.ensure_cached(&mut nfnl)?;
         let table = self.cached.as_ref().and_then(Option::as_ref);
         let rules = read_rules_only(&mut nfnl)?;
-        let name = |gid: &GatewayId| table.and_then(|t| t.gateway_name(gid)).map(str::to_string).or_else(|| Some(gid.to_string()));
+        let name = |gid: &GatewayId| {
+            table
+                .and_then(|t| t.gateway_name(gid))
+                .map(str::to_string)
+                .or_else(|| Some(gid.to_string()))
+        };
         let mut out = Vec::new();
         for (spec, h) in &rules.rules {
             let Some(h) = h else { continue };
             let (gateway, kind) = match spec {
                 RuleSpec::Guard => (None, CounterKind::Guard),
                 RuleSpec::MarkSnat { .. } => (None, CounterKind::SteeredConnections),
-                RuleSpec::Snat { gid, egress_ip } => (name(gid), CounterKind::SnatConnections { egress_ip: IpAddr::V4(*egress_ip) }),
-                RuleSpec::Account { gid, egress_ip } => (name(gid), CounterKind::Snat { egress_ip: IpAddr::V4(*egress_ip) }),
-                RuleSpec::Steer { gid, next_hop, .. } => (name(gid), CounterKind::Steer { next_hop: IpAddr::V4(*next_hop) }),
+                RuleSpec::Snat { gid, egress_ip } => (
+                    name(gid),
+                    CounterKind::SnatConnections {
+                        egress_ip: IpAddr::V4(*egress_ip),
+                    },
+                ),
+                RuleSpec::Account { gid, egress_ip } => (
+                    name(gid),
+                    CounterKind::Snat {
+                        egress_ip: IpAddr::V4(*egress_ip),
+                    },
+                ),
+                RuleSpec::Steer { gid, next_hop, .. } => (
+                    name(gid),
+                    CounterKind::Steer {
+                        next_hop: IpAddr::V4(*next_hop),
+                    },
+                ),
                 RuleSpec::Block { gid } => (name(gid), CounterKind::Blocked),
             };
-            out.push(RuleCounter { gateway, kind, packets: h.packets, bytes: h.bytes });
+            out.push(RuleCounter {
+                gateway,
+                kind,
+                packets: h.packets,
+                bytes: h.bytes,
+            });
         }
         out.sort_by(|a, b| (&a.gateway, &a.kind).cmp(&(&b.gateway, &b.kind)));
         Ok(out)
@@ -316,7 +410,11 @@ impl Engine {
         self.cached = Some(table.clone());
         let mut routing = open_rtnl()?.read(&self.cfg)?;
         let recorded: BTreeSet<_> = table.as_ref().map(NftState::hosted).unwrap_or_default();
-        let owned: Vec<_> = routing.owned_addresses(&recorded).into_iter().cloned().collect();
+        let owned: Vec<_> = routing
+            .owned_addresses(&recorded)
+            .into_iter()
+            .cloned()
+            .collect();
         routing.addresses = owned;
         Ok(KernelSnapshot { table, routing })
     }

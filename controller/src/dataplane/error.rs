@@ -15,10 +15,20 @@ pub enum DataplaneError {
     Netns { path: PathBuf, source: io::Error },
 
     #[error("{call} for {object}: {source}")]
-    Kernel { call: &'static str, object: String, source: io::Error },
+    Kernel {
+        call: &'static str,
+        object: String,
+        source: io::Error,
+    },
 
-    #[error("nftables transaction of {messages} messages rejected at \"{failed}\": {source} (nothing committed)")]
-    Transaction { messages: usize, failed: String, source: io::Error },
+    #[error(
+        "nftables transaction of {messages} messages rejected at \"{failed}\": {source} (nothing committed)"
+    )]
+    Transaction {
+        messages: usize,
+        failed: String,
+        source: io::Error,
+    },
 
     #[error("reading {what} from the kernel: {detail}")]
     Decode { what: &'static str, detail: String },
@@ -27,7 +37,11 @@ pub enum DataplaneError {
     InterfaceNotFound { ip: IpAddr, interface: String },
 
     #[error("next hop {next_hop}: no free slot (mark mask {mask:#010x} allows {max} next hops)")]
-    SlotsExhausted { next_hop: IpAddr, mask: u32, max: u32 },
+    SlotsExhausted {
+        next_hop: IpAddr,
+        mask: u32,
+        max: u32,
+    },
 
     #[error("the dataplane thread has stopped")]
     ThreadGone,
@@ -35,7 +49,11 @@ pub enum DataplaneError {
 
 impl DataplaneError {
     pub(crate) fn kernel(call: &'static str, object: impl Into<String>, source: io::Error) -> Self {
-        DataplaneError::Kernel { call, object: object.into(), source }
+        DataplaneError::Kernel {
+            call,
+            object: object.into(),
+            source,
+        }
     }
 
     /// The errno of a failed kernel call, if there is one.

@@ -37,7 +37,9 @@ impl GarpSocket {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Sends one gratuitous ARP for `ip` out of interface `ifindex` with source `mac`.
@@ -59,7 +61,11 @@ impl GarpSocket {
                 mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -28,7 +28,10 @@ enum Request {
 
 /// Moves the calling thread into the network namespace at `path`.
 fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
-    let err = |source| DataplaneError::Netns { path: path.to_path_buf(), source };
+    let err = |source| DataplaneError::Netns {
+        path: path.to_path_buf(),
+        source,
+    };
     let f = File::open(path).map_err(err)?;
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(err(std::io::Error::last_os_error()));
@@ -73,19 +76,30 @@ impl KernelDataplane {
                         Request::Cleanup(reply) => drop(reply.send(engine.cleanup())),
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
-                        Request::Routing(reply) => drop(reply.send(super::engine::read_routing(engine.config()))),
-                        Request::RefreshLifetimes(reply) => drop(reply.send(super::engine::refresh_lifetimes(engine.config()))),
+                        Request::Routing(reply) => {
+                            drop(reply.send(super::engine::read_routing(engine.config())))
+                        }
+                        Request::RefreshLifetimes(reply) => {
+                            drop(reply.send(super::engine::refresh_lifetimes(engine.config())))
+                        }
                     }
                 }
             })
             .map_err(|e| DataplaneError::kernel("spawn", "dataplane thread", e))?;
         ready_rx.recv().map_err(|_| DataplaneError::ThreadGone)??;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, DataplaneError> {
         let (reply_tx, reply_rx) = mpsc::channel();
-        self.tx.as_ref().ok_or(DataplaneError::ThreadGone)?.send(make(reply_tx)).map_err(|_| DataplaneError::ThreadGone)?;
+        self.tx
+            .as_ref()
+            .ok_or(DataplaneError::ThreadGone)?
+            .send(make(reply_tx))
+            .map_err(|_| DataplaneError::ThreadGone)?;
         reply_rx.recv().map_err(|_| DataplaneError::ThreadGone)?
     }
 

@@ -34,8 +34,11 @@ impl GatewayId {
 
     fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix('g')?;
-        (hex.len() == 10 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_string()))
+        (hex.len() == 10
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_string()))
     }
 }
 
@@ -47,7 +50,9 @@ impl fmt::Display for GatewayId {
 
 /// Ids for every gateway name: deterministic (names in order, a colliding name takes the
 /// next salt), so the same set of names always gets the same ids.
-pub fn assign_gateway_ids<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, GatewayId> {
+pub fn assign_gateway_ids<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<String, GatewayId> {
     let names: BTreeSet<&str> = names.into_iter().collect();
     let mut taken = BTreeSet::new();
     let mut ids = BTreeMap::new();
@@ -84,7 +89,9 @@ fn hex_ip(ip: Ipv4Addr) -> String {
 }
 
 fn parse_hex_ip(s: &str) -> Option<Ipv4Addr> {
-    (s.len() == 8).then(|| u32::from_str_radix(s, 16).ok().map(Ipv4Addr::from)).flatten()
+    (s.len() == 8)
+        .then(|| u32::from_str_radix(s, 16).ok().map(Ipv4Addr::from))
+        .flatten()
 }
 
 impl SetName {
@@ -96,7 +103,11 @@ impl SetName {
     pub fn gateway(&self) -> Option<&GatewayId> {
         match self {
             SetName::Hosted => None,
-            SetName::Dst(g) | SetName::Excl(g) | SetName::Snat(g, _) | SetName::Via(g, _) | SetName::Blocked(g) => Some(g),
+            SetName::Dst(g)
+            | SetName::Excl(g)
+            | SetName::Snat(g, _)
+            | SetName::Via(g, _)
+            | SetName::Blocked(g) => Some(g),
         }
     }
 }
@@ -170,8 +181,18 @@ mod tests {
             assert!(s.len() <= 31, "{s} too long for old kernels");
             assert_eq!(s.parse::<SetName>(), Ok(n));
         }
-        assert_eq!(format!("{}", SetName::Snat(g.clone(), ip)), format!("{g}_snat_c61200c8"));
-        for bad in ["", "foo", "g123_dst", "gzzzzzzzzzz_dst", &format!("{g}_snat_zz"), &format!("{g}_other")] {
+        assert_eq!(
+            format!("{}", SetName::Snat(g.clone(), ip)),
+            format!("{g}_snat_c61200c8")
+        );
+        for bad in [
+            "",
+            "foo",
+            "g123_dst",
+            "gzzzzzzzzzz_dst",
+            &format!("{g}_snat_zz"),
+            &format!("{g}_other"),
+        ] {
             assert!(bad.parse::<SetName>().is_err(), "{bad}");
         }
     }

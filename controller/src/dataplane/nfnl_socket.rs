@@ -7,8 +7,8 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nftnl::FinalizedBatch;
 
@@ -16,7 +16,11 @@ const RECV_BUF_WORDS: usize = 1 << 15; // 256 KiB, 8-byte aligned
 const NLMSG_HDRLEN: usize = 16;
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -49,18 +53,31 @@ pub struct NfnlSocket {
 
 impl NfnlSocket {
     pub fn open() -> io::Result<Self> {
-        let fd = cvt(unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) })?;
+        let fd = cvt(unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        })?;
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut sa: libc::sockaddr_nl = unsafe { mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as u16;
         cvt(unsafe {
-            libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, mem::size_of::<libc::sockaddr_nl>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
         })?;
         // ACKs of big batches and dumps need room; best effort without CAP_NET_ADMIN.
         if setsockopt_int(&fd, libc::SO_RCVBUFFORCE, 8 << 20).is_err() {
             setsockopt_int(&fd, libc::SO_RCVBUF, 8 << 20)?;
         }
-        let tv = libc::timeval { tv_sec: 10, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 10,
+            tv_usec: 0,
+        };
         cvt(unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
@@ -70,14 +87,23 @@ impl NfnlSocket {
                 mem::size_of::<libc::timeval>() as u32,
             )
         })?;
-        Ok(Self { fd, seq: 0x1000_0000, buf: vec![0u64; RECV_BUF_WORDS] })
+        Ok(Self {
+            fd,
+            seq: 0x1000_0000,
+            buf: vec![0u64; RECV_BUF_WORDS],
+        })
     }
 
     /// Sends the whole batch in one `sendmsg` and checks every ACK.
     pub fn send_batch(&mut self, batch: &FinalizedBatch) -> Result<(), BatchError> {
         let err = |error| BatchError { seq: None, error };
-        let mut iov: Vec<libc::iovec> =
-            batch.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+        let mut iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: b.len(),
+            })
+            .collect();
         let total: usize = iov.iter().map(|v| v.iov_len).sum();
         // netlink_sendmsg() rejects len > sk_sndbuf - 32; the kernel doubles what we set.
         let snd = (total + 64 * 1024).max(1 << 20).min(i32::MAX as usize) as libc::c_int;
@@ -94,19 +120,30 @@ impl NfnlSocket {
             return Err(err(io::Error::last_os_error()));
         }
         if n as usize != total {
-            return Err(err(io::Error::other(format!("short sendmsg: {n} of {total} bytes"))));
+            return Err(err(io::Error::other(format!(
+                "short sendmsg: {n} of {total} bytes"
+            ))));
         }
         self.wait_acks(batch.sequence_numbers())
     }
 
     fn recv(&mut self, flags: libc::c_int) -> io::Result<usize> {
         let len = self.buf.len() * 8;
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr() as *mut libc::c_void, len, flags | libc::MSG_TRUNC) };
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr() as *mut libc::c_void,
+                len,
+                flags | libc::MSG_TRUNC,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         if n as usize > len {
-            return Err(io::Error::other(format!("netlink message of {n} bytes truncated")));
+            return Err(io::Error::other(format!(
+                "netlink message of {n} bytes truncated"
+            )));
         }
         Ok(n as usize)
     }
@@ -121,11 +158,18 @@ impl NfnlSocket {
         let last = seqs.end - 1;
         let mut first: Option<BatchError> = None;
         loop {
-            let flags = if first.is_some() { libc::MSG_DONTWAIT } else { 0 };
+            let flags = if first.is_some() {
+                libc::MSG_DONTWAIT
+            } else {
+                0
+            };
             let n = match self.recv(flags) {
                 Ok(n) => n,
                 Err(e) => {
-                    return Err(first.unwrap_or(BatchError { seq: None, error: e }));
+                    return Err(first.unwrap_or(BatchError {
+                        seq: None,
+                        error: e,
+                    }));
                 }
             };
             let mut done = false;
@@ -135,7 +179,10 @@ impl NfnlSocket {
                 }
                 let code = i32::from_ne_bytes(msg.body[..4].try_into().expect("4 bytes"));
                 if code != 0 && first.is_none() {
-                    first = Some(BatchError { seq: Some(msg.seq), error: io::Error::from_raw_os_error(-code) });
+                    first = Some(BatchError {
+                        seq: Some(msg.seq),
+                        error: io::Error::from_raw_os_error(-code),
+                    });
                 }
                 if msg.seq == last {
                     done = true;
@@ -149,11 +196,22 @@ impl NfnlSocket {
 
     /// Sends one request (a complete netlink message; its sequence number is set here) and
     /// hands every reply message to `each` until DONE or the ACK. A NACK becomes the error.
-    pub fn request(&mut self, msg: &mut [u8], mut each: impl FnMut(&RawMsg<'_>) -> io::Result<()>) -> io::Result<()> {
+    pub fn request(
+        &mut self,
+        msg: &mut [u8],
+        mut each: impl FnMut(&RawMsg<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         msg[8..12].copy_from_slice(&seq.to_ne_bytes());
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -168,7 +226,12 @@ impl NfnlSocket {
                 match m.kind as libc::c_int {
                     libc::NLMSG_DONE => finished = true,
                     libc::NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(m.body.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]));
+                        let code = i32::from_ne_bytes(
+                            m.body
+                                .get(..4)
+                                .and_then(|b| b.try_into().ok())
+                                .unwrap_or([0; 4]),
+                        );
                         if code != 0 {
                             return Err(io::Error::from_raw_os_error(-code));
                         }
@@ -246,14 +309,15 @@ impl MsgBuilder {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
 
     /// Appends an attribute with a raw value.
     pub fn attr(&mut self, kind: u16, value: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
         self.buf.extend_from_slice(value);
         self.pad();
@@ -293,7 +357,11 @@ pub fn attrs(mut bytes: &[u8]) -> impl Iterator<Item = Attr<'_>> {
             return None;
         }
         let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & 0x3fff;
-        let a = Attr { kind, value: &bytes[4..len], encoded: &bytes[..len] };
+        let a = Attr {
+            kind,
+            value: &bytes[4..len],
+            encoded: &bytes[..len],
+        };
         bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
         Some(a)
     })
@@ -311,7 +379,9 @@ mod tests {
         let parsed: Vec<RawMsg<'_>> = messages(&msg).collect();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].kind, 0x0102);
-        let a: Vec<(u16, Vec<u8>)> = attrs(&parsed[0].body[4..]).map(|a| (a.kind, a.value.to_vec())).collect();
+        let a: Vec<(u16, Vec<u8>)> = attrs(&parsed[0].body[4..])
+            .map(|a| (a.kind, a.value.to_vec()))
+            .collect();
         assert_eq!(a, [(1, vec![1, 2, 3]), (2, vec![0, 0, 0, 7])]);
     }
 }

@@ -14,17 +14,39 @@ use super::nft_model::{ChainSpec, NftSet, NftState, RuleSpec, SetContent};
 pub enum NftOp {
     AddTable,
     DelTable,
-    AddChain { name: String, spec: ChainSpec },
-    DelChain { name: String },
+    AddChain {
+        name: String,
+        spec: ChainSpec,
+    },
+    DelChain {
+        name: String,
+    },
     /// Creates the set and fills it.
-    AddSet { name: String, set: NftSet },
-    DelSet { name: String },
-    FlushSet { name: String },
-    AddElems { set: String, content: SetContent },
-    DelElems { set: String, content: SetContent },
+    AddSet {
+        name: String,
+        set: NftSet,
+    },
+    DelSet {
+        name: String,
+    },
+    FlushSet {
+        name: String,
+    },
+    AddElems {
+        set: String,
+        content: SetContent,
+    },
+    DelElems {
+        set: String,
+        content: SetContent,
+    },
     AddRule(RuleSpec),
     /// Deletes a rule by handle; `what` names it for errors and logs.
-    DelRule { chain: String, handle: u64, what: String },
+    DelRule {
+        chain: String,
+        handle: u64,
+        what: String,
+    },
 }
 
 impl NftOp {
@@ -35,13 +57,25 @@ impl NftOp {
             NftOp::DelTable => "delete table".into(),
             NftOp::AddChain { name, .. } => format!("add chain {name}"),
             NftOp::DelChain { name } => format!("delete chain {name}"),
-            NftOp::AddSet { name, set } => format!("add set {name} ({} elements)", set.content.len()),
+            NftOp::AddSet { name, set } => {
+                format!("add set {name} ({} elements)", set.content.len())
+            }
             NftOp::DelSet { name } => format!("delete set {name}"),
             NftOp::FlushSet { name } => format!("flush set {name}"),
-            NftOp::AddElems { set, content } => format!("add {} elements to set {set}", content.len()),
-            NftOp::DelElems { set, content } => format!("delete {} elements from set {set}", content.len()),
-            NftOp::AddRule(spec) => format!("add rule \"{}\" to chain {}", spec.key(), spec.chain()),
-            NftOp::DelRule { chain, handle, what } => format!("delete rule \"{what}\" (handle {handle}) from chain {chain}"),
+            NftOp::AddElems { set, content } => {
+                format!("add {} elements to set {set}", content.len())
+            }
+            NftOp::DelElems { set, content } => {
+                format!("delete {} elements from set {set}", content.len())
+            }
+            NftOp::AddRule(spec) => {
+                format!("add rule \"{}\" to chain {}", spec.key(), spec.chain())
+            }
+            NftOp::DelRule {
+                chain,
+                handle,
+                what,
+            } => format!("delete rule \"{what}\" (handle {handle}) from chain {chain}"),
         }
     }
 }
@@ -54,7 +88,11 @@ fn same_kind(a: &SetContent, b: &SetContent) -> bool {
 /// already agree.
 pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftOp> {
     let Some(d) = desired else {
-        return if observed.is_some() { vec![NftOp::DelTable] } else { Vec::new() };
+        return if observed.is_some() {
+            vec![NftOp::DelTable]
+        } else {
+            Vec::new()
+        };
     };
     let empty = NftState::default();
     let o = observed.unwrap_or(&empty);
@@ -63,12 +101,20 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
         ops.push(NftOp::AddTable);
     }
 
-    let dirty_chains: BTreeSet<&String> =
-        o.chains.iter().filter(|(n, spec)| d.chains.get(*n) != Some(spec)).map(|(n, _)| n).collect();
+    let dirty_chains: BTreeSet<&String> = o
+        .chains
+        .iter()
+        .filter(|(n, spec)| d.chains.get(*n) != Some(spec))
+        .map(|(n, _)| n)
+        .collect();
     let dirty_sets: BTreeSet<&String> = o
         .sets
         .iter()
-        .filter(|(n, s)| d.sets.get(*n).is_some_and(|ds| !same_kind(&ds.content, &s.content) || ds.comment != s.comment))
+        .filter(|(n, s)| {
+            d.sets
+                .get(*n)
+                .is_some_and(|ds| !same_kind(&ds.content, &s.content) || ds.comment != s.comment)
+        })
         .map(|(n, _)| n)
         .collect();
     // A set that must be recreated may be referenced by any rule: re-add all rules in the
@@ -78,14 +124,22 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
     // 1. rules out
     let mut readd: Vec<&RuleSpec> = Vec::new();
     for f in &o.foreign_rules {
-        ops.push(NftOp::DelRule { chain: f.chain.clone(), handle: f.handle, what: "unrecognised rule".into() });
+        ops.push(NftOp::DelRule {
+            chain: f.chain.clone(),
+            handle: f.handle,
+            what: "unrecognised rule".into(),
+        });
     }
     for (spec, h) in &o.rules {
         let wanted = d.rules.contains_key(spec);
         let chain_dirty = dirty_chains.contains(&spec.chain().to_string());
         if !wanted || rebuild_rules || chain_dirty {
             if let Some(h) = h {
-                ops.push(NftOp::DelRule { chain: spec.chain().into(), handle: h.handle, what: spec.key() });
+                ops.push(NftOp::DelRule {
+                    chain: spec.chain().into(),
+                    handle: h.handle,
+                    what: spec.key(),
+                });
             }
             if wanted {
                 readd.push(spec);
@@ -94,22 +148,34 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
     }
     // 2. chains out, 3. sets out
     for name in &dirty_chains {
-        ops.push(NftOp::DelChain { name: (*name).clone() });
+        ops.push(NftOp::DelChain {
+            name: (*name).clone(),
+        });
     }
-    for name in o.sets.keys().filter(|n| !d.sets.contains_key(*n) || dirty_sets.contains(n)) {
+    for name in o
+        .sets
+        .keys()
+        .filter(|n| !d.sets.contains_key(*n) || dirty_sets.contains(n))
+    {
         ops.push(NftOp::DelSet { name: name.clone() });
     }
     // 4. chains in
     for (name, spec) in &d.chains {
         if !o.chains.contains_key(name) || dirty_chains.contains(name) {
-            ops.push(NftOp::AddChain { name: name.clone(), spec: *spec });
+            ops.push(NftOp::AddChain {
+                name: name.clone(),
+                spec: *spec,
+            });
         }
     }
     // 5. sets in / changed
     for (name, ds) in &d.sets {
         let os = o.sets.get(name).filter(|_| !dirty_sets.contains(name));
         let Some(os) = os else {
-            ops.push(NftOp::AddSet { name: name.clone(), set: ds.clone() });
+            ops.push(NftOp::AddSet {
+                name: name.clone(),
+                set: ds.clone(),
+            });
             continue;
         };
         match (&os.content, &ds.content) {
@@ -117,16 +183,25 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
                 let del: BTreeSet<_> = have.difference(want).copied().collect();
                 let add: BTreeSet<_> = want.difference(have).copied().collect();
                 if !del.is_empty() {
-                    ops.push(NftOp::DelElems { set: name.clone(), content: SetContent::Addrs(del) });
+                    ops.push(NftOp::DelElems {
+                        set: name.clone(),
+                        content: SetContent::Addrs(del),
+                    });
                 }
                 if !add.is_empty() {
-                    ops.push(NftOp::AddElems { set: name.clone(), content: SetContent::Addrs(add) });
+                    ops.push(NftOp::AddElems {
+                        set: name.clone(),
+                        content: SetContent::Addrs(add),
+                    });
                 }
             }
             (have, want) if have != want => {
                 ops.push(NftOp::FlushSet { name: name.clone() });
                 if !want.is_empty() {
-                    ops.push(NftOp::AddElems { set: name.clone(), content: want.clone() });
+                    ops.push(NftOp::AddElems {
+                        set: name.clone(),
+                        content: want.clone(),
+                    });
                 }
             }
             _ => {}
@@ -159,19 +234,40 @@ mod tests {
     }
 
     fn state(pods: &[u8], dst: &str) -> NftState {
-        let mut st = NftState { chains: our_chains(), ..Default::default() };
+        let mut st = NftState {
+            chains: our_chains(),
+            ..Default::default()
+        };
         let e = Ipv4Addr::new(198, 18, 0, 200);
-        st.sets.insert(SetName::Hosted.to_string(), NftSet { comment: None, content: SetContent::Addrs([e].into()) });
+        st.sets.insert(
+            SetName::Hosted.to_string(),
+            NftSet {
+                comment: None,
+                content: SetContent::Addrs([e].into()),
+            },
+        );
         st.sets.insert(
             SetName::Dst(gid()).to_string(),
-            NftSet { comment: Some("gw".into()), content: SetContent::Ranges([IpRange::of(dst.parse().unwrap())].into()) },
+            NftSet {
+                comment: Some("gw".into()),
+                content: SetContent::Ranges([IpRange::of(dst.parse().unwrap())].into()),
+            },
         );
         st.sets.insert(
             SetName::Snat(gid(), e).to_string(),
-            NftSet { comment: None, content: SetContent::Addrs(pods.iter().map(|p| ip(*p)).collect()) },
+            NftSet {
+                comment: None,
+                content: SetContent::Addrs(pods.iter().map(|p| ip(*p)).collect()),
+            },
         );
         st.rules.insert(RuleSpec::Guard, None);
-        st.rules.insert(RuleSpec::Snat { gid: gid(), egress_ip: e }, None);
+        st.rules.insert(
+            RuleSpec::Snat {
+                gid: gid(),
+                egress_ip: e,
+            },
+            None,
+        );
         st
     }
 
@@ -179,7 +275,10 @@ mod tests {
     fn observed(d: &NftState) -> NftState {
         let mut o = d.clone();
         for (i, h) in o.rules.values_mut().enumerate() {
-            *h = Some(RuleHandle { handle: i as u64 + 1, ..Default::default() });
+            *h = Some(RuleHandle {
+                handle: i as u64 + 1,
+                ..Default::default()
+            });
         }
         o
     }
@@ -189,11 +288,25 @@ mod tests {
         let d = state(&[1, 2], "203.0.113.0/24");
         let ops = diff(None, Some(&d));
         assert_eq!(ops[0], NftOp::AddTable);
-        let first_rule = ops.iter().position(|o| matches!(o, NftOp::AddRule(_))).unwrap();
-        let last_set = ops.iter().rposition(|o| matches!(o, NftOp::AddSet { .. })).unwrap();
-        let last_chain = ops.iter().rposition(|o| matches!(o, NftOp::AddChain { .. })).unwrap();
+        let first_rule = ops
+            .iter()
+            .position(|o| matches!(o, NftOp::AddRule(_)))
+            .unwrap();
+        let last_set = ops
+            .iter()
+            .rposition(|o| matches!(o, NftOp::AddSet { .. }))
+            .unwrap();
+        let last_chain = ops
+            .iter()
+            .rposition(|o| matches!(o, NftOp::AddChain { .. }))
+            .unwrap();
         assert!(last_set < first_rule && last_chain < first_rule);
-        assert_eq!(ops.iter().filter(|o| matches!(o, NftOp::AddRule(_))).count(), 2);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, NftOp::AddRule(_)))
+                .count(),
+            2
+        );
     }
 
     #[test]
@@ -204,7 +317,9 @@ mod tests {
         let d2 = state(&[1, 2, 3], "203.0.113.0/24");
         let ops = diff(Some(&o), Some(&d2));
         assert_eq!(ops.len(), 1);
-        assert!(matches!(&ops[0], NftOp::AddElems { content: SetContent::Addrs(a), .. } if a.len() == 1));
+        assert!(
+            matches!(&ops[0], NftOp::AddElems { content: SetContent::Addrs(a), .. } if a.len() == 1)
+        );
         let d3 = state(&[2], "203.0.113.0/24");
         let ops = diff(Some(&o), Some(&d3));
         assert!(matches!(&ops[..], [NftOp::DelElems { content, .. }] if content.len() == 1));
@@ -215,7 +330,10 @@ mod tests {
         let o = observed(&state(&[1], "203.0.113.0/24"));
         let d = state(&[1], "203.0.113.0/25");
         let ops = diff(Some(&o), Some(&d));
-        assert!(matches!(&ops[..], [NftOp::FlushSet { .. }, NftOp::AddElems { .. }]));
+        assert!(matches!(
+            &ops[..],
+            [NftOp::FlushSet { .. }, NftOp::AddElems { .. }]
+        ));
     }
 
     #[test]
@@ -225,10 +343,21 @@ mod tests {
         d.sets.retain(|n, _| n == SET_HOSTED_NAME);
         d.rules = BTreeMap::from([(RuleSpec::Guard, None)]);
         let ops = diff(Some(&o), Some(&d));
-        let del_rule = ops.iter().position(|o| matches!(o, NftOp::DelRule { .. })).unwrap();
-        let del_set = ops.iter().position(|o| matches!(o, NftOp::DelSet { .. })).unwrap();
+        let del_rule = ops
+            .iter()
+            .position(|o| matches!(o, NftOp::DelRule { .. }))
+            .unwrap();
+        let del_set = ops
+            .iter()
+            .position(|o| matches!(o, NftOp::DelSet { .. }))
+            .unwrap();
         assert!(del_rule < del_set);
-        assert_eq!(ops.iter().filter(|o| matches!(o, NftOp::DelSet { .. })).count(), 2);
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, NftOp::DelSet { .. }))
+                .count(),
+            2
+        );
         assert!(!ops.iter().any(|o| matches!(o, NftOp::AddRule(_))));
     }
 
@@ -238,16 +367,31 @@ mod tests {
     fn foreign_rules_and_wrong_chains_are_replaced() {
         let d = state(&[1], "203.0.113.0/24");
         let mut o = observed(&d);
-        o.foreign_rules.push(ForeignRule { chain: "post".into(), handle: 99 });
+        o.foreign_rules.push(ForeignRule {
+            chain: "post".into(),
+            handle: 99,
+        });
         o.chains.get_mut("post").unwrap().priority = 100;
         o.chains.insert("old".into(), o.chains["pre"]);
         let ops = diff(Some(&o), Some(&d));
-        assert!(ops.contains(&NftOp::DelRule { chain: "post".into(), handle: 99, what: "unrecognised rule".into() }));
+        assert!(ops.contains(&NftOp::DelRule {
+            chain: "post".into(),
+            handle: 99,
+            what: "unrecognised rule".into()
+        }));
         assert!(ops.contains(&NftOp::DelChain { name: "old".into() }));
-        assert!(ops.contains(&NftOp::DelChain { name: "post".into() }));
-        assert!(ops.iter().any(|o| matches!(o, NftOp::AddChain { name, .. } if name == "post")));
+        assert!(ops.contains(&NftOp::DelChain {
+            name: "post".into()
+        }));
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, NftOp::AddChain { name, .. } if name == "post"))
+        );
         // the SNAT rule lived in the recreated chain: deleted and added again
-        let snat = RuleSpec::Snat { gid: gid(), egress_ip: Ipv4Addr::new(198, 18, 0, 200) };
+        let snat = RuleSpec::Snat {
+            gid: gid(),
+            egress_ip: Ipv4Addr::new(198, 18, 0, 200),
+        };
         assert!(ops.contains(&NftOp::AddRule(snat)));
         assert!(!ops.contains(&NftOp::AddRule(RuleSpec::Guard)));
     }
@@ -256,11 +400,27 @@ mod tests {
     fn changed_comment_recreates_the_set_and_every_rule() {
         let o = observed(&state(&[1], "203.0.113.0/24"));
         let mut d = state(&[1], "203.0.113.0/24");
-        d.sets.get_mut(&SetName::Dst(gid()).to_string()).unwrap().comment = Some("other".into());
+        d.sets
+            .get_mut(&SetName::Dst(gid()).to_string())
+            .unwrap()
+            .comment = Some("other".into());
         let ops = diff(Some(&o), Some(&d));
-        assert_eq!(ops.iter().filter(|o| matches!(o, NftOp::DelRule { .. })).count(), 2);
-        assert_eq!(ops.iter().filter(|o| matches!(o, NftOp::AddRule(_))).count(), 2);
-        assert!(ops.iter().any(|o| matches!(o, NftOp::DelSet { name } if name.ends_with("_dst"))));
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, NftOp::DelRule { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, NftOp::AddRule(_)))
+                .count(),
+            2
+        );
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, NftOp::DelSet { name } if name.ends_with("_dst")))
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::set::Set;
-use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, NlMsg, Policy, ProtoFamily, Rule, Table,
+};
 
 use super::config::TABLE;
 use super::names::SetName;
@@ -64,9 +66,18 @@ fn push_elem(set: &Set<'_, Ipv4Addr>, key: u32, interval_end: bool) {
             std::process::abort();
         }
         let key = key.to_be_bytes();
-        sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, key.as_ptr() as *const c_void, 4);
+        sys::nftnl_set_elem_set(
+            e,
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            key.as_ptr() as *const c_void,
+            4,
+        );
         if interval_end {
-            sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, libc::NFT_SET_ELEM_INTERVAL_END as u32);
+            sys::nftnl_set_elem_set_u32(
+                e,
+                sys::NFTNL_SET_ELEM_FLAGS as u16,
+                libc::NFT_SET_ELEM_INTERVAL_END as u32,
+            );
         }
         sys::nftnl_set_elem_add(set.as_ptr().as_ptr(), e);
     }
@@ -76,7 +87,9 @@ fn push_elem(set: &Set<'_, Ipv4Addr>, key: u32, interval_end: bool) {
 /// reaching 2^32 has no end element).
 fn fill(set: &Set<'_, Ipv4Addr>, content: &SetContent) {
     match content {
-        SetContent::Addrs(addrs) => addrs.iter().for_each(|a| push_elem(set, u32::from(*a), false)),
+        SetContent::Addrs(addrs) => addrs
+            .iter()
+            .for_each(|a| push_elem(set, u32::from(*a), false)),
         SetContent::Ranges(ranges) => {
             for r in ranges {
                 push_elem(set, r.start, false);
@@ -106,7 +119,10 @@ fn chain_object<'a>(table: &'a Table, name: &str) -> Chain<'a> {
 }
 
 fn lookup(set: SetName, invert: bool) -> Expr {
-    Expr::Lookup { set: cstr(&set.to_string()), invert }
+    Expr::Lookup {
+        set: cstr(&set.to_string()),
+        invert,
+    }
 }
 
 /// The expressions of a rule (see [`RuleSpec`] for what each one says in nft syntax).
@@ -122,10 +138,18 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
         ]
     };
     match spec {
-        RuleSpec::Guard => vec![Expr::Payload(Ip4Field::Daddr), lookup(SetName::Hosted, false), Expr::Counter, Expr::Drop],
+        RuleSpec::Guard => vec![
+            Expr::Payload(Ip4Field::Daddr),
+            lookup(SetName::Hosted, false),
+            Expr::Counter,
+            Expr::Drop,
+        ],
         RuleSpec::MarkSnat { mask } => vec![
             Expr::MarkLoad,
-            Expr::Bitwise { mask: *mask, xor: 0 },
+            Expr::Bitwise {
+                mask: *mask,
+                xor: 0,
+            },
             Expr::NonZero,
             Expr::Counter,
             Expr::Payload(Ip4Field::Saddr),
@@ -137,9 +161,18 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
             v
         }
         RuleSpec::Account { gid, .. } => scope(gid, spec.source_set()),
-        RuleSpec::Steer { gid, mark, mask, .. } => {
+        RuleSpec::Steer {
+            gid, mark, mask, ..
+        } => {
             let mut v = scope(gid, spec.source_set());
-            v.extend([Expr::MarkLoad, Expr::Bitwise { mask: !*mask, xor: *mark }, Expr::MarkStore]);
+            v.extend([
+                Expr::MarkLoad,
+                Expr::Bitwise {
+                    mask: !*mask,
+                    xor: *mark,
+                },
+                Expr::MarkStore,
+            ]);
             v
         }
         RuleSpec::Block { gid } => {
@@ -198,11 +231,20 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 unsafe {
                     let p = s.as_ptr().as_ptr();
                     if set.content.is_interval() {
-                        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_INTERVAL as u32);
+                        sys::nftnl_set_set_u32(
+                            p,
+                            sys::NFTNL_SET_FLAGS as u16,
+                            libc::NFT_SET_INTERVAL as u32,
+                        );
                     }
                     if let Some(c) = &set.comment {
                         let ud = comment_udata(sys::NFTNL_UDATA_SET_COMMENT, c);
-                        sys::nftnl_set_set_data(p, sys::NFTNL_SET_USERDATA as u16, ud.as_ptr() as *const c_void, ud.len() as u32);
+                        sys::nftnl_set_set_data(
+                            p,
+                            sys::NFTNL_SET_USERDATA as u16,
+                            ud.as_ptr() as *const c_void,
+                            ud.len() as u32,
+                        );
                     }
                 }
                 batch.add(&s, MsgType::Add);
@@ -225,7 +267,11 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 count(1);
             }
             NftOp::AddElems { set, content } | NftOp::DelElems { set, content } => {
-                let kind = if matches!(op, NftOp::AddElems { .. }) { MsgType::Add } else { MsgType::Del };
+                let kind = if matches!(op, NftOp::AddElems { .. }) {
+                    MsgType::Add
+                } else {
+                    MsgType::Del
+                };
                 let s = set_object(&table, set, 0);
                 fill(&s, content);
                 let mut n = 0;
@@ -241,7 +287,8 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 for e in rule_exprs(spec) {
                     rule.add_expr(&e);
                 }
-                rule.set_comment(cstr(&spec.key())).expect("rule keys are shorter than 128 bytes");
+                rule.set_comment(cstr(&spec.key()))
+                    .expect("rule keys are shorter than 128 bytes");
                 batch.add(&rule, MsgType::Add);
                 count(1);
             }
@@ -253,12 +300,21 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 count(1);
             }
         }
-        debug_assert!(op_of_message.len() > before || matches!(op, NftOp::AddElems { .. } | NftOp::DelElems { .. }));
+        debug_assert!(
+            op_of_message.len() > before
+                || matches!(op, NftOp::AddElems { .. } | NftOp::DelElems { .. })
+        );
     }
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
     let messages = op_of_message.len();
     let framing = (seqs.len() - messages) as u32 / 2;
     let bytes = batch.iter().map(|b| b.len()).sum();
-    EncodedBatch { first_seq: seqs.start + framing, batch, messages, bytes, op_of_message }
+    EncodedBatch {
+        first_seq: seqs.start + framing,
+        batch,
+        messages,
+        bytes,
+        op_of_message,
+    }
 }

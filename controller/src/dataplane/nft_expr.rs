@@ -41,11 +41,19 @@ pub enum Expr {
 }
 
 fn alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
-    NonNull::new(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) }).unwrap_or_else(|| std::process::abort())
+    NonNull::new(unsafe { sys::nftnl_expr_alloc(name.as_ptr()) })
+        .unwrap_or_else(|| std::process::abort())
 }
 
 unsafe fn set_data(e: *mut sys::nftnl_expr, attr: u32, data: &[u8]) {
-    unsafe { sys::nftnl_expr_set(e, attr as u16, data.as_ptr() as *const c_void, data.len() as u32) };
+    unsafe {
+        sys::nftnl_expr_set(
+            e,
+            attr as u16,
+            data.as_ptr() as *const c_void,
+            data.len() as u32,
+        )
+    };
 }
 
 impl Expression for Expr {
@@ -57,7 +65,11 @@ impl Expression for Expr {
                     let e = alloc(c"payload");
                     let p = e.as_ptr();
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, reg1);
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, libc::NFT_PAYLOAD_NETWORK_HEADER as u32);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                        libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+                    );
                     let offset = match field {
                         Ip4Field::Saddr => 12,
                         Ip4Field::Daddr => 16,
@@ -72,15 +84,27 @@ impl Expression for Expr {
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SREG as u16, reg1);
                     sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
                     if *invert {
-                        sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, libc::NFT_LOOKUP_F_INV as u32);
+                        sys::nftnl_expr_set_u32(
+                            p,
+                            sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
+                            libc::NFT_LOOKUP_F_INV as u32,
+                        );
                     }
                     e
                 }
                 Expr::MarkLoad | Expr::MarkStore => {
                     let e = alloc(c"meta");
                     let p = e.as_ptr();
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_META_KEY as u16, libc::NFT_META_MARK as u32);
-                    let reg_attr = if matches!(self, Expr::MarkLoad) { sys::NFTNL_EXPR_META_DREG } else { sys::NFTNL_EXPR_META_SREG };
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_META_KEY as u16,
+                        libc::NFT_META_MARK as u32,
+                    );
+                    let reg_attr = if matches!(self, Expr::MarkLoad) {
+                        sys::NFTNL_EXPR_META_DREG
+                    } else {
+                        sys::NFTNL_EXPR_META_SREG
+                    };
                     sys::nftnl_expr_set_u32(p, reg_attr as u16, reg1);
                     e
                 }
@@ -98,7 +122,11 @@ impl Expression for Expr {
                     let e = alloc(c"cmp");
                     let p = e.as_ptr();
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_SREG as u16, reg1);
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_OP as u16, libc::NFT_CMP_NEQ as u32);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_CMP_OP as u16,
+                        libc::NFT_CMP_NEQ as u32,
+                    );
                     set_data(p, sys::NFTNL_EXPR_CMP_DATA, &0u32.to_ne_bytes());
                     e
                 }
@@ -113,16 +141,32 @@ impl Expression for Expr {
                 Expr::SnatReg1 => {
                     let e = alloc(c"nat");
                     let p = e.as_ptr();
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_SNAT as u32);
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_FAMILY as u16, libc::NFPROTO_IPV4 as u32);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_NAT_TYPE as u16,
+                        libc::NFT_NAT_SNAT as u32,
+                    );
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_NAT_FAMILY as u16,
+                        libc::NFPROTO_IPV4 as u32,
+                    );
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, reg1);
                     e
                 }
                 Expr::Drop => {
                     let e = alloc(c"immediate");
                     let p = e.as_ptr();
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);
-                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_IMM_VERDICT as u16, libc::NF_DROP as u32);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_IMM_DREG as u16,
+                        libc::NFT_REG_VERDICT as u32,
+                    );
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_IMM_VERDICT as u16,
+                        libc::NF_DROP as u32,
+                    );
                     e
                 }
             }

@@ -20,7 +20,10 @@ pub struct IpRange {
 
 impl IpRange {
     pub fn of(net: Ipv4Network) -> Self {
-        Self { start: u32::from(net.network()), end: u64::from(u32::from(net.broadcast())) + 1 }
+        Self {
+            start: u32::from(net.network()),
+            end: u64::from(u32::from(net.broadcast())) + 1,
+        }
     }
 
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -31,7 +34,12 @@ impl IpRange {
 
 impl fmt::Display for IpRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", Ipv4Addr::from(self.start), Ipv4Addr::from((self.end - 1) as u32))
+        write!(
+            f,
+            "{}-{}",
+            Ipv4Addr::from(self.start),
+            Ipv4Addr::from((self.end - 1) as u32)
+        )
     }
 }
 
@@ -52,8 +60,14 @@ pub fn merge_ranges(nets: impl IntoIterator<Item = IpRange>) -> BTreeSet<IpRange
 
 /// Whether `ip` lies in any of `ranges`.
 pub fn ranges_contain(ranges: &BTreeSet<IpRange>, ip: Ipv4Addr) -> bool {
-    let key = IpRange { start: u32::from(ip), end: u64::MAX };
-    ranges.range(..=key).next_back().is_some_and(|r| r.contains(ip))
+    let key = IpRange {
+        start: u32::from(ip),
+        end: u64::MAX,
+    };
+    ranges
+        .range(..=key)
+        .next_back()
+        .is_some_and(|r| r.contains(ip))
 }
 
 /// The elements of a set.
@@ -129,13 +143,42 @@ pub struct ChainSpec {
 /// Our four base chains.
 pub fn our_chains() -> BTreeMap<String, ChainSpec> {
     [
-        (CHAIN_PRE, ChainKind::Filter, ChainHook::Prerouting, PRIORITY_MANGLE),
-        (CHAIN_GUARD, ChainKind::Filter, ChainHook::Input, PRIORITY_FILTER),
-        (CHAIN_FWD, ChainKind::Filter, ChainHook::Forward, PRIORITY_FILTER),
-        (CHAIN_POST, ChainKind::Nat, ChainHook::Postrouting, PRIORITY_POST),
+        (
+            CHAIN_PRE,
+            ChainKind::Filter,
+            ChainHook::Prerouting,
+            PRIORITY_MANGLE,
+        ),
+        (
+            CHAIN_GUARD,
+            ChainKind::Filter,
+            ChainHook::Input,
+            PRIORITY_FILTER,
+        ),
+        (
+            CHAIN_FWD,
+            ChainKind::Filter,
+            ChainHook::Forward,
+            PRIORITY_FILTER,
+        ),
+        (
+            CHAIN_POST,
+            ChainKind::Nat,
+            ChainHook::Postrouting,
+            PRIORITY_POST,
+        ),
     ]
     .into_iter()
-    .map(|(n, kind, hook, priority)| (n.to_string(), ChainSpec { kind, hook, priority }))
+    .map(|(n, kind, hook, priority)| {
+        (
+            n.to_string(),
+            ChainSpec {
+                kind,
+                hook,
+                priority,
+            },
+        )
+    })
     .collect()
 }
 
@@ -154,7 +197,12 @@ pub enum RuleSpec {
     Account { gid: GatewayId, egress_ip: Ipv4Addr },
     /// pre: `ip saddr @<g>_via_<NH> ip daddr @<g>_dst ip daddr != @<g>_excl counter
     ///       meta mark set meta mark & ~MASK | MARK`
-    Steer { gid: GatewayId, next_hop: Ipv4Addr, mark: u32, mask: u32 },
+    Steer {
+        gid: GatewayId,
+        next_hop: Ipv4Addr,
+        mark: u32,
+        mask: u32,
+    },
     /// fwd: `ip saddr @<g>_blocked ip daddr @<g>_dst ip daddr != @<g>_excl counter drop`
     Block { gid: GatewayId },
 }
@@ -184,7 +232,9 @@ impl RuleSpec {
         match self {
             RuleSpec::Guard => SetName::Hosted,
             RuleSpec::MarkSnat { .. } => SetName::Hosted,
-            RuleSpec::Snat { gid, egress_ip } | RuleSpec::Account { gid, egress_ip } => SetName::Snat(gid.clone(), *egress_ip),
+            RuleSpec::Snat { gid, egress_ip } | RuleSpec::Account { gid, egress_ip } => {
+                SetName::Snat(gid.clone(), *egress_ip)
+            }
             RuleSpec::Steer { gid, next_hop, .. } => SetName::Via(gid.clone(), *next_hop),
             RuleSpec::Block { gid } => SetName::Blocked(gid.clone()),
         }
@@ -197,7 +247,12 @@ impl RuleSpec {
             RuleSpec::MarkSnat { mask } => format!("marksnat {mask:#010x}"),
             RuleSpec::Snat { gid, egress_ip } => format!("snat {gid} {egress_ip}"),
             RuleSpec::Account { gid, egress_ip } => format!("acct {gid} {egress_ip}"),
-            RuleSpec::Steer { gid, next_hop, mark, mask } => format!("steer {gid} {next_hop} {mark:#010x}/{mask:#010x}"),
+            RuleSpec::Steer {
+                gid,
+                next_hop,
+                mark,
+                mask,
+            } => format!("steer {gid} {next_hop} {mark:#010x}/{mask:#010x}"),
             RuleSpec::Block { gid } => format!("block {gid}"),
         }
     }
@@ -213,11 +268,22 @@ impl RuleSpec {
         let spec = match words.as_slice() {
             ["guard"] => RuleSpec::Guard,
             ["marksnat", mask] => RuleSpec::MarkSnat { mask: hex(mask)? },
-            ["snat", g, ip] => RuleSpec::Snat { gid: gid(g)?, egress_ip: ip.parse().ok()? },
-            ["acct", g, ip] => RuleSpec::Account { gid: gid(g)?, egress_ip: ip.parse().ok()? },
+            ["snat", g, ip] => RuleSpec::Snat {
+                gid: gid(g)?,
+                egress_ip: ip.parse().ok()?,
+            },
+            ["acct", g, ip] => RuleSpec::Account {
+                gid: gid(g)?,
+                egress_ip: ip.parse().ok()?,
+            },
             ["steer", g, nh, mm] => {
                 let (mark, mask) = mm.split_once('/')?;
-                RuleSpec::Steer { gid: gid(g)?, next_hop: nh.parse().ok()?, mark: hex(mark)?, mask: hex(mask)? }
+                RuleSpec::Steer {
+                    gid: gid(g)?,
+                    next_hop: nh.parse().ok()?,
+                    mark: hex(mark)?,
+                    mask: hex(mask)?,
+                }
             }
             ["block", g] => RuleSpec::Block { gid: gid(g)? },
             _ => return None,
@@ -258,7 +324,10 @@ impl NftState {
 
     /// The gateway name recorded on a gateway's `_dst` set.
     pub fn gateway_name(&self, gid: &GatewayId) -> Option<&str> {
-        self.sets.get(&SetName::Dst(gid.clone()).to_string())?.comment.as_deref()
+        self.sets
+            .get(&SetName::Dst(gid.clone()).to_string())?
+            .comment
+            .as_deref()
     }
 
     /// The addresses of a hash set, if it exists.
@@ -287,9 +356,22 @@ mod tests {
 
     #[test]
     fn ranges_merge_overlaps_and_neighbours() {
-        let m = merge_ranges([r("10.1.0.0/16"), r("10.0.0.0/8"), r("11.0.0.0/8"), r("192.0.2.0/25"), r("192.0.2.200/32")]);
+        let m = merge_ranges([
+            r("10.1.0.0/16"),
+            r("10.0.0.0/8"),
+            r("11.0.0.0/8"),
+            r("192.0.2.0/25"),
+            r("192.0.2.200/32"),
+        ]);
         let v: Vec<String> = m.iter().map(|x| x.to_string()).collect();
-        assert_eq!(v, ["10.0.0.0-11.255.255.255", "192.0.2.0-192.0.2.127", "192.0.2.200-192.0.2.200"]);
+        assert_eq!(
+            v,
+            [
+                "10.0.0.0-11.255.255.255",
+                "192.0.2.0-192.0.2.127",
+                "192.0.2.200-192.0.2.200"
+            ]
+        );
         let all = merge_ranges([r("0.0.0.0/0")]);
         assert_eq!(all.iter().next().unwrap().end, 1 << 32);
         assert!(ranges_contain(&m, "10.200.1.1".parse().unwrap()));
@@ -306,15 +388,32 @@ mod tests {
         for spec in [
             RuleSpec::Guard,
             RuleSpec::MarkSnat { mask: 0x0ff0_0000 },
-            RuleSpec::Snat { gid: gid.clone(), egress_ip: ip },
-            RuleSpec::Account { gid: gid.clone(), egress_ip: ip },
-            RuleSpec::Steer { gid: gid.clone(), next_hop: ip, mark: 0x0010_0000, mask: 0x0ff0_0000 },
+            RuleSpec::Snat {
+                gid: gid.clone(),
+                egress_ip: ip,
+            },
+            RuleSpec::Account {
+                gid: gid.clone(),
+                egress_ip: ip,
+            },
+            RuleSpec::Steer {
+                gid: gid.clone(),
+                next_hop: ip,
+                mark: 0x0010_0000,
+                mask: 0x0ff0_0000,
+            },
             RuleSpec::Block { gid: gid.clone() },
         ] {
             assert!(spec.key().len() < 128);
             assert_eq!(RuleSpec::parse_key(&spec.key()), Some(spec));
         }
-        for bad in ["", "guard ", "snat x 1.2.3.4", "marksnat 12", "steer g 1.2.3.4 0x1"] {
+        for bad in [
+            "",
+            "guard ",
+            "snat x 1.2.3.4",
+            "marksnat 12",
+            "steer g 1.2.3.4 0x1",
+        ] {
             assert_eq!(RuleSpec::parse_key(bad), None, "{bad}");
         }
     }

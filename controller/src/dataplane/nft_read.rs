@@ -11,7 +11,10 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use super::config::TABLE;
 use super::error::DataplaneError;
 use super::nfnl_socket::{NfnlSocket, RawMsg};
-use super::nft_model::{ChainHook, ChainKind, ChainSpec, ForeignRule, IpRange, NftSet, NftState, RuleHandle, RuleSpec, SetContent};
+use super::nft_model::{
+    ChainHook, ChainKind, ChainSpec, ForeignRule, IpRange, NftSet, NftState, RuleHandle, RuleSpec,
+    SetContent,
+};
 
 const REQUEST_BUF: usize = 4096;
 
@@ -20,7 +23,13 @@ fn get_request(kind: i32, dump: bool, payload: impl FnOnce(*mut libc::nlmsghdr))
     let mut buf = vec![0u64; REQUEST_BUF / 8];
     let flags = if dump { libc::NLM_F_DUMP as u16 } else { 0 };
     let len = unsafe {
-        let hdr = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), kind as u16, libc::NFPROTO_IPV4 as u16, flags, 0);
+        let hdr = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast(),
+            kind as u16,
+            libc::NFPROTO_IPV4 as u16,
+            flags,
+            0,
+        );
         payload(hdr);
         (*hdr).nlmsg_len as usize
     };
@@ -33,7 +42,11 @@ fn table_cstr() -> CString {
 }
 
 fn str_of(p: *const libc::c_char) -> String {
-    if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() }
+    if p.is_null() {
+        String::new()
+    } else {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
 }
 
 /// The string of a comment TLV of `kind` in libnftnl userdata.
@@ -71,19 +84,28 @@ pub fn ranges_from_elements(mut elems: Vec<(u32, bool)>) -> BTreeSet<IpRange> {
     for (key, is_end) in elems {
         match (is_end, open) {
             (false, Some(s)) => {
-                out.insert(IpRange { start: s, end: u64::from(key) });
+                out.insert(IpRange {
+                    start: s,
+                    end: u64::from(key),
+                });
                 open = Some(key);
             }
             (false, None) => open = Some(key),
             (true, Some(s)) => {
-                out.insert(IpRange { start: s, end: u64::from(key) });
+                out.insert(IpRange {
+                    start: s,
+                    end: u64::from(key),
+                });
                 open = None;
             }
             (true, None) => {}
         }
     }
     if let Some(s) = open {
-        out.insert(IpRange { start: s, end: 1 << 32 });
+        out.insert(IpRange {
+            start: s,
+            end: 1 << 32,
+        });
     }
     out
 }
@@ -100,7 +122,11 @@ fn table_exists(sock: &mut NfnlSocket) -> Result<bool, DataplaneError> {
     match sock.request(&mut req, |_| Ok(())) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(DataplaneError::kernel("NFT_MSG_GETTABLE", format!("table ip {TABLE}"), e)),
+        Err(e) => Err(DataplaneError::kernel(
+            "NFT_MSG_GETTABLE",
+            format!("table ip {TABLE}"),
+            e,
+        )),
     }
 }
 
@@ -109,22 +135,39 @@ fn read_chains(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), Dataplane
     let mut out = Vec::new();
     sock.request(&mut req, |m: &RawMsg<'_>| {
         unsafe {
-            let c = Owned { ptr: sys::nftnl_chain_alloc(), free: sys::nftnl_chain_free };
+            let c = Owned {
+                ptr: sys::nftnl_chain_alloc(),
+                free: sys::nftnl_chain_free,
+            };
             if sys::nftnl_chain_nlmsg_parse(m.header_ptr(), c.ptr) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if str_of(sys::nftnl_chain_get_str(c.ptr, sys::NFTNL_CHAIN_TABLE as u16)) != TABLE {
+            if str_of(sys::nftnl_chain_get_str(
+                c.ptr,
+                sys::NFTNL_CHAIN_TABLE as u16,
+            )) != TABLE
+            {
                 return Ok(());
             }
-            let name = str_of(sys::nftnl_chain_get_str(c.ptr, sys::NFTNL_CHAIN_NAME as u16));
+            let name = str_of(sys::nftnl_chain_get_str(
+                c.ptr,
+                sys::NFTNL_CHAIN_NAME as u16,
+            ));
             let has_hook = sys::nftnl_chain_is_set(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16);
-            let hooknum = if has_hook { sys::nftnl_chain_get_u32(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16) } else { u32::MAX };
+            let hooknum = if has_hook {
+                sys::nftnl_chain_get_u32(c.ptr, sys::NFTNL_CHAIN_HOOKNUM as u16)
+            } else {
+                u32::MAX
+            };
             let prio = if sys::nftnl_chain_is_set(c.ptr, sys::NFTNL_CHAIN_PRIO as u16) {
                 sys::nftnl_chain_get_s32(c.ptr, sys::NFTNL_CHAIN_PRIO as u16)
             } else {
                 i32::MIN
             };
-            let kind = str_of(sys::nftnl_chain_get_str(c.ptr, sys::NFTNL_CHAIN_TYPE as u16));
+            let kind = str_of(sys::nftnl_chain_get_str(
+                c.ptr,
+                sys::NFTNL_CHAIN_TYPE as u16,
+            ));
             let hook = match hooknum as i32 {
                 libc::NF_INET_PRE_ROUTING => Some(ChainHook::Prerouting),
                 libc::NF_INET_LOCAL_IN => Some(ChainHook::Input),
@@ -139,14 +182,24 @@ fn read_chains(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), Dataplane
             };
             // A chain we cannot describe gets a spec no desired chain has: it is replaced.
             let spec = match (has_hook, hook, kind) {
-                (true, Some(hook), Some(kind)) => ChainSpec { kind, hook, priority: prio },
-                _ => ChainSpec { kind: ChainKind::Filter, hook: ChainHook::Prerouting, priority: i32::MIN },
+                (true, Some(hook), Some(kind)) => ChainSpec {
+                    kind,
+                    hook,
+                    priority: prio,
+                },
+                _ => ChainSpec {
+                    kind: ChainKind::Filter,
+                    hook: ChainHook::Prerouting,
+                    priority: i32::MIN,
+                },
             };
             out.push((name, spec));
         }
         Ok(())
     })
-    .map_err(|e| DataplaneError::kernel("NFT_MSG_GETCHAIN", format!("chains of table ip {TABLE}"), e))?;
+    .map_err(|e| {
+        DataplaneError::kernel("NFT_MSG_GETCHAIN", format!("chains of table ip {TABLE}"), e)
+    })?;
     st.chains.extend(out);
     Ok(())
 }
@@ -162,7 +215,10 @@ fn read_sets(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneEr
     let mut sets: Vec<(String, bool, Option<String>)> = Vec::new();
     sock.request(&mut req, |m| {
         unsafe {
-            let s = Owned { ptr: sys::nftnl_set_alloc(), free: sys::nftnl_set_free };
+            let s = Owned {
+                ptr: sys::nftnl_set_alloc(),
+                free: sys::nftnl_set_free,
+            };
             if sys::nftnl_set_nlmsg_parse(m.header_ptr(), s.ptr) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -180,13 +236,18 @@ fn read_sets(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneEr
             let comment = if ud.is_null() {
                 None
             } else {
-                udata_comment(std::slice::from_raw_parts(ud as *const u8, len as usize), sys::NFTNL_UDATA_SET_COMMENT as u8)
+                udata_comment(
+                    std::slice::from_raw_parts(ud as *const u8, len as usize),
+                    sys::NFTNL_UDATA_SET_COMMENT as u8,
+                )
             };
             sets.push((name, flags & libc::NFT_SET_INTERVAL as u32 != 0, comment));
         }
         Ok(())
     })
-    .map_err(|e| DataplaneError::kernel("NFT_MSG_GETSET", format!("sets of table ip {TABLE}"), e))?;
+    .map_err(|e| {
+        DataplaneError::kernel("NFT_MSG_GETSET", format!("sets of table ip {TABLE}"), e)
+    })?;
 
     for (name, interval, comment) in sets {
         let elems = read_elements(sock, &name)?;
@@ -203,7 +264,10 @@ fn read_sets(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneEr
 /// The elements of one set: (key, is interval end).
 fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, DataplaneError> {
     let table = table_cstr();
-    let name = CString::new(set).map_err(|_| DataplaneError::Decode { what: "set name", detail: set.into() })?;
+    let name = CString::new(set).map_err(|_| DataplaneError::Decode {
+        what: "set name",
+        detail: set.into(),
+    })?;
     let mut req = get_request(libc::NFT_MSG_GETSETELEM, true, |hdr| unsafe {
         let s = sys::nftnl_set_alloc();
         sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
@@ -214,11 +278,17 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
     let mut out = Vec::new();
     sock.request(&mut req, |m| {
         unsafe {
-            let s = Owned { ptr: sys::nftnl_set_alloc(), free: sys::nftnl_set_free };
+            let s = Owned {
+                ptr: sys::nftnl_set_alloc(),
+                free: sys::nftnl_set_free,
+            };
             if sys::nftnl_set_elems_nlmsg_parse(m.header_ptr(), s.ptr) < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let it = Owned { ptr: sys::nftnl_set_elems_iter_create(s.ptr), free: iter_destroy };
+            let it = Owned {
+                ptr: sys::nftnl_set_elems_iter_create(s.ptr),
+                free: iter_destroy,
+            };
             let mut e = sys::nftnl_set_elems_iter_next(it.ptr);
             while !e.is_null() {
                 let mut len = 0u32;
@@ -228,9 +298,17 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
                     std::ptr::copy_nonoverlapping(key as *const u8, k.as_mut_ptr(), 4);
                     // libnftnl's *_get_u32 dereferences unset attributes: read them raw
                     let mut flen = 0u32;
-                    let fp = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_FLAGS as u16, &mut flen);
-                    let flags = if fp.is_null() || flen < 4 { 0 } else { std::ptr::read_unaligned(fp as *const u32) };
-                    out.push((u32::from_be_bytes(k), flags & libc::NFT_SET_ELEM_INTERVAL_END as u32 != 0));
+                    let fp =
+                        sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_FLAGS as u16, &mut flen);
+                    let flags = if fp.is_null() || flen < 4 {
+                        0
+                    } else {
+                        std::ptr::read_unaligned(fp as *const u32)
+                    };
+                    out.push((
+                        u32::from_be_bytes(k),
+                        flags & libc::NFT_SET_ELEM_INTERVAL_END as u32 != 0,
+                    ));
                 }
                 e = sys::nftnl_set_elems_iter_next(it.ptr);
             }
@@ -245,7 +323,11 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
 unsafe fn expr_u64(e: *const sys::nftnl_expr, attr: u32) -> u64 {
     let mut len = 0u32;
     let p = unsafe { sys::nftnl_expr_get(e, attr as u16, &mut len) };
-    if p.is_null() || len < 8 { 0 } else { unsafe { std::ptr::read_unaligned(p as *const u64) } }
+    if p.is_null() || len < 8 {
+        0
+    } else {
+        unsafe { std::ptr::read_unaligned(p as *const u64) }
+    }
 }
 
 unsafe extern "C" fn iter_destroy(it: *const sys::nftnl_set_elems_iter) {
@@ -267,7 +349,10 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
     let mut rules = Vec::new();
     sock.request(&mut req, |m| {
         unsafe {
-            let r = Owned { ptr: sys::nftnl_rule_alloc(), free: sys::nftnl_rule_free };
+            let r = Owned {
+                ptr: sys::nftnl_rule_alloc(),
+                free: sys::nftnl_rule_free,
+            };
             if sys::nftnl_rule_nlmsg_parse(m.header_ptr(), r.ptr) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -284,10 +369,16 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
             let comment = if ud.is_null() {
                 None
             } else {
-                udata_comment(std::slice::from_raw_parts(ud as *const u8, len as usize), sys::NFTNL_UDATA_RULE_COMMENT as u8)
+                udata_comment(
+                    std::slice::from_raw_parts(ud as *const u8, len as usize),
+                    sys::NFTNL_UDATA_RULE_COMMENT as u8,
+                )
             };
             let (mut packets, mut bytes) = (0, 0);
-            let it = Owned { ptr: sys::nftnl_expr_iter_create(r.ptr), free: expr_iter_destroy };
+            let it = Owned {
+                ptr: sys::nftnl_expr_iter_create(r.ptr),
+                free: expr_iter_destroy,
+            };
             let mut e = sys::nftnl_expr_iter_next(it.ptr);
             while !e.is_null() {
                 if str_of(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter" {
@@ -300,13 +391,25 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
         }
         Ok(())
     })
-    .map_err(|e| DataplaneError::kernel("NFT_MSG_GETRULE", format!("rules of table ip {TABLE}"), e))?;
+    .map_err(|e| {
+        DataplaneError::kernel("NFT_MSG_GETRULE", format!("rules of table ip {TABLE}"), e)
+    })?;
 
     for (chain, handle, comment, packets, bytes) in rules {
-        let spec = comment.as_deref().and_then(RuleSpec::parse_key).filter(|s| s.chain() == chain);
+        let spec = comment
+            .as_deref()
+            .and_then(RuleSpec::parse_key)
+            .filter(|s| s.chain() == chain);
         match spec {
             Some(spec) if !st.rules.contains_key(&spec) => {
-                st.rules.insert(spec, Some(RuleHandle { handle, packets, bytes }));
+                st.rules.insert(
+                    spec,
+                    Some(RuleHandle {
+                        handle,
+                        packets,
+                        bytes,
+                    }),
+                );
             }
             _ => st.foreign_rules.push(ForeignRule { chain, handle }),
         }

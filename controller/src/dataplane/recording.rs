@@ -47,7 +47,11 @@ impl RecordingDataplane {
     fn record(&self, call: Call) -> Result<(), DataplaneError> {
         self.calls.lock().expect("poisoned").push(call);
         match self.fail_next.lock().expect("poisoned").take() {
-            Some(m) => Err(DataplaneError::kernel("fake", "recording dataplane", std::io::Error::other(m))),
+            Some(m) => Err(DataplaneError::kernel(
+                "fake",
+                "recording dataplane",
+                std::io::Error::other(m),
+            )),
             None => Ok(()),
         }
     }
@@ -59,7 +63,10 @@ impl Dataplane for RecordingDataplane {
         let mut last = self.last.lock().expect("poisoned");
         let changed = last.as_ref() != Some(plan);
         *last = Some(plan.clone());
-        Ok(ApplyReport { nft_messages: usize::from(changed), ..ApplyReport::default() })
+        Ok(ApplyReport {
+            nft_messages: usize::from(changed),
+            ..ApplyReport::default()
+        })
     }
 
     fn cleanup(&mut self) -> Result<ApplyReport, DataplaneError> {
@@ -86,6 +93,9 @@ mod tests {
         assert!(fake.apply(&plan).unwrap().is_noop());
         fake.fail_next("boom");
         assert!(fake.cleanup().is_err());
-        assert_eq!(fake.calls(), [Call::Apply(plan.clone()), Call::Apply(plan), Call::Cleanup]);
+        assert_eq!(
+            fake.calls(),
+            [Call::Apply(plan.clone()), Call::Apply(plan), Call::Cleanup]
+        );
     }
 }

@@ -5,11 +5,16 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol, AddressScope, CacheInfo};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -32,7 +37,12 @@ impl Rtnl {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self { sock, seq: 1, buf: vec![0; 256 * 1024], address_lifetime: None })
+        Ok(Self {
+            sock,
+            seq: 1,
+            buf: vec![0; 256 * 1024],
+            address_lifetime: None,
+        })
     }
 
     /// Sends `msg` and hands each reply to `each`, until DONE or the ACK.
@@ -56,8 +66,9 @@ impl Rtnl {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
             let mut off = 0;
             while off < n {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = reply.header.length as usize;
                 if len == 0 {
                     break;
@@ -90,19 +101,29 @@ impl Rtnl {
     pub fn read(&mut self, cfg: &DataplaneConfig) -> Result<RoutingState, DataplaneError> {
         let mut st = RoutingState::default();
         let mut links = Vec::new();
-        self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP, |m| {
-            if let RouteNetlinkMessage::NewLink(l) = m {
-                let mut link = Link { index: l.header.index, name: String::new(), mac: None };
-                for a in l.attributes {
-                    match a {
-                        LinkAttribute::IfName(n) => link.name = n,
-                        LinkAttribute::Address(b) if b.len() == 6 => link.mac = b.try_into().ok(),
-                        _ => {}
+        self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+            |m| {
+                if let RouteNetlinkMessage::NewLink(l) = m {
+                    let mut link = Link {
+                        index: l.header.index,
+                        name: String::new(),
+                        mac: None,
+                    };
+                    for a in l.attributes {
+                        match a {
+                            LinkAttribute::IfName(n) => link.name = n,
+                            LinkAttribute::Address(b) if b.len() == 6 => {
+                                link.mac = b.try_into().ok()
+                            }
+                            _ => {}
+                        }
                     }
+                    links.push(link);
                 }
-                links.push(link);
-            }
-        })
+            },
+        )
         .map_err(|e| DataplaneError::kernel("RTM_GETLINK", "links", e))?;
         st.links = links;
 
@@ -124,7 +145,12 @@ impl Rtnl {
                     }
                 }
                 if let Some(ip) = local.or(address) {
-                    addrs.push(AddrEntry { ip, prefix: a.header.prefix_len, link: a.header.index, proto });
+                    addrs.push(AddrEntry {
+                        ip,
+                        prefix: a.header.prefix_len,
+                        link: a.header.index,
+                        proto,
+                    });
                 }
             }
         })
@@ -136,7 +162,12 @@ impl Rtnl {
         req.header.family = AddressFamily::Inet;
         self.request(RouteNetlinkMessage::GetRule(req), NLM_F_DUMP, |m| {
             if let RouteNetlinkMessage::NewRule(r) = m {
-                let mut e = RuleEntry { priority: 0, mark: 0, mask: 0, table: u32::from(r.header.table) };
+                let mut e = RuleEntry {
+                    priority: 0,
+                    mark: 0,
+                    mask: 0,
+                    table: u32::from(r.header.table),
+                };
                 for a in &r.attributes {
                     match a {
                         RuleAttribute::Priority(p) => e.priority = *p,
@@ -192,28 +223,67 @@ impl Rtnl {
         match op {
             RtOp::AddAddress { ip, link, ifname } => {
                 let msg = address_message(*ip, 32, *link, true, self.address_lifetime);
-                self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, drop)
-                    .map_err(|e| DataplaneError::kernel("RTM_NEWADDR", format!("{ip}/32 on {ifname}"), e))
+                self.request(
+                    RouteNetlinkMessage::NewAddress(msg),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                    drop,
+                )
+                .map_err(|e| {
+                    DataplaneError::kernel("RTM_NEWADDR", format!("{ip}/32 on {ifname}"), e)
+                })
             }
-            RtOp::DelAddress { ip, prefix, link, ifname } => {
+            RtOp::DelAddress {
+                ip,
+                prefix,
+                link,
+                ifname,
+            } => {
                 let msg = address_message(*ip, *prefix, *link, false, None);
                 self.request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK, drop)
                     .or_else(absent_ok)
-                    .map_err(|e| DataplaneError::kernel("RTM_DELADDR", format!("{ip}/{prefix} on {ifname}"), e))
+                    .map_err(|e| {
+                        DataplaneError::kernel(
+                            "RTM_DELADDR",
+                            format!("{ip}/{prefix} on {ifname}"),
+                            e,
+                        )
+                    })
             }
             RtOp::ReplaceRoute(r) => self
-                .request(RouteNetlinkMessage::NewRoute(route_message(r, true)), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, drop)
+                .request(
+                    RouteNetlinkMessage::NewRoute(route_message(r, true)),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+                    drop,
+                )
                 .map_err(|e| DataplaneError::kernel("RTM_NEWROUTE", describe_route(r), e)),
             RtOp::DelRoute(r) => self
-                .request(RouteNetlinkMessage::DelRoute(route_message(r, false)), NLM_F_ACK, drop)
+                .request(
+                    RouteNetlinkMessage::DelRoute(route_message(r, false)),
+                    NLM_F_ACK,
+                    drop,
+                )
                 .or_else(absent_ok)
                 .map_err(|e| DataplaneError::kernel("RTM_DELROUTE", describe_route(r), e)),
             RtOp::AddRule(r) => self
-                .request(RouteNetlinkMessage::NewRule(rule_message(r, true)), NLM_F_ACK | NLM_F_CREATE, drop)
-                .or_else(|e| if e.raw_os_error() == Some(libc::EEXIST) { Ok(()) } else { Err(e) })
+                .request(
+                    RouteNetlinkMessage::NewRule(rule_message(r, true)),
+                    NLM_F_ACK | NLM_F_CREATE,
+                    drop,
+                )
+                .or_else(|e| {
+                    if e.raw_os_error() == Some(libc::EEXIST) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| DataplaneError::kernel("RTM_NEWRULE", describe_rule(r), e)),
             RtOp::DelRule(r) => self
-                .request(RouteNetlinkMessage::DelRule(rule_message(r, false)), NLM_F_ACK, drop)
+                .request(
+                    RouteNetlinkMessage::DelRule(rule_message(r, false)),
+                    NLM_F_ACK,
+                    drop,
+                )
                 .or_else(absent_ok)
                 .map_err(|e| DataplaneError::kernel("RTM_DELRULE", describe_rule(r), e)),
         }
@@ -228,10 +298,19 @@ fn describe_route(r: &RouteEntry) -> String {
 }
 
 fn describe_rule(r: &RuleEntry) -> String {
-    format!("rule pref {} fwmark {:#x}/{:#x} lookup {}", r.priority, r.mark, r.mask, r.table)
+    format!(
+        "rule pref {} fwmark {:#x}/{:#x} lookup {}",
+        r.priority, r.mark, r.mask, r.table
+    )
 }
 
-fn address_message(ip: Ipv4Addr, prefix: u8, link: u32, add: bool, lifetime: Option<u32>) -> AddressMessage {
+fn address_message(
+    ip: Ipv4Addr,
+    prefix: u8,
+    link: u32,
+    add: bool,
+    lifetime: Option<u32>,
+) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = AddressFamily::Inet;
     m.header.prefix_len = prefix;
@@ -240,7 +319,10 @@ fn address_message(ip: Ipv4Addr, prefix: u8, link: u32, add: bool, lifetime: Opt
     m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
     m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
     if add {
-        m.attributes.push(AddressAttribute::Protocol(AddressProtocol::from(ADDRESS_PROTO)));
+        m.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::from(
+                ADDRESS_PROTO,
+            )));
         if let Some(secs) = lifetime {
             let mut info = CacheInfo::default();
             info.ifa_preferred = secs;
@@ -266,10 +348,12 @@ fn route_message(r: &RouteEntry, add: bool) -> RouteMessage {
     }
     m.attributes.push(RouteAttribute::Table(r.table));
     if r.dst_len > 0 {
-        m.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
     }
     if let Some(gw) = r.gateway {
-        m.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
     }
     m
 }
@@ -284,7 +368,8 @@ fn rule_message(r: &RuleEntry, add: bool) -> RuleMessage {
     m.attributes.push(RuleAttribute::FwMask(r.mask));
     m.attributes.push(RuleAttribute::Table(r.table));
     if add {
-        m.attributes.push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTO)));
+        m.attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTO)));
     }
     m
 }

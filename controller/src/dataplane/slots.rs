@@ -16,10 +16,16 @@ pub fn allocate_slots(
     wanted: &BTreeSet<Ipv4Addr>,
     max_slot: u32,
 ) -> Result<BTreeMap<Ipv4Addr, u32>, Ipv4Addr> {
-    let mut out: BTreeMap<Ipv4Addr, u32> =
-        wanted.iter().filter_map(|nh| current.get(nh).map(|s| (*nh, *s))).collect();
+    let mut out: BTreeMap<Ipv4Addr, u32> = wanted
+        .iter()
+        .filter_map(|nh| current.get(nh).map(|s| (*nh, *s)))
+        .collect();
     let mut used: BTreeSet<u32> = busy.iter().copied().chain(out.values().copied()).collect();
-    let new: Vec<Ipv4Addr> = wanted.iter().filter(|nh| !out.contains_key(nh)).copied().collect();
+    let new: Vec<Ipv4Addr> = wanted
+        .iter()
+        .filter(|nh| !out.contains_key(nh))
+        .copied()
+        .collect();
     for nh in new {
         let slot = (1..=max_slot).find(|s| !used.contains(s)).ok_or(nh)?;
         used.insert(slot);
@@ -48,6 +54,9 @@ mod tests {
     #[test]
     fn exhaustion_names_the_next_hop() {
         let wanted = BTreeSet::from([ip(12), ip(13)]);
-        assert_eq!(allocate_slots(&BTreeMap::new(), &BTreeSet::new(), &wanted, 1), Err(ip(13)));
+        assert_eq!(
+            allocate_slots(&BTreeMap::new(), &BTreeSet::new(), &wanted, 1),
+            Err(ip(13))
+        );
     }
 }

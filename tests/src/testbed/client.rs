@@ -50,12 +50,22 @@ pub fn parse_greeting(line: &str) -> Option<SocketAddrV4> {
 }
 
 /// Opens a TCP connection from inside `netns` (the socket stays in that namespace).
-pub fn open_stream(netns: PathBuf, dst: SocketAddrV4, timeout: Duration) -> Result<Result<TcpStream, ConnectError>> {
-    in_netns(netns, move || TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout).map_err(classify))
+pub fn open_stream(
+    netns: PathBuf,
+    dst: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Result<TcpStream, ConnectError>> {
+    in_netns(netns, move || {
+        TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout).map_err(classify)
+    })
 }
 
 /// Connects, reads the greeting, returns the source address the server saw.
-pub fn connect_once(netns: PathBuf, dst: SocketAddrV4, timeout: Duration) -> Result<Result<SocketAddrV4, ConnectError>> {
+pub fn connect_once(
+    netns: PathBuf,
+    dst: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Result<SocketAddrV4, ConnectError>> {
     let stream = match open_stream(netns, dst, timeout)? {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
@@ -64,7 +74,8 @@ pub fn connect_once(netns: PathBuf, dst: SocketAddrV4, timeout: Duration) -> Res
     let mut line = String::new();
     Ok(match BufReader::new(stream).read_line(&mut line) {
         Ok(0) => Err(ConnectError::Refused),
-        Ok(_) => parse_greeting(&line).ok_or_else(|| ConnectError::Other(format!("bad greeting {line:?}"))),
+        Ok(_) => parse_greeting(&line)
+            .ok_or_else(|| ConnectError::Other(format!("bad greeting {line:?}"))),
         Err(e) => Err(classify(e)),
     })
 }
@@ -100,7 +111,8 @@ impl LongLived {
     /// Opens the connection from `netns` and starts sending. TCP_USER_TIMEOUT bounds how long
     /// a dead path goes unnoticed.
     pub fn start(netns: PathBuf, dst: SocketAddrV4, interval: Duration) -> Result<Self> {
-        let stream = open_stream(netns, dst, Duration::from_secs(3))?.map_err(|e| anyhow::anyhow!("long-lived connect to {dst}: {e}"))?;
+        let stream = open_stream(netns, dst, Duration::from_secs(3))?
+            .map_err(|e| anyhow::anyhow!("long-lived connect to {dst}: {e}"))?;
         stream.set_nodelay(true)?;
         let timeout_ms: libc::c_uint = 10_000;
         unsafe {
@@ -117,7 +129,10 @@ impl LongLived {
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut greeting = String::new();
         reader.read_line(&mut greeting)?;
-        let state = Arc::new(Mutex::new(LongLivedReport { seen: parse_greeting(&greeting), ..Default::default() }));
+        let state = Arc::new(Mutex::new(LongLivedReport {
+            seen: parse_greeting(&greeting),
+            ..Default::default()
+        }));
         stream.set_read_timeout(Some(Duration::from_millis(20)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -126,7 +141,9 @@ impl LongLived {
             let mut last_echo = Instant::now();
             let mut next_send = Instant::now();
             let mut line = String::new();
-            let fail = |st: &Arc<Mutex<LongLivedReport>>, e: String| st.lock().expect("poisoned").error.get_or_insert(e).clone();
+            let fail = |st: &Arc<Mutex<LongLivedReport>>, e: String| {
+                st.lock().expect("poisoned").error.get_or_insert(e).clone()
+            };
             loop {
                 let stopping = sp.load(Ordering::Relaxed);
                 let (sent, received) = {
@@ -178,7 +195,11 @@ impl LongLived {
                 }
             }
         });
-        Ok(Self { stop, state, thread: Some(thread) })
+        Ok(Self {
+            stop,
+            state,
+            thread: Some(thread),
+        })
     }
 
     /// The report so far, without stopping.
@@ -216,7 +237,10 @@ mod tests {
 
     #[test]
     fn greeting_parses() {
-        assert_eq!(parse_greeting("peer=198.18.0.200:40000\n"), Some("198.18.0.200:40000".parse().unwrap()));
+        assert_eq!(
+            parse_greeting("peer=198.18.0.200:40000\n"),
+            Some("198.18.0.200:40000".parse().unwrap())
+        );
         assert_eq!(parse_greeting("hello"), None);
     }
 }

@@ -16,6 +16,6 @@ pub use client::{ConnectError, LongLived, LongLivedReport};
 pub use netns::{Netns, in_netns};
 pub use plans::{GatewaySpec, all_plans, apply_all, dataplane, dataplanes, node_plan};
 pub use topology::{
-    NODE_IFACE, Node, OPEN_SERVER, OTHER_SERVER, PROTECTED_NET, PROTECTED_SERVER, Pod, ROUTER, SERVER_PORT, Testbed,
-    TestbedBuilder,
+    NODE_IFACE, Node, OPEN_SERVER, OTHER_SERVER, PROTECTED_NET, PROTECTED_SERVER, Pod, ROUTER,
+    SERVER_PORT, Testbed, TestbedBuilder,
 };

@@ -16,10 +16,16 @@ const PREFIX: &str = "egwt";
 /// Deletes testbed namespaces left by test processes that died without unwinding (a crash
 /// skips `Drop`). Only names `egwt<pid>-…` whose process is gone are touched.
 pub fn sweep_stale() {
-    let Ok(list) = run("ip", &["netns", "list"]) else { return };
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = run("ip", &["netns", "del", name]);
         }
@@ -31,15 +37,25 @@ pub fn unique_prefix() -> String {
     static SWEEP: std::sync::Once = std::sync::Once::new();
     SWEEP.call_once(sweep_stale);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{PREFIX}{}-{n}-{:x}", std::process::id(), nanos & 0xfff)
 }
 
 /// Runs a command, failing with its stderr when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program} {}", args.join(" ")))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -53,7 +69,9 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> Result<Self> {
         run("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.to_string() };
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         // IPv6 is not part of the testbed: no DAD, no router solicitations.
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
@@ -85,7 +103,8 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(drop)
     }
 
     /// Feeds an nft script to `nft -f -` inside the namespace.
@@ -97,17 +116,34 @@ impl Netns {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("spawning nft")?;
-        child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            bail!("nft -f in {}: {}", self.name, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "nft -f in {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
 
     /// Sets rp_filter on all, default and every existing interface.
     pub fn set_rp_filter(&self, value: u8) -> Result<()> {
-        self.exec("sh", &["-c", &format!("for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo {value} > $f; done")]).map(drop)
+        self.exec(
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo {value} > $f; done"
+                ),
+            ],
+        )
+        .map(drop)
     }
 }
 
@@ -119,7 +155,10 @@ impl Drop for Netns {
 
 /// Runs `f` on a new thread inside the network namespace at `path` and returns its result.
 /// Sockets created by `f` stay in that namespace wherever they are used afterwards.
-pub fn in_netns<T: Send + 'static>(path: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub fn in_netns<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let shown = path.display().to_string();
     std::thread::spawn(move || -> Result<T> {
         enter(&path)?;
@@ -133,7 +172,11 @@ pub fn in_netns<T: Send + 'static>(path: PathBuf, f: impl FnOnce() -> T + Send +
 pub fn enter(path: &PathBuf) -> Result<()> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!("setns({}): {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "setns({}): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }

@@ -52,15 +52,29 @@ pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePla
     let mut plan = NodePlan::empty(tb.node(node).name());
     for g in gateways {
         let mut gp = GatewayNodePlan {
-            destinations: g.destinations.iter().map(|d| d.parse().expect("cidr")).collect(),
-            excluded: g.excluded.iter().map(|d| d.parse().expect("cidr")).collect(),
+            destinations: g
+                .destinations
+                .iter()
+                .map(|d| d.parse().expect("cidr"))
+                .collect(),
+            excluded: g
+                .excluded
+                .iter()
+                .map(|d| d.parse().expect("cidr"))
+                .collect(),
             ..Default::default()
         };
         gp.destinations.sort();
         gp.excluded.sort();
         for (e, host) in &g.egress {
             if *host == node {
-                plan.hosted.insert(IpAddr::V4(*e), HostedIp { gateway: g.name.clone(), interface: NODE_IFACE.into() });
+                plan.hosted.insert(
+                    IpAddr::V4(*e),
+                    HostedIp {
+                        gateway: g.name.clone(),
+                        interface: NODE_IFACE.into(),
+                    },
+                );
                 gp.snat.entry(IpAddr::V4(*e)).or_default();
             }
         }
@@ -73,9 +87,15 @@ pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePla
             }
             let (e, host) = g.egress[i % g.egress.len()];
             if host == node {
-                gp.snat.entry(IpAddr::V4(e)).or_default().insert(IpAddr::V4(*pod));
+                gp.snat
+                    .entry(IpAddr::V4(e))
+                    .or_default()
+                    .insert(IpAddr::V4(*pod));
             } else if *pod_node == node {
-                gp.steer.entry(IpAddr::V4(tb.node(host).ip())).or_default().insert(IpAddr::V4(*pod));
+                gp.steer
+                    .entry(IpAddr::V4(tb.node(host).ip()))
+                    .or_default()
+                    .insert(IpAddr::V4(*pod));
             }
         }
         if !gp.is_empty() {
@@ -87,13 +107,17 @@ pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePla
 
 /// Plans for every node of the testbed.
 pub fn all_plans(tb: &Testbed, gateways: &[GatewaySpec]) -> BTreeMap<usize, NodePlan> {
-    (1..=tb.nodes().len()).map(|n| (n, node_plan(tb, n, gateways))).collect()
+    (1..=tb.nodes().len())
+        .map(|n| (n, node_plan(tb, n, gateways)))
+        .collect()
 }
 
 /// A kernel dataplane working inside `node`'s namespace, with the default configuration.
 pub fn dataplane(node: &super::topology::Node) -> egressgw::dataplane::KernelDataplane {
-    egressgw::dataplane::KernelDataplane::new(egressgw::dataplane::DataplaneConfig::in_netns(node.netns_path()))
-        .expect("dataplane thread starts inside the node namespace")
+    egressgw::dataplane::KernelDataplane::new(egressgw::dataplane::DataplaneConfig::in_netns(
+        node.netns_path(),
+    ))
+    .expect("dataplane thread starts inside the node namespace")
 }
 
 /// Applies each node's plan with its dataplane (in node order); the reports.
@@ -104,11 +128,21 @@ pub fn apply_all(
     use egressgw::dataplane::Dataplane;
     plans
         .iter()
-        .map(|(n, p)| (*n, dps.get_mut(n).expect("a dataplane per node").apply(p).unwrap_or_else(|e| panic!("apply on node {n}: {e}"))))
+        .map(|(n, p)| {
+            (
+                *n,
+                dps.get_mut(n)
+                    .expect("a dataplane per node")
+                    .apply(p)
+                    .unwrap_or_else(|e| panic!("apply on node {n}: {e}")),
+            )
+        })
         .collect()
 }
 
 /// One dataplane per node of the testbed.
 pub fn dataplanes(tb: &Testbed) -> BTreeMap<usize, egressgw::dataplane::KernelDataplane> {
-    (1..=tb.nodes().len()).map(|n| (n, dataplane(tb.node(n)))).collect()
+    (1..=tb.nodes().len())
+        .map(|n| (n, dataplane(tb.node(n))))
+        .collect()
 }

@@ -25,23 +25,35 @@ pub struct LegacyServer {
 fn serve(mut stream: TcpStream, peer: SocketAddr, stop: Arc<AtomicBool>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    if stream.write_all(format!("peer={peer}\n").as_bytes()).is_err() {
+    if stream
+        .write_all(format!("peer={peer}\n").as_bytes())
+        .is_err()
+    {
         return;
     }
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half);
     let mut line = String::new();
     while !stop.load(Ordering::Relaxed) {
         match reader.read_line(&mut line) {
             Ok(0) => return,
             Ok(_) if line.ends_with('\n') => {
-                if stream.write_all(format!("echo {}", line).as_bytes()).is_err() {
+                if stream
+                    .write_all(format!("echo {}", line).as_bytes())
+                    .is_err()
+                {
                     return;
                 }
                 line.clear();
             }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -50,7 +62,8 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, stop: Arc<AtomicBool>) {
 impl LegacyServer {
     /// Starts a server on `addr` inside the namespace at `netns`.
     pub fn start(netns: PathBuf, addr: SocketAddrV4) -> Result<Self> {
-        let listener = in_netns(netns, move || TcpListener::bind(addr))?.with_context(|| format!("binding {addr}"))?;
+        let listener = in_netns(netns, move || TcpListener::bind(addr))?
+            .with_context(|| format!("binding {addr}"))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Mutex::new(Vec::new()));
@@ -72,7 +85,12 @@ impl LegacyServer {
                 let _ = c.join();
             }
         });
-        Ok(Self { addr, stop, peers, thread: Some(thread) })
+        Ok(Self {
+            addr,
+            stop,
+            peers,
+            thread: Some(thread),
+        })
     }
 
     pub fn addr(&self) -> SocketAddrV4 {

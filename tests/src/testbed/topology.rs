@@ -42,7 +42,12 @@ pub struct TestbedBuilder {
 
 impl Default for TestbedBuilder {
     fn default() -> Self {
-        Self { nodes: 3, pods_per_node: 2, allowlist: Vec::new(), rp_filter: 1 }
+        Self {
+            nodes: 3,
+            pods_per_node: 2,
+            allowlist: Vec::new(),
+            rp_filter: 1,
+        }
     }
 }
 
@@ -100,12 +105,21 @@ impl Pod {
 
     /// Connects to `dst`; the source address the server saw.
     pub fn connect(&self, dst: Ipv4Addr) -> Result<Result<Ipv4Addr, ConnectError>> {
-        Ok(connect_once(self.ns.path(), SocketAddrV4::new(dst, SERVER_PORT), CONNECT_TIMEOUT)?.map(|a| *a.ip()))
+        Ok(connect_once(
+            self.ns.path(),
+            SocketAddrV4::new(dst, SERVER_PORT),
+            CONNECT_TIMEOUT,
+        )?
+        .map(|a| *a.ip()))
     }
 
     /// A long-lived connection to `dst` sending a line every `interval`.
     pub fn long_lived(&self, dst: Ipv4Addr, interval: Duration) -> Result<LongLived> {
-        LongLived::start(self.ns.path(), SocketAddrV4::new(dst, SERVER_PORT), interval)
+        LongLived::start(
+            self.ns.path(),
+            SocketAddrV4::new(dst, SERVER_PORT),
+            interval,
+        )
     }
 }
 
@@ -172,7 +186,16 @@ impl Testbed {
         let fw = Netns::create(&format!("{prefix}-fw"))?;
         let legacy = Netns::create(&format!("{prefix}-legacy"))?;
         let other = Netns::create(&format!("{prefix}-other"))?;
-        let mut tb = Testbed { servers: Vec::new(), pods: Vec::new(), nodes: Vec::new(), fw, legacy, other, lan, prefix };
+        let mut tb = Testbed {
+            servers: Vec::new(),
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            fw,
+            legacy,
+            other,
+            lan,
+            prefix,
+        };
         tb.build_lan()?;
         tb.build_firewall(&b)?;
         for i in 1..=b.nodes {
@@ -183,9 +206,18 @@ impl Testbed {
                 tb.add_pod(i, k)?;
             }
         }
-        tb.servers.push(LegacyServer::start(tb.legacy.path(), SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT))?);
-        tb.servers.push(LegacyServer::start(tb.legacy.path(), SocketAddrV4::new(OPEN_SERVER, SERVER_PORT))?);
-        tb.servers.push(LegacyServer::start(tb.other.path(), SocketAddrV4::new(OTHER_SERVER, SERVER_PORT))?);
+        tb.servers.push(LegacyServer::start(
+            tb.legacy.path(),
+            SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT),
+        )?);
+        tb.servers.push(LegacyServer::start(
+            tb.legacy.path(),
+            SocketAddrV4::new(OPEN_SERVER, SERVER_PORT),
+        )?);
+        tb.servers.push(LegacyServer::start(
+            tb.other.path(),
+            SocketAddrV4::new(OTHER_SERVER, SERVER_PORT),
+        )?);
         Ok(tb)
     }
 
@@ -198,7 +230,18 @@ impl Testbed {
 
     /// A veth from the LAN bridge (port `port`) to `eth0` in `ns`.
     fn plug_into_lan(&self, port: &str, ns: &Netns) -> Result<()> {
-        self.lan.ip(&["link", "add", port, "type", "veth", "peer", "name", NODE_IFACE, "netns", ns.name()])?;
+        self.lan.ip(&[
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_IFACE,
+            "netns",
+            ns.name(),
+        ])?;
         self.lan.ip(&["link", "set", port, "master", "br0", "up"])?;
         ns.ip(&["link", "set", NODE_IFACE, "up"])?;
         Ok(())
@@ -206,12 +249,29 @@ impl Testbed {
 
     fn build_firewall(&mut self, b: &TestbedBuilder) -> Result<()> {
         self.plug_into_lan("fw", &self.fw)?;
-        self.fw.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", NODE_IFACE])?;
+        self.fw
+            .ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", NODE_IFACE])?;
         for (dev, ns, net, addrs) in [
-            ("eth1", &self.legacy, "203.0.113.1/24", vec![PROTECTED_SERVER, OPEN_SERVER]),
+            (
+                "eth1",
+                &self.legacy,
+                "203.0.113.1/24",
+                vec![PROTECTED_SERVER, OPEN_SERVER],
+            ),
             ("eth2", &self.other, "198.51.100.1/24", vec![OTHER_SERVER]),
         ] {
-            self.fw.ip(&["link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            self.fw.ip(&[
+                "link",
+                "add",
+                dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
             self.fw.ip(&["addr", "add", net, "dev", dev])?;
             self.fw.ip(&["link", "set", dev, "up"])?;
             for a in addrs {
@@ -226,7 +286,11 @@ impl Testbed {
         self.fw.sysctl("net.ipv4.ip_forward", "1")?;
         self.fw.set_rp_filter(b.rp_filter)?;
         let allow: Vec<String> = b.allowlist.iter().map(|ip| ip.to_string()).collect();
-        let elements = if allow.is_empty() { String::new() } else { format!("elements = {{ {} }}", allow.join(", ")) };
+        let elements = if allow.is_empty() {
+            String::new()
+        } else {
+            format!("elements = {{ {} }}", allow.join(", "))
+        };
         self.fw.nft(&format!(
             "table inet fw {{
   set allowed {{ type ipv4_addr; {elements} }}
@@ -246,7 +310,13 @@ impl Testbed {
         let ns = Netns::create(&format!("{}-n{i}", self.prefix))?;
         let port = format!("n{i}");
         self.plug_into_lan(&port, &ns)?;
-        ns.ip(&["addr", "add", &format!("{}/24", node_ip(i)), "dev", NODE_IFACE])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", node_ip(i)),
+            "dev",
+            NODE_IFACE,
+        ])?;
         ns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
@@ -254,7 +324,15 @@ impl Testbed {
         ns.ip(&["link", "set", "cni0", "up"])?;
         // host-gw routes to the other nodes' pods
         for j in (1..=b.nodes).filter(|j| *j != i) {
-            ns.ip(&["route", "add", &format!("198.19.{j}.0/24"), "via", &node_ip(j).to_string(), "dev", NODE_IFACE])?;
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("198.19.{j}.0/24"),
+                "via",
+                &node_ip(j).to_string(),
+                "dev",
+                NODE_IFACE,
+            ])?;
         }
         // what a CNI does: pod traffic leaving the pod network is masqueraded to the node
         ns.nft(
@@ -266,7 +344,12 @@ impl Testbed {
 }",
         )?;
         ns.set_rp_filter(b.rp_filter)?;
-        self.nodes.push(Node { ns, name: format!("node-{i}"), index: i, lan_port: port });
+        self.nodes.push(Node {
+            ns,
+            name: format!("node-{i}"),
+            index: i,
+            lan_port: port,
+        });
         Ok(())
     }
 
@@ -275,12 +358,35 @@ impl Testbed {
         let ns = Netns::create(&format!("{}-n{node}p{k}", self.prefix))?;
         let n = &self.nodes[node - 1];
         let port = format!("vp{k}");
-        n.ns.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        n.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
         n.ns.ip(&["link", "set", &port, "master", "cni0", "up"])?;
-        n.ns.exec("sh", &["-c", &format!("echo {} > /proc/sys/net/ipv4/conf/{port}/rp_filter", 1)])?;
+        n.ns.exec(
+            "sh",
+            &[
+                "-c",
+                &format!("echo {} > /proc/sys/net/ipv4/conf/{port}/rp_filter", 1),
+            ],
+        )?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", "default", "via", &format!("198.19.{node}.1")])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.19.{node}.1"),
+        ])?;
         ns.sysctl("net.ipv4.ip_forward", "0")?;
         ns.set_rp_filter(1)?;
         self.pods.push(Pod { ns, ip, node });
@@ -298,7 +404,11 @@ impl Testbed {
 
     /// Pod `k` (0-based) of node `node` (1-based): 198.19.<node>.<10 + k>.
     pub fn pod(&self, node: usize, k: usize) -> &Pod {
-        self.pods.iter().filter(|p| p.node == node).nth(k).expect("no such pod")
+        self.pods
+            .iter()
+            .filter(|p| p.node == node)
+            .nth(k)
+            .expect("no such pod")
     }
 
     pub fn pods(&self) -> &[Pod] {
@@ -311,7 +421,19 @@ impl Testbed {
 
     /// Lets `ip` through the firewall to the protected servers.
     pub fn allow(&self, ip: Ipv4Addr) -> Result<()> {
-        self.fw.exec("nft", &["add", "element", "inet", "fw", "allowed", &format!("{{ {ip} }}")]).map(drop)
+        self.fw
+            .exec(
+                "nft",
+                &[
+                    "add",
+                    "element",
+                    "inet",
+                    "fw",
+                    "allowed",
+                    &format!("{{ {ip} }}"),
+                ],
+            )
+            .map(drop)
     }
 
     /// Source addresses the server at `ip` accepted so far.
@@ -343,7 +465,15 @@ impl Testbed {
         n.ns.ip(&["route", "replace", "default", "via", &ROUTER.to_string()])?;
         for m in &self.nodes {
             if m.index != index {
-                n.ns.ip(&["route", "replace", &m.pod_cidr(), "via", &m.ip().to_string(), "dev", NODE_IFACE])?;
+                n.ns.ip(&[
+                    "route",
+                    "replace",
+                    &m.pod_cidr(),
+                    "via",
+                    &m.ip().to_string(),
+                    "dev",
+                    NODE_IFACE,
+                ])?;
             }
         }
         Ok(())
@@ -351,7 +481,10 @@ impl Testbed {
 
     /// Forgets the firewall's ARP entry for `ip` (as if its timers had run out).
     pub fn firewall_forget(&self, ip: Ipv4Addr) -> Result<()> {
-        match self.fw.ip(&["neigh", "del", &ip.to_string(), "dev", NODE_IFACE]) {
+        match self
+            .fw
+            .ip(&["neigh", "del", &ip.to_string(), "dev", NODE_IFACE])
+        {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("No such file") => Ok(()),
             Err(e) => Err(e),
@@ -360,14 +493,22 @@ impl Testbed {
 
     /// The names of every namespace of this testbed (for leak checks).
     pub fn namespace_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = [&self.lan, &self.fw, &self.legacy, &self.other].iter().map(|n| n.name().to_string()).collect();
+        let mut v: Vec<String> = [&self.lan, &self.fw, &self.legacy, &self.other]
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect();
         v.extend(self.nodes.iter().map(|n| n.ns.name().to_string()));
         v.extend(self.pods.iter().map(|p| p.ns.name().to_string()));
         v
     }
 
     /// Waits until `check` holds (polling), failing with `what` after `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if check().with_context(|| format!("waiting for {what}"))? {

@@ -225,6 +225,7 @@ impl Testbed {
         self.lan.ip(&["link", "add", "br0", "type", "bridge"])?;
         self.lan.ip(&["link", "set", "br0", "up"])?;
         self.lan.sysctl("net.ipv4.ip_forward", "0")?;
+        self.lan.set_rp_filter(0)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack iputils-arping tcpdump iperf3 ca-certificates
+DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack iputils-arping tcpdump iperf3 procps iptables ca-certificates
 CRD := crds/egressgateways.egressgw.io.yaml
 
 .PHONY: all deps build bench-plan crds check-crds lint unit test control-plane demo clean

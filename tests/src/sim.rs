@@ -92,6 +92,12 @@ impl SimCluster {
         Ok(sim)
     }
 
+    /// Extra arguments for every controller or agent, from `EGRESSGW_SIM_CONTROLLER_ARGS` /
+    /// `EGRESSGW_SIM_AGENT_ARGS` (whitespace-separated), e.g. to benchmark other timings.
+    fn extra_args(var: &str) -> Vec<String> {
+        std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+    }
+
     fn spawn(&self, log: &str, args: &[String]) -> Result<Child> {
         let out = std::fs::File::create(self.logs.join(log))?;
         let err = out.try_clone()?;
@@ -116,6 +122,7 @@ impl SimCluster {
             "--metrics-addr".into(),
             "127.0.0.1:0".into(),
         ];
+        let args = [args, Self::extra_args("EGRESSGW_SIM_CONTROLLER_ARGS")].concat();
         let child = self.spawn(&format!("controller-{i}-{}.log", self.controllers.len()), &args)?;
         self.controllers.push(child);
         Ok(())
@@ -135,6 +142,7 @@ impl SimCluster {
             "--metrics-addr".into(),
             self.agent_metrics[&i].to_string(),
         ];
+        let args = [args, Self::extra_args("EGRESSGW_SIM_AGENT_ARGS")].concat();
         let n = self.agents.len();
         let child = self.spawn(&format!("agent-{}-{n}.log", node.name()), &args)?;
         self.agents.insert(i, child);

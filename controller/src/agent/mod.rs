@@ -68,6 +68,9 @@ pub struct AgentArgs {
     /// Drop egress IPs when no renewal sent this many milliseconds ago has succeeded.
     #[arg(long, default_value_t = 1000)]
     pub fence_ms: u64,
+    /// Extend egress IP lifetimes only after renewals that completed within this many ms.
+    #[arg(long, default_value_t = 300)]
+    pub refresh_window_ms: u64,
     /// The controller's takeover deadline, milliseconds (checked against the fencing bounds).
     #[arg(long, default_value_t = crate::controller::DEFAULT_TAKEOVER.as_millis() as u64)]
     pub takeover_ms: u64,
@@ -95,6 +98,9 @@ struct Shared {
     fence: FenceClock,
     epoch: i32,
     needs_new_epoch: bool,
+    /// The kernel holds fewer egress IPs than the last plan (a lifetime ran out): re-apply.
+    needs_reapply: bool,
+    hosted_planned: usize,
     report: Report,
 }
 
@@ -132,6 +138,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let timing = FenceTiming {
         renew_interval: Duration::from_millis(args.renew_ms),
         fence_after: Duration::from_millis(args.fence_ms),
+        refresh_window: Duration::from_millis(args.refresh_window_ms),
         ..FenceTiming::default()
     };
     let takeover = Duration::from_millis(args.takeover_ms);
@@ -172,6 +179,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         fence: FenceClock::new(timing),
         epoch: heartbeat.epoch,
         needs_new_epoch: false,
+        needs_reapply: false,
+        hosted_planned: 0,
         report: Report::default(),
     }));
     tokio::spawn(heartbeat_loop(heartbeat, shared.clone(), dp.clone(), notify.clone(), metrics.clone()));
@@ -203,6 +212,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 s.needs_new_epoch = true;
                 metrics.fences.inc();
                 warn!(node = %node, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
+                dirty_since.get_or_insert(now);
+            }
+            if std::mem::take(&mut s.needs_reapply) {
+                warn!(node = %node, "an egress IP's kernel lifetime ran out while hosting it; re-applying");
+                last_plan = None;
                 dirty_since.get_or_insert(now);
             }
             (s.fence.is_fenced(), s.epoch)
@@ -285,7 +299,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         dirty_since = None;
         let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
-        shared.lock().expect("agent state lock").report.programmed = programmed;
+        {
+            let mut s = shared.lock().expect("agent state lock");
+            s.report.programmed = programmed;
+            s.hosted_planned = plan.hosted.len();
+        }
         ready.store(true, Ordering::Relaxed);
     }
 }
@@ -329,7 +347,13 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
                 if outcome.refresh_lifetimes {
                     let dp = dp.clone();
                     match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").refresh_lifetimes()).await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(n)) => {
+                            let mut s = shared.lock().expect("agent state lock");
+                            if n < s.hosted_planned && !s.fence.is_fenced() {
+                                s.needs_reapply = true;
+                                notify.notify_one();
+                            }
+                        }
                         Ok(Err(e)) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
                         Err(e) => warn!(error = %e, "lifetime refresh task failed"),
                     }

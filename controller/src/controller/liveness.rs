@@ -42,6 +42,11 @@ impl AgentLiveness {
         self.last_change(node).is_some_and(|t| now.duration_since(t) < self.takeover)
     }
 
+    /// The earliest moment after `now` at which an agent alive now turns dead.
+    pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.seen.values().map(|(_, t)| *t + self.takeover).filter(|t| *t > now).min()
+    }
+
     /// The nodes alive at `now` (sorted), to detect when the set changes.
     pub fn alive_set(&self, now: Instant) -> Vec<String> {
         let mut v: Vec<String> = self.seen.keys().filter(|n| self.alive(n, now)).cloned().collect();
@@ -67,6 +72,7 @@ mod tests {
         l.observe("a", "2", t0 + ms(1700));
         assert!(l.alive("a", t0 + ms(3000)));
         assert_eq!(l.alive_set(t0 + ms(3000)), vec!["a".to_string()]);
+        assert_eq!(l.next_expiry(t0 + ms(3000)), Some(t0 + ms(1700) + ms(1600)));
         l.forget("a");
         assert!(l.alive_set(t0 + ms(3000)).is_empty());
     }

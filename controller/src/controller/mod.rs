@@ -37,8 +37,9 @@ use reconciler::{Reconciler, Stores};
 pub const DEFAULT_TAKEOVER: Duration = Duration::from_millis(1600);
 /// Coalesce bursts of watch events into one reconcile.
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
-/// How often agent liveness is re-judged without any event.
-pub const LIVENESS_TICK: Duration = Duration::from_millis(100);
+/// Longest sleep without any event; the loop also wakes exactly when an agent's takeover
+/// deadline passes.
+pub const IDLE_TICK: Duration = Duration::from_millis(500);
 /// Resync even when nothing seems to change (repairs a status someone else edited).
 pub const RESYNC: Duration = Duration::from_secs(60);
 
@@ -178,12 +179,20 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::R
                 Err(e) => warn!(error = %e, "reconcile failed; retrying"),
             }
         }
+        let now = Instant::now();
+        let wake = reconciler
+            .liveness
+            .lock()
+            .expect("liveness lock")
+            .next_expiry(now)
+            .map_or(IDLE_TICK, |t| t.duration_since(now) + Duration::from_millis(1))
+            .min(IDLE_TICK);
         tokio::select! {
             _ = notify.notified() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 dirty = true;
             }
-            _ = tokio::time::sleep(LIVENESS_TICK) => {}
+            _ = tokio::time::sleep(wake) => {}
         }
     }
 }

@@ -20,13 +20,19 @@ pub fn plugin_binary() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("test executable has no folder")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("test executable has no folder")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let bin = dir.join(PLUGIN_BINARY);
     if !bin.exists() {
-        bail!("{} not found: run `cargo build -p egressgw --bins` first (make test does)", bin.display());
+        bail!(
+            "{} not found: run `cargo build -p egressgw --bins` first (make test does)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -35,7 +41,10 @@ pub fn plugin_binary() -> Result<PathBuf> {
 /// unless `env` sets them, so only what the test passes is used.
 pub fn run_plugin(args: &[&str], env: &[(&str, &Path)]) -> Result<Output> {
     let mut cmd = std::process::Command::new(plugin_binary()?);
-    cmd.args(args).env_remove("KUBECONFIG").env("HOME", "/nonexistent").stdin(std::process::Stdio::null());
+    cmd.args(args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent")
+        .stdin(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -48,12 +57,21 @@ pub fn run_plugin(args: &[&str], env: &[(&str, &Path)]) -> Result<Output> {
 pub fn kubeconfig_as(cp: &ControlPlane, user: &str) -> Result<PathBuf> {
     let text = std::fs::read_to_string(cp.kubeconfig())?;
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
-    let users = doc.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig without users")?;
+    let users = doc
+        .get_mut("users")
+        .and_then(|u| u.as_sequence_mut())
+        .context("kubeconfig without users")?;
     for u in users {
-        let auth = u.get_mut("user").and_then(|a| a.as_mapping_mut()).context("kubeconfig user without credentials")?;
+        let auth = u
+            .get_mut("user")
+            .and_then(|a| a.as_mapping_mut())
+            .context("kubeconfig user without credentials")?;
         auth.insert("as".into(), user.into());
     }
-    let safe: String = user.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let safe: String = user
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
     let path = cp.dir().join(format!("kubeconfig-as-{safe}"));
     std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
     Ok(path)

@@ -23,7 +23,12 @@ const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
 fn describe(out: &std::process::Output) -> String {
-    format!("exit {}\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 async fn apply(cp: &ControlPlane, extra: &[&str]) {
@@ -40,27 +45,60 @@ async fn the_install_passes_a_server_side_dry_run() {
     let cp = ControlPlane::start().await.expect("control plane");
     // A dry run creates nothing, so on a fresh cluster the namespaced objects cannot find
     // their namespace: that must be the only complaint (docs/install.md says so).
-    let out = cp.kubectl(["apply", "--dry-run=server", "-k", repo_root().join("deploy").to_str().unwrap()]).await.unwrap();
+    let out = cp
+        .kubectl([
+            "apply",
+            "--dry-run=server",
+            "-k",
+            repo_root().join("deploy").to_str().unwrap(),
+        ])
+        .await
+        .unwrap();
     let text = describe(&out);
-    assert!(text.contains("namespace/egressgw-system created (server dry run)"), "{text}");
+    assert!(
+        text.contains("namespace/egressgw-system created (server dry run)"),
+        "{text}"
+    );
     assert!(text.contains("customresourcedefinition.apiextensions.k8s.io/egressgateways.egressgw.io created (server dry run)"), "{text}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.lines().all(|l| l.contains("namespaces \"egressgw-system\" not found")),
+        stderr
+            .lines()
+            .all(|l| l.contains("namespaces \"egressgw-system\" not found")),
         "only the missing namespace may fail a dry run on a fresh cluster: {text}"
     );
-    let out = cp.kubectl(["create", "namespace", SYSTEM_NAMESPACE]).await.unwrap();
+    let out = cp
+        .kubectl(["create", "namespace", SYSTEM_NAMESPACE])
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     apply(&cp, &["--dry-run=server"]).await;
     let cleanup = repo_root().join("deploy/cleanup");
-    let out = cp.kubectl(["apply", "--dry-run=server", "-k", cleanup.to_str().unwrap()]).await.unwrap();
+    let out = cp
+        .kubectl(["apply", "--dry-run=server", "-k", cleanup.to_str().unwrap()])
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     // And for real, twice (an upgrade re-applies the same manifests).
     apply(&cp, &["--server-side", "--field-manager=egressgw-install"]).await;
     apply(&cp, &["--server-side", "--field-manager=egressgw-install"]).await;
-    let out = cp.kubectl(["get", "daemonset,deployment,pdb", "-n", SYSTEM_NAMESPACE, "-o", "name"]).await.unwrap();
+    let out = cp
+        .kubectl([
+            "get",
+            "daemonset,deployment,pdb",
+            "-n",
+            SYSTEM_NAMESPACE,
+            "-o",
+            "name",
+        ])
+        .await
+        .unwrap();
     let names = String::from_utf8_lossy(&out.stdout).into_owned();
-    for want in ["daemonset.apps/egressgw-agent", "deployment.apps/egressgw-controller", "poddisruptionbudget.policy/egressgw-controller"] {
+    for want in [
+        "daemonset.apps/egressgw-agent",
+        "deployment.apps/egressgw-controller",
+        "poddisruptionbudget.policy/egressgw-controller",
+    ] {
         assert!(names.contains(want), "{want} missing from {names}");
     }
 }
@@ -103,33 +141,69 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
     let cp = ControlPlane::start().await.expect("control plane");
     apply(&cp, &["--server-side", "--field-manager=egressgw-install"]).await;
     let out = cp
-        .kubectl(["wait", "--for=condition=Established", "crd/egressgateways.egressgw.io", "--timeout=30s"])
+        .kubectl([
+            "wait",
+            "--for=condition=Established",
+            "crd/egressgateways.egressgw.io",
+            "--timeout=30s",
+        ])
         .await
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    cp.create_namespace("billing", &[("team", "billing")]).await.unwrap();
-    cp.create_node("node-1", &[("egressgw.io/gateway", "true")], IpAddr::from([198, 18, 0, 11]), true).await.unwrap();
+    cp.create_namespace("billing", &[("team", "billing")])
+        .await
+        .unwrap();
+    cp.create_node(
+        "node-1",
+        &[("egressgw.io/gateway", "true")],
+        IpAddr::from([198, 18, 0, 11]),
+        true,
+    )
+    .await
+    .unwrap();
     let example = repo_root().join("examples/01-one-ip.yaml");
-    let out = cp.kubectl(["apply", "-f", example.to_str().unwrap()]).await.unwrap();
+    let out = cp
+        .kubectl(["apply", "-f", example.to_str().unwrap()])
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
 
-    let ns = Netns::create(&format!("{}dep", unique_prefix())).expect("network namespace (needs root)");
+    let ns =
+        Netns::create(&format!("{}dep", unique_prefix())).expect("network namespace (needs root)");
     let agent_kc = kubeconfig_as(&cp, AGENT_SA).unwrap();
     let controller_kc = kubeconfig_as(&cp, CONTROLLER_SA).unwrap();
     let s = |x: &str| x.to_string();
     let _agent = spawn(
-        &[s("agent"), s("--node-name"), s("node-1"), s("--netns"), ns.path().display().to_string(), s("--kubeconfig"), agent_kc.display().to_string(), s("--metrics-addr"), s("127.0.0.1:0")],
+        &[
+            s("agent"),
+            s("--node-name"),
+            s("node-1"),
+            s("--netns"),
+            ns.path().display().to_string(),
+            s("--kubeconfig"),
+            agent_kc.display().to_string(),
+            s("--metrics-addr"),
+            s("127.0.0.1:0"),
+        ],
         &cp.dir().join("agent.log"),
     );
     let _controller = spawn(
-        &[s("controller"), s("--kubeconfig"), controller_kc.display().to_string(), s("--identity"), s("rbac-test"), s("--metrics-addr"), s("127.0.0.1:0")],
+        &[
+            s("controller"),
+            s("--kubeconfig"),
+            controller_kc.display().to_string(),
+            s("--identity"),
+            s("rbac-test"),
+            s("--metrics-addr"),
+            s("127.0.0.1:0"),
+        ],
         &cp.dir().join("controller.log"),
     );
 
     let leases: Api<Lease> = Api::namespaced(cp.client(), SYSTEM_NAMESPACE);
     wait_for("the agent to create and renew its Lease", async || {
         let l = leases.get_opt(&agent_lease("node-1")).await.ok()??;
-        (l.metadata.resource_version? != "").then_some(())
+        (!l.metadata.resource_version?.is_empty()).then_some(())
     })
     .await;
     wait_for("the controller to hold the leader Lease", async || {
@@ -141,20 +215,48 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
     // The namespace has no IP on node-1's interfaces (an empty netns), so the status says so.
     let g = wait_for("the controller to write status", async || {
         let g = gateways.get("billing-to-mainframe").await.ok()?;
-        g.status.as_ref()?.conditions.iter().any(|c| c.type_ == "Ready").then_some(g)
+        g.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready")
+            .then_some(g)
     })
     .await;
-    let ready = g.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NoEligibleNode"), "{}", ready.message);
-    assert!(ready.message.contains("node-1: has no interface for the IP's subnet"), "{}", ready.message);
+    let ready = g
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NoEligibleNode"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready
+            .message
+            .contains("node-1: has no interface for the IP's subnet"),
+        "{}",
+        ready.message
+    );
     let events: Api<Event> = Api::namespaced(cp.client(), "default");
     wait_for("the controller's event in namespace default", async || {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.iter().any(|e| e.reason.as_deref() == Some("NoEligibleNode")).then_some(())
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NoEligibleNode"))
+            .then_some(())
     })
     .await;
     for log in ["agent.log", "controller.log"] {
         let text = std::fs::read_to_string(cp.dir().join(log)).unwrap();
-        assert!(!text.contains("forbidden"), "{log} shows a request RBAC refused:\n{text}");
+        assert!(
+            !text.contains("forbidden"),
+            "{log} shows a request RBAC refused:\n{text}"
+        );
     }
 }

@@ -24,10 +24,17 @@ fn render(dir: &str) -> Vec<Value> {
         .arg(repo_root().join(dir))
         .output()
         .expect("kubectl kustomize runs");
-    assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("yaml")).expect("json"))
+        .map(|doc| {
+            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(doc).expect("yaml"))
+                .expect("json")
+        })
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -37,7 +44,10 @@ fn all_objects() -> Vec<Value> {
 }
 
 fn name(o: &Value) -> String {
-    o["metadata"]["name"].as_str().unwrap_or_default().to_string()
+    o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// `(workload, container, spec)` for every container and init container of every workload.
@@ -50,7 +60,12 @@ fn containers(objects: &[Value]) -> Vec<(String, String, Value, Value)> {
         }
         for key in ["containers", "initContainers"] {
             for c in pod[key].as_array().into_iter().flatten() {
-                out.push((name(o), c["name"].as_str().unwrap_or_default().to_string(), c.clone(), pod.clone()));
+                out.push((
+                    name(o),
+                    c["name"].as_str().unwrap_or_default().to_string(),
+                    c.clone(),
+                    pod.clone(),
+                ));
             }
         }
     }
@@ -61,30 +76,72 @@ fn containers(objects: &[Value]) -> Vec<(String, String, Value, Value)> {
 fn no_container_is_privileged_or_adds_a_capability_beyond_net_admin_and_net_raw() {
     let objects = all_objects();
     let cs = containers(&objects);
-    assert!(cs.len() >= 4, "controller, agent and cleanup containers rendered: {}", cs.len());
+    assert!(
+        cs.len() >= 4,
+        "controller, agent and cleanup containers rendered: {}",
+        cs.len()
+    );
     for (workload, container, c, pod) in &cs {
         let who = format!("{workload}/{container}");
         let sc = &c["securityContext"];
         assert_ne!(sc["privileged"], Value::Bool(true), "{who} is privileged");
-        assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false), "{who} must set allowPrivilegeEscalation: false");
-        assert_eq!(sc["readOnlyRootFilesystem"], Value::Bool(true), "{who} must have a read-only root filesystem");
-        let drop: Vec<&str> = sc["capabilities"]["drop"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        assert_eq!(
+            sc["allowPrivilegeEscalation"],
+            Value::Bool(false),
+            "{who} must set allowPrivilegeEscalation: false"
+        );
+        assert_eq!(
+            sc["readOnlyRootFilesystem"],
+            Value::Bool(true),
+            "{who} must have a read-only root filesystem"
+        );
+        let drop: Vec<&str> = sc["capabilities"]["drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         assert_eq!(drop, ["ALL"], "{who} must drop ALL capabilities");
-        let add: BTreeSet<&str> = sc["capabilities"]["add"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let beyond: Vec<&&str> = add.iter().filter(|c| !AGENT_CAPABILITIES.contains(c)).collect();
+        let add: BTreeSet<&str> = sc["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let beyond: Vec<&&str> = add
+            .iter()
+            .filter(|c| !AGENT_CAPABILITIES.contains(c))
+            .collect();
         assert!(beyond.is_empty(), "{who} adds {beyond:?}");
         if !add.is_empty() {
-            assert!(NODE_WORKLOADS.contains(&workload.as_str()), "{who} adds capabilities {add:?}; only the agent may");
+            assert!(
+                NODE_WORKLOADS.contains(&workload.as_str()),
+                "{who} adds capabilities {add:?}; only the agent may"
+            );
         }
         for key in ["hostPID", "hostIPC"] {
             assert_ne!(pod[key], Value::Bool(true), "{who}: {key}");
         }
         if pod["hostNetwork"] == Value::Bool(true) {
-            assert!(NODE_WORKLOADS.contains(&workload.as_str()), "{who} uses the host network");
+            assert!(
+                NODE_WORKLOADS.contains(&workload.as_str()),
+                "{who} uses the host network"
+            );
         }
-        let host_paths: Vec<&Value> = pod["volumes"].as_array().into_iter().flatten().filter(|v| !v["hostPath"].is_null()).collect();
-        assert!(host_paths.is_empty(), "{who} mounts host paths: {host_paths:?}");
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{who}: seccomp RuntimeDefault");
+        let host_paths: Vec<&Value> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| !v["hostPath"].is_null())
+            .collect();
+        assert!(
+            host_paths.is_empty(),
+            "{who} mounts host paths: {host_paths:?}"
+        );
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{who}: seccomp RuntimeDefault"
+        );
     }
 }
 
@@ -92,28 +149,60 @@ fn no_container_is_privileged_or_adds_a_capability_beyond_net_admin_and_net_raw(
 fn the_controller_is_non_root_replicated_and_probed_and_the_agent_gets_its_node_name() {
     let objects = render("deploy");
     let find = |kind: &str, n: &str| {
-        objects.iter().find(|o| o["kind"] == kind && name(o) == n).unwrap_or_else(|| panic!("{kind} {n} rendered")).clone()
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && name(o) == n)
+            .unwrap_or_else(|| panic!("{kind} {n} rendered"))
+            .clone()
     };
     let d = find("Deployment", "egressgw-controller");
     assert_eq!(d["spec"]["replicas"], 2);
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let c = &pod["containers"][0];
-    assert!(c["args"].as_array().unwrap().contains(&Value::from("--identity=$(POD_NAME)")));
-    assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
-    assert_eq!((c["livenessProbe"]["httpGet"]["path"].as_str(), c["readinessProbe"]["httpGet"]["path"].as_str()), (Some("/healthz"), Some("/readyz")));
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("--identity=$(POD_NAME)"))
+    );
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        (
+            c["livenessProbe"]["httpGet"]["path"].as_str(),
+            c["readinessProbe"]["httpGet"]["path"].as_str()
+        ),
+        (Some("/healthz"), Some("/readyz"))
+    );
     assert_eq!(c["ports"][0]["containerPort"], 9090);
 
     let ds = find("DaemonSet", "egressgw-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
-    assert!(pod["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists" && t["key"].is_null()), "tolerates gateway-node taints");
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null()),
+        "tolerates gateway-node taints"
+    );
     let c = &pod["containers"][0];
     let env: BTreeMap<&str, &str> = c["env"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap_or_default()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["valueFrom"]["fieldRef"]["fieldPath"]
+                    .as_str()
+                    .unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(env.get("NODE_NAME"), Some(&"spec.nodeName"));
     assert_eq!(c["ports"][0]["containerPort"], 9091);
@@ -127,10 +216,19 @@ fn the_controller_is_non_root_replicated_and_probed_and_the_agent_gets_its_node_
 fn rules(o: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for r in o["rules"].as_array().into_iter().flatten() {
-        let strings = |k: &str| r[k].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect::<Vec<_>>();
+        let strings = |k: &str| {
+            r[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
         for g in strings("apiGroups") {
             for res in strings("resources") {
-                out.entry((g.clone(), res)).or_default().extend(strings("verbs"));
+                out.entry((g.clone(), res))
+                    .or_default()
+                    .extend(strings("verbs"));
             }
         }
     }
@@ -138,7 +236,15 @@ fn rules(o: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
 }
 
 fn expect(pairs: &[(&str, &str, &[&str])]) -> BTreeMap<(String, String), BTreeSet<String>> {
-    pairs.iter().map(|(g, r, v)| ((g.to_string(), r.to_string()), v.iter().map(|s| s.to_string()).collect())).collect()
+    pairs
+        .iter()
+        .map(|(g, r, v)| {
+            (
+                (g.to_string(), r.to_string()),
+                v.iter().map(|s| s.to_string()).collect(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -147,7 +253,9 @@ fn each_component_has_exactly_the_verbs_it_uses() {
     let role = |kind: &str, n: &str, ns: Option<&str>| {
         let o = objects
             .iter()
-            .find(|o| o["kind"] == kind && name(o) == n && o["metadata"]["namespace"].as_str() == ns)
+            .find(|o| {
+                o["kind"] == kind && name(o) == n && o["metadata"]["namespace"].as_str() == ns
+            })
             .unwrap_or_else(|| panic!("{kind} {n} in {ns:?}"));
         rules(o)
     };
@@ -164,7 +272,11 @@ fn each_component_has_exactly_the_verbs_it_uses() {
     );
     assert_eq!(
         role("Role", "egressgw-controller", Some("egressgw-system")),
-        expect(&[("coordination.k8s.io", "leases", &["get", "create", "update", "list", "watch"])])
+        expect(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update", "list", "watch"]
+        )])
     );
     assert_eq!(
         role("Role", "egressgw-controller-events", Some("default")),
@@ -181,12 +293,29 @@ fn each_component_has_exactly_the_verbs_it_uses() {
     );
     assert_eq!(
         role("Role", "egressgw-agent", Some("egressgw-system")),
-        expect(&[("coordination.k8s.io", "leases", &["get", "create", "update"])])
+        expect(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"]
+        )])
     );
-    for o in objects.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role") {
+    for o in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+    {
         let all = rules(o);
-        assert!(!all.keys().any(|(_, r)| r == "secrets" || r == "*"), "{} touches secrets or *", name(o));
-        assert!(!all.values().flatten().any(|v| v == "*" || v == "escalate" || v == "bind" || v == "impersonate"), "{} has a dangerous verb", name(o));
+        assert!(
+            !all.keys().any(|(_, r)| r == "secrets" || r == "*"),
+            "{} touches secrets or *",
+            name(o)
+        );
+        assert!(
+            !all.values()
+                .flatten()
+                .any(|v| v == "*" || v == "escalate" || v == "bind" || v == "impersonate"),
+            "{} has a dangerous verb",
+            name(o)
+        );
     }
 }
 

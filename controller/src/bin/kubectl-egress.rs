@@ -11,7 +11,10 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(run(cli, &mut std::io::stdout().lock())).map_err(anyhow::Error::from));
+        .and_then(|rt| {
+            rt.block_on(run(cli, &mut std::io::stdout().lock()))
+                .map_err(anyhow::Error::from)
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

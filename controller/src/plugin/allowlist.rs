@@ -50,7 +50,11 @@ impl Allowlist {
     pub fn pairs(&self) -> BTreeSet<(IpAddr, IpNetwork)> {
         self.entries
             .iter()
-            .flat_map(|e| e.egress_ips.iter().flat_map(|s| e.destinations.iter().map(move |d| (*s, *d))))
+            .flat_map(|e| {
+                e.egress_ips
+                    .iter()
+                    .flat_map(|s| e.destinations.iter().map(move |d| (*s, *d)))
+            })
             .collect()
     }
 }
@@ -59,16 +63,29 @@ impl Allowlist {
 pub fn allowlist(gateways: &[EgressGateway], within: Option<&IpNetwork>) -> Allowlist {
     let mut index = ClusterIndex::default();
     let mut out = Allowlist::default();
-    for g in gateways.iter().filter(|g| g.metadata.deletion_timestamp.is_none()) {
-        let Some(gw) = Gateway::from_kube(g) else { continue };
+    for g in gateways
+        .iter()
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+    {
+        let Some(gw) = Gateway::from_kube(g) else {
+            continue;
+        };
         if let Err(e) = &gw.spec {
-            out.skipped.push(Skipped { gateway: gw.name.clone(), reason: format!("invalid spec: {e}") });
+            out.skipped.push(Skipped {
+                gateway: gw.name.clone(),
+                reason: format!("invalid spec: {e}"),
+            });
         }
         index.gateways.insert(gw.name.clone(), gw);
     }
     let mut owned: BTreeSet<IpAddr> = BTreeSet::new();
     for (gw, spec) in by_seniority(&index) {
-        let egress_ips: Vec<IpAddr> = spec.egress_ips.iter().copied().filter(|ip| owned.insert(*ip)).collect();
+        let egress_ips: Vec<IpAddr> = spec
+            .egress_ips
+            .iter()
+            .copied()
+            .filter(|ip| owned.insert(*ip))
+            .collect();
         if egress_ips.is_empty() {
             out.skipped.push(Skipped {
                 gateway: gw.name.clone(),
@@ -81,7 +98,11 @@ pub fn allowlist(gateways: &[EgressGateway], within: Option<&IpNetwork>) -> Allo
         if destinations.is_empty() {
             continue;
         }
-        out.entries.push(AllowEntry { gateway: gw.name.clone(), egress_ips, destinations });
+        out.entries.push(AllowEntry {
+            gateway: gw.name.clone(),
+            egress_ips,
+            destinations,
+        });
     }
     out.entries.sort_by(|a, b| a.gateway.cmp(&b.gateway));
     out
@@ -89,7 +110,10 @@ pub fn allowlist(gateways: &[EgressGateway], within: Option<&IpNetwork>) -> Allo
 
 /// `SOURCE DESTINATION` per line.
 pub fn render_lines(list: &Allowlist) -> String {
-    list.pairs().into_iter().map(|(s, d)| format!("{s} {d}\n")).collect()
+    list.pairs()
+        .into_iter()
+        .map(|(s, d)| format!("{s} {d}\n"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -99,7 +123,13 @@ pub(crate) mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    pub fn gateway(name: &str, age: i64, ips: &[&str], dst: &[&str], excl: &[&str]) -> EgressGateway {
+    pub fn gateway(
+        name: &str,
+        age: i64,
+        ips: &[&str],
+        dst: &[&str],
+        excl: &[&str],
+    ) -> EgressGateway {
         let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
         let mut g = EgressGateway::new(
             name,
@@ -113,7 +143,8 @@ pub(crate) mod tests {
                 interface: None,
             },
         );
-        g.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000 + age).unwrap()));
+        g.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(1_700_000_000 + age).unwrap()));
         g
     }
 
@@ -121,14 +152,33 @@ pub(crate) mod tests {
     fn sources_are_the_owned_ips_and_destinations_exclude_carve_outs() {
         let list = allowlist(
             &[
-                gateway("billing", 1, &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"], &["203.0.113.128/25"]),
-                gateway("late", 2, &["198.18.0.201", "198.18.0.202"], &["198.51.100.0/24"], &[]),
+                gateway(
+                    "billing",
+                    1,
+                    &["198.18.0.200", "198.18.0.201"],
+                    &["203.0.113.0/24"],
+                    &["203.0.113.128/25"],
+                ),
+                gateway(
+                    "late",
+                    2,
+                    &["198.18.0.201", "198.18.0.202"],
+                    &["198.51.100.0/24"],
+                    &[],
+                ),
             ],
             None,
         );
         assert_eq!(list.entries.len(), 2);
-        assert_eq!(list.entries[0].destinations[0].to_string(), "203.0.113.0/25");
-        assert_eq!(list.entries[1].egress_ips, vec!["198.18.0.202".parse::<IpAddr>().unwrap()], "201 belongs to the older gateway");
+        assert_eq!(
+            list.entries[0].destinations[0].to_string(),
+            "203.0.113.0/25"
+        );
+        assert_eq!(
+            list.entries[1].egress_ips,
+            vec!["198.18.0.202".parse::<IpAddr>().unwrap()],
+            "201 belongs to the older gateway"
+        );
         assert_eq!(
             render_lines(&list),
             "198.18.0.200 203.0.113.0/25\n198.18.0.201 203.0.113.0/25\n198.18.0.202 198.51.100.0/24\n"
@@ -156,9 +206,19 @@ pub(crate) mod tests {
             ],
             None,
         );
-        assert_eq!(list.entries.iter().map(|e| e.gateway.as_str()).collect::<Vec<_>>(), ["first"]);
+        assert_eq!(
+            list.entries
+                .iter()
+                .map(|e| e.gateway.as_str())
+                .collect::<Vec<_>>(),
+            ["first"]
+        );
         let skipped: Vec<&str> = list.skipped.iter().map(|s| s.gateway.as_str()).collect();
         assert_eq!(skipped, ["bad", "second"]);
-        assert!(list.skipped[0].reason.contains("spec.egressIPs[0]"), "{:?}", list.skipped[0]);
+        assert!(
+            list.skipped[0].reason.contains("spec.egressIPs[0]"),
+            "{:?}",
+            list.skipped[0]
+        );
     }
 }

@@ -12,11 +12,19 @@ pub type Range = (bool, u128, u128);
 /// The inclusive range a network covers.
 pub fn range_of(net: &IpNetwork) -> Range {
     match net {
-        IpNetwork::V4(n) => (false, u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
+        IpNetwork::V4(n) => (
+            false,
+            u128::from(u32::from(n.network())),
+            u128::from(u32::from(n.broadcast())),
+        ),
         IpNetwork::V6(n) => {
             let start = u128::from(n.network());
             let host_bits = 128 - u32::from(n.prefix());
-            let end = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
+            let end = if host_bits == 128 {
+                u128::MAX
+            } else {
+                start | ((1u128 << host_bits) - 1)
+            };
             (true, start, end)
         }
     }
@@ -24,7 +32,9 @@ pub fn range_of(net: &IpNetwork) -> Range {
 
 /// `ranges` cut down to what lies inside `within` (all of them when `None`).
 pub fn clip(ranges: &[Range], within: Option<&IpNetwork>) -> Vec<Range> {
-    let Some(net) = within else { return ranges.to_vec() };
+    let Some(net) = within else {
+        return ranges.to_vec();
+    };
     let (v6, lo, hi) = range_of(net);
     ranges
         .iter()
@@ -41,7 +51,11 @@ pub fn to_cidrs(ranges: &[Range]) -> Vec<IpNetwork> {
         let mut cur = start;
         loop {
             // Largest block aligned at `cur` that does not pass `end`.
-            let mut size_bits = if cur == 0 { bits } else { cur.trailing_zeros().min(bits) };
+            let mut size_bits = if cur == 0 {
+                bits
+            } else {
+                cur.trailing_zeros().min(bits)
+            };
             while size_bits > 0 && block_end(cur, size_bits).is_none_or(|last| last > end) {
                 size_bits -= 1;
             }
@@ -65,7 +79,11 @@ fn block_end(start: u128, size_bits: u32) -> Option<u128> {
 }
 
 fn network(v6: bool, start: u128, prefix: u8) -> IpNetwork {
-    let ip = if v6 { IpAddr::V6(Ipv6Addr::from(start)) } else { IpAddr::V4(Ipv4Addr::from(start as u32)) };
+    let ip = if v6 {
+        IpAddr::V6(Ipv6Addr::from(start))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(start as u32))
+    };
     IpNetwork::new(ip, prefix).expect("prefix within the family's length")
 }
 
@@ -84,7 +102,12 @@ mod tests {
 
     #[test]
     fn a_network_comes_back_as_itself() {
-        for n in ["203.0.113.0/24", "0.0.0.0/0", "198.18.0.200/32", "10.0.0.0/8"] {
+        for n in [
+            "203.0.113.0/24",
+            "0.0.0.0/0",
+            "198.18.0.200/32",
+            "10.0.0.0/8",
+        ] {
             assert_eq!(strings(to_cidrs(&effective(&nets(&[n]), &[]))), [n]);
         }
     }
@@ -94,11 +117,23 @@ mod tests {
         let r = effective(&nets(&["203.0.113.0/24"]), &nets(&["203.0.113.128/25"]));
         assert_eq!(strings(to_cidrs(&r)), ["203.0.113.0/25"]);
         let r = effective(&nets(&["203.0.113.0/24"]), &nets(&["203.0.113.64/26"]));
-        assert_eq!(strings(to_cidrs(&r)), ["203.0.113.0/26", "203.0.113.128/25"]);
+        assert_eq!(
+            strings(to_cidrs(&r)),
+            ["203.0.113.0/26", "203.0.113.128/25"]
+        );
         let r = effective(&nets(&["203.0.113.0/24"]), &nets(&["203.0.113.7/32"]));
         assert_eq!(
             strings(to_cidrs(&r)),
-            ["203.0.113.0/30", "203.0.113.4/31", "203.0.113.6/32", "203.0.113.8/29", "203.0.113.16/28", "203.0.113.32/27", "203.0.113.64/26", "203.0.113.128/25"]
+            [
+                "203.0.113.0/30",
+                "203.0.113.4/31",
+                "203.0.113.6/32",
+                "203.0.113.8/29",
+                "203.0.113.16/28",
+                "203.0.113.32/27",
+                "203.0.113.64/26",
+                "203.0.113.128/25"
+            ]
         );
     }
 
@@ -106,9 +141,15 @@ mod tests {
     fn clipping_keeps_only_the_part_inside() {
         let r = effective(&nets(&["203.0.0.0/16", "198.51.100.0/24"]), &[]);
         let within: IpNetwork = "203.0.113.0/24".parse().unwrap();
-        assert_eq!(strings(to_cidrs(&clip(&r, Some(&within)))), ["203.0.113.0/24"]);
+        assert_eq!(
+            strings(to_cidrs(&clip(&r, Some(&within)))),
+            ["203.0.113.0/24"]
+        );
         let wider: IpNetwork = "198.0.0.0/8".parse().unwrap();
-        assert_eq!(strings(to_cidrs(&clip(&r, Some(&wider)))), ["198.51.100.0/24"]);
+        assert_eq!(
+            strings(to_cidrs(&clip(&r, Some(&wider)))),
+            ["198.51.100.0/24"]
+        );
         let elsewhere: IpNetwork = "192.0.2.0/24".parse().unwrap();
         assert!(clip(&r, Some(&elsewhere)).is_empty());
     }

@@ -8,11 +8,16 @@ use crate::api::GROUP;
 #[derive(Debug, Error)]
 pub enum PluginError {
     #[error("cannot load kubeconfig{}: {source}", context_suffix(.context))]
-    Kubeconfig { context: Option<String>, source: kube::config::KubeconfigError },
-    #[error("cannot find a Kubernetes config (no $KUBECONFIG, ~/.kube/config or in-cluster service account): {0}")]
-    Infer(#[from] kube::config::InferConfigError),
+    Kubeconfig {
+        context: Option<String>,
+        source: Box<kube::config::KubeconfigError>,
+    },
+    #[error(
+        "cannot find a Kubernetes config (no $KUBECONFIG, ~/.kube/config or in-cluster service account): {0}"
+    )]
+    Infer(#[source] Box<kube::config::InferConfigError>),
     #[error("cannot build a Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    Client(#[source] Box<kube::Error>),
     #[error(
         "the EgressGateway API ({GROUP}) is not installed in this cluster: the server has no {resource}. \
          Install egressgw (kubectl apply -k deploy/, see docs/install.md) or check --context"
@@ -24,35 +29,64 @@ pub enum PluginError {
          pods and the Leases in egressgw-system)",
         namespace_suffix(.namespace)
     )]
-    Forbidden { verb: &'static str, resource: String, namespace: Option<String>, message: String },
+    Forbidden {
+        verb: &'static str,
+        resource: String,
+        namespace: Option<String>,
+        message: String,
+    },
     #[error("pod {namespace}/{name} not found")]
     PodNotFound { namespace: String, name: String },
     #[error("cannot {verb} {resource}{}: {source}", namespace_suffix(.namespace))]
-    Api { verb: &'static str, resource: String, namespace: Option<String>, source: kube::Error },
+    Api {
+        verb: &'static str,
+        resource: String,
+        namespace: Option<String>,
+        source: Box<kube::Error>,
+    },
     #[error("--destination {value:?} is not a CIDR (write e.g. 203.0.113.0/24)")]
     BadDestination { value: String },
     #[error("--nft-table {value:?} must be a family and a table name, e.g. \"inet filter\"")]
     BadNftTable { value: String },
     #[error("cannot encode the output as {format}: {message}")]
-    Encode { format: &'static str, message: String },
+    Encode {
+        format: &'static str,
+        message: String,
+    },
 }
 
 fn context_suffix(context: &Option<String>) -> String {
-    context.as_ref().map(|c| format!(" (context {c:?})")).unwrap_or_default()
+    context
+        .as_ref()
+        .map(|c| format!(" (context {c:?})"))
+        .unwrap_or_default()
 }
 
 fn namespace_suffix(namespace: &Option<String>) -> String {
-    namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default()
+    namespace
+        .as_ref()
+        .map(|n| format!(" in namespace {n}"))
+        .unwrap_or_default()
 }
 
 impl PluginError {
     /// Classify an API error of `verb resource`: a missing API group and a denied request get
     /// their own messages; everything else keeps the server's words.
-    pub fn from_api(verb: &'static str, resource: &str, namespace: Option<&str>, source: kube::Error, is_custom: bool) -> Self {
+    pub fn from_api(
+        verb: &'static str,
+        resource: &str,
+        namespace: Option<&str>,
+        source: kube::Error,
+        is_custom: bool,
+    ) -> Self {
         let namespace = namespace.map(str::to_string);
         if let kube::Error::Api(status) = &source {
             match status.code {
-                404 if is_custom => return Self::CrdMissing { resource: resource.to_string() },
+                404 if is_custom => {
+                    return Self::CrdMissing {
+                        resource: resource.to_string(),
+                    };
+                }
                 403 => {
                     return Self::Forbidden {
                         verb,
@@ -64,7 +98,12 @@ impl PluginError {
                 _ => {}
             }
         }
-        Self::Api { verb, resource: resource.to_string(), namespace, source }
+        Self::Api {
+            verb,
+            resource: resource.to_string(),
+            namespace,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -79,23 +118,47 @@ mod tests {
 
     #[test]
     fn a_missing_group_says_the_crd_is_not_installed() {
-        let e = PluginError::from_api("list", "egressgateways.egressgw.io", None, api_error(404, "404 page not found"), true);
+        let e = PluginError::from_api(
+            "list",
+            "egressgateways.egressgw.io",
+            None,
+            api_error(404, "404 page not found"),
+            true,
+        );
         let text = e.to_string();
         assert!(matches!(e, PluginError::CrdMissing { .. }));
-        assert!(text.contains("not installed") && text.contains("egressgw.io"), "{text}");
+        assert!(
+            text.contains("not installed") && text.contains("egressgw.io"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_denied_request_names_verb_resource_and_namespace() {
-        let e = PluginError::from_api("list", "leases", Some("egressgw-system"), api_error(403, "user \"bob\" cannot list"), false);
+        let e = PluginError::from_api(
+            "list",
+            "leases",
+            Some("egressgw-system"),
+            api_error(403, "user \"bob\" cannot list"),
+            false,
+        );
         let text = e.to_string();
-        assert!(text.starts_with("access denied: cannot list leases in namespace egressgw-system"), "{text}");
+        assert!(
+            text.starts_with("access denied: cannot list leases in namespace egressgw-system"),
+            "{text}"
+        );
         assert!(text.contains("user \"bob\" cannot list"), "{text}");
     }
 
     #[test]
     fn a_404_on_a_builtin_resource_is_not_a_missing_crd() {
-        let e = PluginError::from_api("get", "pods", Some("x"), api_error(404, "pods \"p\" not found"), false);
+        let e = PluginError::from_api(
+            "get",
+            "pods",
+            Some("x"),
+            api_error(404, "pods \"p\" not found"),
+            false,
+        );
         assert!(matches!(e, PluginError::Api { .. }));
     }
 }

@@ -37,7 +37,13 @@ pub enum IpTrouble {
 pub enum Route {
     /// From `ip`, hosted on `node`; `next_hop` is the gateway node's address when the pod
     /// runs elsewhere (its node steers the traffic there).
-    Egress { ip: IpAddr, node: String, interface: Option<String>, since: Option<String>, next_hop: Option<IpAddr> },
+    Egress {
+        ip: IpAddr,
+        node: String,
+        interface: Option<String>,
+        since: Option<String>,
+        next_hop: Option<IpAddr>,
+    },
     /// Dropped (fail closed): no egress IP of the gateway has a node.
     Dropped { ips: Vec<(IpAddr, IpTrouble)> },
     /// Dropped: the node hosting the IP has no InternalIP to steer to.
@@ -59,10 +65,18 @@ pub enum Verdict {
     InvalidSpec(String),
     /// The namespace is unknown to the API (or unreadable).
     NamespaceUnknown,
-    NamespaceMismatch { selector: String, unmatched: Vec<String> },
-    PodMismatch { selector: String, unmatched: Vec<String> },
+    NamespaceMismatch {
+        selector: String,
+        unmatched: Vec<String>,
+    },
+    PodMismatch {
+        selector: String,
+        unmatched: Vec<String>,
+    },
     /// An older gateway selects the pod for overlapping destinations.
-    Lost { winner: String },
+    Lost {
+        winner: String,
+    },
     /// It selects the pod, which carries no traffic yet (see `not_routable`).
     WouldSelect,
 }
@@ -124,7 +138,12 @@ pub fn explain(
     let mut invalid: Vec<(&str, String)> = index
         .gateways
         .values()
-        .filter_map(|g| g.spec.as_ref().err().map(|e| (g.name.as_str(), e.to_string())))
+        .filter_map(|g| {
+            g.spec
+                .as_ref()
+                .err()
+                .map(|e| (g.name.as_str(), e.to_string()))
+        })
         .collect();
     invalid.sort();
     let ordered = by_seniority(index);
@@ -132,10 +151,12 @@ pub fn explain(
     for (g, spec) in &ordered {
         let verdict = match ns_labels {
             None => Some(Verdict::NamespaceUnknown),
-            Some(labels) if !spec.namespace_selector.matches(labels) => Some(Verdict::NamespaceMismatch {
-                selector: describe(&spec.namespace_selector),
-                unmatched: unmatched(&spec.namespace_selector, labels),
-            }),
+            Some(labels) if !spec.namespace_selector.matches(labels) => {
+                Some(Verdict::NamespaceMismatch {
+                    selector: describe(&spec.namespace_selector),
+                    unmatched: unmatched(&spec.namespace_selector, labels),
+                })
+            }
             Some(_) if !spec.pod_selector.matches(&p.labels) => Some(Verdict::PodMismatch {
                 selector: describe(&spec.pod_selector),
                 unmatched: unmatched(&spec.pod_selector, &p.labels),
@@ -155,31 +176,47 @@ pub fn explain(
     } else {
         let resolved = pod_gateways(index, &ordered, p);
         for (loser, winner) in &resolved.lost {
-            out.others.push((loser.clone(), Verdict::Lost { winner: winner.clone() }));
+            out.others.push((
+                loser.clone(),
+                Verdict::Lost {
+                    winner: winner.clone(),
+                },
+            ));
         }
         let recorded = from_status(index, None);
         let plan = plan_with(index, recorded.clone());
         for name in &resolved.won {
-            let Some(Ok(spec)) = index.gateways.get(name).map(|g| g.spec.as_ref()) else { continue };
+            let Some(Ok(spec)) = index.gateways.get(name).map(|g| g.spec.as_ref()) else {
+                continue;
+            };
             let rollout = plan.rollouts.get(name);
             let route = match rollout.and_then(|r| r.pod_ip.get(pod)) {
                 Some(ip) => {
                     let (node, _) = &rollout.expect("pod_ip comes from the rollout").hosted[ip];
-                    let status = statuses.get(name).and_then(|s| s.assignments.iter().find(|a| a.egress_ip == ip.to_string()));
+                    let status = statuses
+                        .get(name)
+                        .and_then(|s| s.assignments.iter().find(|a| a.egress_ip == ip.to_string()));
                     let local = p.node.as_deref() == Some(node.as_str());
                     let next_hop = index.nodes.get(node).and_then(|n| n.internal_ip);
                     match (local, next_hop) {
-                        (false, None) => Route::NoNextHop { ip: *ip, node: node.clone() },
+                        (false, None) => Route::NoNextHop {
+                            ip: *ip,
+                            node: node.clone(),
+                        },
                         _ => Route::Egress {
                             ip: *ip,
                             node: node.clone(),
                             interface: status.and_then(|a| a.interface.clone()),
-                            since: status.and_then(|a| a.since.as_ref()).map(|t| t.0.to_string()),
+                            since: status
+                                .and_then(|a| a.since.as_ref())
+                                .map(|t| t.0.to_string()),
                             next_hop: if local { None } else { next_hop },
                         },
                     }
                 }
-                None => Route::Dropped { ips: troubles(name, &recorded, current) },
+                None => Route::Dropped {
+                    ips: troubles(name, &recorded, current),
+                },
             };
             out.uses.push(Usage {
                 gateway: name.clone(),
@@ -189,11 +226,19 @@ pub fn explain(
             });
         }
     }
-    out.others.extend(invalid.into_iter().map(|(n, e)| (n.to_string(), Verdict::InvalidSpec(e))));
+    out.others.extend(
+        invalid
+            .into_iter()
+            .map(|(n, e)| (n.to_string(), Verdict::InvalidSpec(e))),
+    );
     Some(out)
 }
 
-fn troubles(gateway: &str, recorded: &Assignments, current: Option<&Assignments>) -> Vec<(IpAddr, IpTrouble)> {
+fn troubles(
+    gateway: &str,
+    recorded: &Assignments,
+    current: Option<&Assignments>,
+) -> Vec<(IpAddr, IpTrouble)> {
     let now = current.and_then(|c| c.by_gateway.get(gateway));
     recorded
         .by_gateway
@@ -203,11 +248,18 @@ fn troubles(gateway: &str, recorded: &Assignments, current: Option<&Assignments>
         .map(|p| {
             let trouble = match &p.placement {
                 Err(Unplaced::ClaimedBy(w)) => IpTrouble::ClaimedBy(w.clone()),
-                _ => match now.and_then(|c| c.iter().find(|q| q.ip == p.ip)).map(|q| &q.placement) {
+                _ => match now
+                    .and_then(|c| c.iter().find(|q| q.ip == p.ip))
+                    .map(|q| &q.placement)
+                {
                     None => IpTrouble::Unexplained,
-                    Some(Ok(pl)) => IpTrouble::NotYetRecorded { eligible: pl.node.clone() },
+                    Some(Ok(pl)) => IpTrouble::NotYetRecorded {
+                        eligible: pl.node.clone(),
+                    },
                     Some(Err(Unplaced::ClaimedBy(w))) => IpTrouble::ClaimedBy(w.clone()),
-                    Some(Err(Unplaced::NoEligibleNode(why))) => IpTrouble::NoEligibleNode(why.clone()),
+                    Some(Err(Unplaced::NoEligibleNode(why))) => {
+                        IpTrouble::NoEligibleNode(why.clone())
+                    }
                 },
             };
             (p.ip, trouble)
@@ -216,14 +268,20 @@ fn troubles(gateway: &str, recorded: &Assignments, current: Option<&Assignments>
 }
 
 fn cidr_list(nets: &[IpNetwork]) -> String {
-    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ineligible(why: &BTreeMap<Ineligible, Vec<String>>) -> String {
     if why.is_empty() {
         return "no nodes exist".to_string();
     }
-    why.iter().map(|(reason, nodes)| format!("{}: {reason}", nodes.join(", "))).collect::<Vec<_>>().join("; ")
+    why.iter()
+        .map(|(reason, nodes)| format!("{}: {reason}", nodes.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn trouble_text(t: &IpTrouble) -> String {
@@ -241,20 +299,46 @@ fn trouble_text(t: &IpTrouble) -> String {
 /// The explanation as text.
 pub fn render(e: &Explanation) -> String {
     let mut out = String::new();
-    let ips = if e.ips.is_empty() { "no IP".to_string() } else { e.ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ") };
+    let ips = if e.ips.is_empty() {
+        "no IP".to_string()
+    } else {
+        e.ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let node = e.node.as_deref().unwrap_or("<unscheduled>");
     out.push_str(&format!("Pod {} ({ips}) on node {node}\n", e.pod));
     if !e.not_routable.is_empty() {
-        out.push_str(&format!("\nNo egress gateway applies yet: {}.\n", e.not_routable.join("; ")));
+        out.push_str(&format!(
+            "\nNo egress gateway applies yet: {}.\n",
+            e.not_routable.join("; ")
+        ));
     }
     for u in &e.uses {
         out.push('\n');
         match &u.route {
-            Route::Egress { ip, node: host, interface, since, next_hop } => {
-                out.push_str(&format!("Traffic to {} leaves from egress IP {ip}\n", cidr_list(&u.destinations)));
+            Route::Egress {
+                ip,
+                node: host,
+                interface,
+                since,
+                next_hop,
+            } => {
+                out.push_str(&format!(
+                    "Traffic to {} leaves from egress IP {ip}\n",
+                    cidr_list(&u.destinations)
+                ));
                 out.push_str(&format!("  gateway:  {}\n", u.gateway));
-                let iface = interface.as_deref().map(|i| format!(" on {i}")).unwrap_or_default();
-                let since = since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default();
+                let iface = interface
+                    .as_deref()
+                    .map(|i| format!(" on {i}"))
+                    .unwrap_or_default();
+                let since = since
+                    .as_deref()
+                    .map(|s| format!(" since {s}"))
+                    .unwrap_or_default();
                 out.push_str(&format!("  hosted:   node {host}{iface}{since}\n"));
                 match next_hop {
                     Some(hop) => out.push_str(&format!(
@@ -282,7 +366,10 @@ pub fn render(e: &Explanation) -> String {
             }
         }
         if !u.excluded.is_empty() {
-            out.push_str(&format!("  excluded: {} (left alone)\n", cidr_list(&u.excluded)));
+            out.push_str(&format!(
+                "  excluded: {} (left alone)\n",
+                cidr_list(&u.excluded)
+            ));
         }
     }
     if !e.others.is_empty() {
@@ -292,23 +379,38 @@ pub fn render(e: &Explanation) -> String {
             let why = match v {
                 Verdict::InvalidSpec(err) => format!("invalid spec: {err}"),
                 Verdict::NamespaceUnknown => format!("namespace {} is unknown", e.pod.namespace),
-                Verdict::NamespaceMismatch { selector, unmatched } => format!(
+                Verdict::NamespaceMismatch {
+                    selector,
+                    unmatched,
+                } => format!(
                     "namespace {} does not match namespaceSelector {selector}: {}",
                     e.pod.namespace,
                     unmatched.join(", ")
                 ),
-                Verdict::PodMismatch { selector, unmatched } => {
-                    format!("pod does not match podSelector {selector}: {}", unmatched.join(", "))
+                Verdict::PodMismatch {
+                    selector,
+                    unmatched,
+                } => {
+                    format!(
+                        "pod does not match podSelector {selector}: {}",
+                        unmatched.join(", ")
+                    )
                 }
                 Verdict::Lost { winner } => {
-                    format!("conflict lost: older gateway {winner} also selects this pod for overlapping destinations")
+                    format!(
+                        "conflict lost: older gateway {winner} also selects this pod for overlapping destinations"
+                    )
                 }
                 Verdict::WouldSelect => "selects this pod once it carries traffic".to_string(),
             };
             out.push_str(&format!("  {g:width$}   {why}\n"));
         }
     }
-    let rest = if e.uses.is_empty() { "All" } else { "All other" };
+    let rest = if e.uses.is_empty() {
+        "All"
+    } else {
+        "All other"
+    };
     out.push_str(&format!("\n{rest} traffic of this pod leaves as it would without egressgw (usually from its node's address).\n"));
     out
 }

@@ -29,15 +29,25 @@ pub struct Cluster {
 /// Build a client: `--kubeconfig` if given, else `$KUBECONFIG` / `~/.kube/config` (then
 /// in-cluster); `--context` picks the context; `--as`/`--as-group` impersonate.
 pub async fn connect(conn: &Connection) -> Result<Cluster, PluginError> {
-    let options = KubeConfigOptions { context: conn.context.clone(), ..Default::default() };
-    let err = |source| PluginError::Kubeconfig { context: conn.context.clone(), source };
+    let options = KubeConfigOptions {
+        context: conn.context.clone(),
+        ..Default::default()
+    };
+    let err = |source| PluginError::Kubeconfig {
+        context: conn.context.clone(),
+        source: Box::new(source),
+    };
     let mut config = match (&conn.kubeconfig, &conn.context) {
         (Some(path), _) => {
             let kc = Kubeconfig::read_from(path).map_err(err)?;
-            Config::from_custom_kubeconfig(kc, &options).await.map_err(err)?
+            Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(err)?
         }
         (None, Some(_)) => Config::from_kubeconfig(&options).await.map_err(err)?,
-        (None, None) => Config::infer().await?,
+        (None, None) => Config::infer()
+            .await
+            .map_err(|e| PluginError::Infer(Box::new(e)))?,
     };
     if conn.impersonate.is_some() {
         config.auth_info.impersonate = conn.impersonate.clone();
@@ -48,18 +58,30 @@ pub async fn connect(conn: &Connection) -> Result<Cluster, PluginError> {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     let default_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config).map_err(PluginError::Client)?;
-    Ok(Cluster { client, default_namespace })
+    let client = Client::try_from(config).map_err(|e| PluginError::Client(Box::new(e)))?;
+    Ok(Cluster {
+        client,
+        default_namespace,
+    })
 }
 
 /// `resource.group` the way kubectl names it in errors.
 fn resource_name<K: Resource<DynamicType = ()>>() -> String {
     let group = K::group(&());
     let plural = K::plural(&());
-    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
-async fn list<K>(api: Api<K>, params: &ListParams, namespace: Option<&str>, custom: bool) -> Result<Vec<K>, PluginError>
+async fn list<K>(
+    api: Api<K>,
+    params: &ListParams,
+    namespace: Option<&str>,
+    custom: bool,
+) -> Result<Vec<K>, PluginError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -71,23 +93,47 @@ where
 
 /// Every EgressGateway.
 pub async fn gateways(client: &Client) -> Result<Vec<EgressGateway>, PluginError> {
-    list(Api::<EgressGateway>::all(client.clone()), &ListParams::default(), None, true).await
+    list(
+        Api::<EgressGateway>::all(client.clone()),
+        &ListParams::default(),
+        None,
+        true,
+    )
+    .await
 }
 
 /// Every Node.
 pub async fn nodes(client: &Client) -> Result<Vec<KubeNode>, PluginError> {
-    list(Api::<KubeNode>::all(client.clone()), &ListParams::default(), None, false).await
+    list(
+        Api::<KubeNode>::all(client.clone()),
+        &ListParams::default(),
+        None,
+        false,
+    )
+    .await
 }
 
 /// Every Namespace.
 pub async fn namespaces(client: &Client) -> Result<Vec<Namespace>, PluginError> {
-    list(Api::<Namespace>::all(client.clone()), &ListParams::default(), None, false).await
+    list(
+        Api::<Namespace>::all(client.clone()),
+        &ListParams::default(),
+        None,
+        false,
+    )
+    .await
 }
 
 /// The agents' Leases (their heartbeats and interface reports).
 pub async fn agent_leases(client: &Client) -> Result<Vec<Lease>, PluginError> {
     let params = ListParams::default().labels(LABEL_AGENT_NODE);
-    list(Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE), &params, Some(SYSTEM_NAMESPACE), false).await
+    list(
+        Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE),
+        &params,
+        Some(SYSTEM_NAMESPACE),
+        false,
+    )
+    .await
 }
 
 /// One pod.
@@ -95,9 +141,16 @@ pub async fn pod(client: &Client, namespace: &str, name: &str) -> Result<KubePod
     let api = Api::<KubePod>::namespaced(client.clone(), namespace);
     match api.get(name).await {
         Ok(p) => Ok(p),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            Err(PluginError::PodNotFound { namespace: namespace.to_string(), name: name.to_string() })
-        }
-        Err(e) => Err(PluginError::from_api("get", "pods", Some(namespace), e, false)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(PluginError::PodNotFound {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }),
+        Err(e) => Err(PluginError::from_api(
+            "get",
+            "pods",
+            Some(namespace),
+            e,
+            false,
+        )),
     }
 }

@@ -33,8 +33,18 @@ fn family_rules(entry: &AllowEntry) -> Vec<FamilyRule<'_>> {
     [false, true]
         .into_iter()
         .filter_map(|v6| {
-            let sources: Vec<IpAddr> = entry.egress_ips.iter().copied().filter(|ip| ip.is_ipv6() == v6).collect();
-            let destinations: Vec<IpNetwork> = entry.destinations.iter().copied().filter(|d| d.is_ipv6() == v6).collect();
+            let sources: Vec<IpAddr> = entry
+                .egress_ips
+                .iter()
+                .copied()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .collect();
+            let destinations: Vec<IpNetwork> = entry
+                .destinations
+                .iter()
+                .copied()
+                .filter(|d| d.is_ipv6() == v6)
+                .collect();
             (!sources.is_empty() && !destinations.is_empty()).then_some(FamilyRule {
                 v6,
                 gateway: &entry.gateway,
@@ -46,14 +56,20 @@ fn family_rules(entry: &AllowEntry) -> Vec<FamilyRule<'_>> {
 }
 
 fn comment(gateway: &str) -> String {
-    let clean: String = gateway.chars().filter(|c| c.is_ascii_alphanumeric() || "-._".contains(*c)).collect();
+    let clean: String = gateway
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-._".contains(*c))
+        .collect();
     let mut c = format!("{COMMENT_PREFIX}{clean}");
     c.truncate(MAX_COMMENT);
     c
 }
 
 fn join<T: ToString>(xs: &[T], sep: &str) -> String {
-    xs.iter().map(ToString::to_string).collect::<Vec<_>>().join(sep)
+    xs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn header(list: &Allowlist, format: &str, how: &str) -> String {
@@ -102,7 +118,11 @@ pub fn iptables(list: &Allowlist, chain: &str) -> String {
     let mut out = header(list, "iptables", &how);
     for entry in &list.entries {
         for r in family_rules(entry) {
-            let (cmd, host) = if r.v6 { ("ip6tables", 128) } else { ("iptables", 32) };
+            let (cmd, host) = if r.v6 {
+                ("ip6tables", 128)
+            } else {
+                ("iptables", 32)
+            };
             let sources: Vec<String> = r.sources.iter().map(|s| format!("{s}/{host}")).collect();
             out.push_str(&format!(
                 "{cmd} -A {chain} -s {} -d {} -m comment --comment \"{}\" -j ACCEPT\n",
@@ -120,10 +140,17 @@ impl NftTarget {
     pub fn parse(table: &str, chain: &str) -> Option<Self> {
         let mut words = table.split_whitespace();
         let (family, table) = (words.next()?, words.next()?);
-        if words.next().is_some() || !["inet", "ip", "ip6", "bridge", "netdev", "arp"].contains(&family) || chain.is_empty() {
+        if words.next().is_some()
+            || !["inet", "ip", "ip6", "bridge", "netdev", "arp"].contains(&family)
+            || chain.is_empty()
+        {
             return None;
         }
-        Some(Self { family: family.into(), table: table.into(), chain: chain.into() })
+        Some(Self {
+            family: family.into(),
+            table: table.into(),
+            chain: chain.into(),
+        })
     }
 }
 
@@ -135,8 +162,20 @@ mod tests {
     fn list() -> Allowlist {
         allowlist(
             &[
-                gateway("billing-to-mainframe", 1, &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"], &["203.0.113.128/25"]),
-                gateway("partner", 2, &["198.18.0.210"], &["198.51.100.0/24", "203.0.113.128/25"], &[]),
+                gateway(
+                    "billing-to-mainframe",
+                    1,
+                    &["198.18.0.200", "198.18.0.201"],
+                    &["203.0.113.0/24"],
+                    &["203.0.113.128/25"],
+                ),
+                gateway(
+                    "partner",
+                    2,
+                    &["198.18.0.210"],
+                    &["198.51.100.0/24", "203.0.113.128/25"],
+                    &[],
+                ),
             ],
             None,
         )
@@ -169,7 +208,10 @@ mod tests {
 
     #[test]
     fn skipped_gateways_are_told_in_comments() {
-        let l = allowlist(&[gateway("bad", 1, &["nope"], &["203.0.113.0/24"], &[])], None);
+        let l = allowlist(
+            &[gateway("bad", 1, &["nope"], &["203.0.113.0/24"], &[])],
+            None,
+        );
         assert!(iptables(&l, "FORWARD").contains("# skipped gateway bad: invalid spec"));
     }
 

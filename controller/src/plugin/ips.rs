@@ -49,7 +49,9 @@ pub fn rows(gateways: &[EgressGateway]) -> Vec<IpRow> {
                 gateway: name.clone(),
                 node: assignment.and_then(|a| a.node.clone()),
                 interface: assignment.and_then(|a| a.interface.clone()),
-                since: assignment.and_then(|a| a.since.as_ref()).map(|t| t.0.to_string()),
+                since: assignment
+                    .and_then(|a| a.since.as_ref())
+                    .map(|t| t.0.to_string()),
                 destinations: gw.spec.destination_cidrs.clone(),
                 excluded: gw.spec.excluded_cidrs.clone(),
                 selected_pods: status.and_then(|s| s.selected_pods),
@@ -59,7 +61,11 @@ pub fn rows(gateways: &[EgressGateway]) -> Vec<IpRow> {
             });
         }
     }
-    out.sort_by(|a, b| sort_key(&a.egress_ip).cmp(&sort_key(&b.egress_ip)).then_with(|| a.gateway.cmp(&b.gateway)));
+    out.sort_by(|a, b| {
+        sort_key(&a.egress_ip)
+            .cmp(&sort_key(&b.egress_ip))
+            .then_with(|| a.gateway.cmp(&b.gateway))
+    });
     out
 }
 
@@ -72,9 +78,26 @@ fn sort_key(ip: &str) -> (u8, u128, String) {
     }
 }
 
-const TABLE_HEADERS: [&str; 6] = ["EGRESS IP", "GATEWAY", "NODE", "DESTINATIONS", "SELECTED", "READY"];
-const WIDE_HEADERS: [&str; 10] =
-    ["EGRESS IP", "GATEWAY", "NODE", "DESTINATIONS", "SELECTED", "READY", "INTERFACE", "EXCLUDED", "SINCE", "REASON"];
+const TABLE_HEADERS: [&str; 6] = [
+    "EGRESS IP",
+    "GATEWAY",
+    "NODE",
+    "DESTINATIONS",
+    "SELECTED",
+    "READY",
+];
+const WIDE_HEADERS: [&str; 10] = [
+    "EGRESS IP",
+    "GATEWAY",
+    "NODE",
+    "DESTINATIONS",
+    "SELECTED",
+    "READY",
+    "INTERFACE",
+    "EXCLUDED",
+    "SINCE",
+    "REASON",
+];
 const CSV_HEADERS: [&str; 11] = [
     "egress_ip",
     "gateway",
@@ -104,7 +127,8 @@ fn node_cell(row: &IpRow) -> String {
 }
 
 fn selected_cell(row: &IpRow) -> String {
-    row.selected_pods.map_or_else(|| NONE_CELL.to_string(), |n| n.to_string())
+    row.selected_pods
+        .map_or_else(|| NONE_CELL.to_string(), |n| n.to_string())
 }
 
 /// Render the rows in `format`. An empty table says so (like kubectl's "No resources found").
@@ -140,7 +164,11 @@ pub fn render(rows: &[IpRow], format: IpsFormat) -> Result<String, PluginError> 
                         selected_cell(r),
                         r.ready.clone(),
                         cell(&r.interface),
-                        if r.excluded.is_empty() { NONE_CELL.to_string() } else { r.excluded.join(LIST_SEPARATOR) },
+                        if r.excluded.is_empty() {
+                            NONE_CELL.to_string()
+                        } else {
+                            r.excluded.join(LIST_SEPARATOR)
+                        },
                         cell(&r.since),
                         cell(&r.reason),
                     ]
@@ -170,10 +198,14 @@ pub fn render(rows: &[IpRow], format: IpsFormat) -> Result<String, PluginError> 
         )),
         IpsFormat::Json => serde_json::to_string_pretty(rows)
             .map(|s| s + "\n")
-            .map_err(|e| PluginError::Encode { format: "JSON", message: e.to_string() }),
-        IpsFormat::Yaml => {
-            serde_yaml::to_string(rows).map_err(|e| PluginError::Encode { format: "YAML", message: e.to_string() })
-        }
+            .map_err(|e| PluginError::Encode {
+                format: "JSON",
+                message: e.to_string(),
+            }),
+        IpsFormat::Yaml => serde_yaml::to_string(rows).map_err(|e| PluginError::Encode {
+            format: "YAML",
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -184,7 +216,12 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use k8s_openapi::jiff::Timestamp;
 
-    fn gateway(name: &str, ips: &[&str], placed: &[(&str, &str)], ready: Option<&str>) -> EgressGateway {
+    fn gateway(
+        name: &str,
+        ips: &[&str],
+        placed: &[(&str, &str)],
+        ready: Option<&str>,
+    ) -> EgressGateway {
         let mut gw = EgressGateway::new(
             name,
             EgressGatewaySpec {
@@ -227,37 +264,72 @@ mod tests {
     #[test]
     fn one_row_per_ip_sorted_numerically_with_unplaced_ips_marked() {
         let gws = [
-            gateway("billing", &["198.18.0.210", "198.18.0.29"], &[("198.18.0.210", "node-2")], Some("True")),
+            gateway(
+                "billing",
+                &["198.18.0.210", "198.18.0.29"],
+                &[("198.18.0.210", "node-2")],
+                Some("True"),
+            ),
             gateway("fresh", &["198.18.0.3"], &[], None),
         ];
         let rows = rows(&gws);
         let ips: Vec<&str> = rows.iter().map(|r| r.egress_ip.as_str()).collect();
-        assert_eq!(ips, ["198.18.0.3", "198.18.0.29", "198.18.0.210"], "numeric, not text, order");
+        assert_eq!(
+            ips,
+            ["198.18.0.3", "198.18.0.29", "198.18.0.210"],
+            "numeric, not text, order"
+        );
         assert_eq!(rows[2].node.as_deref(), Some("node-2"));
         assert_eq!(rows[1].node, None);
-        assert_eq!((rows[0].ready.as_str(), rows[0].selected_pods), (UNKNOWN, None), "no status yet");
+        assert_eq!(
+            (rows[0].ready.as_str(), rows[0].selected_pods),
+            (UNKNOWN, None),
+            "no status yet"
+        );
         let table = render(&rows, IpsFormat::Table).unwrap();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "EGRESS IP      GATEWAY   NODE     DESTINATIONS                     SELECTED   READY");
-        assert_eq!(lines[2], "198.18.0.29    billing   <none>   203.0.113.0/24,198.51.100.0/24   3          True");
-        assert_eq!(lines[3], "198.18.0.210   billing   node-2   203.0.113.0/24,198.51.100.0/24   3          True");
+        assert_eq!(
+            lines[0],
+            "EGRESS IP      GATEWAY   NODE     DESTINATIONS                     SELECTED   READY"
+        );
+        assert_eq!(
+            lines[2],
+            "198.18.0.29    billing   <none>   203.0.113.0/24,198.51.100.0/24   3          True"
+        );
+        assert_eq!(
+            lines[3],
+            "198.18.0.210   billing   node-2   203.0.113.0/24,198.51.100.0/24   3          True"
+        );
     }
 
     #[test]
     fn wide_csv_json_and_yaml_carry_the_same_facts() {
-        let rows = rows(&[gateway("billing", &["198.18.0.200"], &[("198.18.0.200", "node-2")], Some("True"))]);
+        let rows = rows(&[gateway(
+            "billing",
+            &["198.18.0.200"],
+            &[("198.18.0.200", "node-2")],
+            Some("True"),
+        )]);
         let wide = render(&rows, IpsFormat::Wide).unwrap();
-        assert!(wide.lines().nth(1).unwrap().ends_with("eth1        <none>     2023-11-14T22:13:20Z   EgressIPsPlaced"), "{wide}");
+        assert!(
+            wide.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("eth1        <none>     2023-11-14T22:13:20Z   EgressIPsPlaced"),
+            "{wide}"
+        );
         let csv = render(&rows, IpsFormat::Csv).unwrap();
         assert_eq!(
             csv.lines().nth(1).unwrap(),
             "198.18.0.200,billing,node-2,eth1,2023-11-14T22:13:20Z,203.0.113.0/24 198.51.100.0/24,,3,True,EgressIPsPlaced,true"
         );
-        let json: serde_json::Value = serde_json::from_str(&render(&rows, IpsFormat::Json).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, IpsFormat::Json).unwrap()).unwrap();
         assert_eq!(json[0]["egressIP"], "198.18.0.200");
         assert_eq!(json[0]["node"], "node-2");
         assert_eq!(json[0]["selectedPods"], 3);
-        let yaml: serde_json::Value = serde_yaml::from_str(&render(&rows, IpsFormat::Yaml).unwrap()).unwrap();
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&render(&rows, IpsFormat::Yaml).unwrap()).unwrap();
         assert_eq!(yaml, json);
     }
 

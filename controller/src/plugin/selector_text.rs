@@ -9,7 +9,11 @@ pub fn describe(selector: &LabelSelector) -> String {
     if selector.is_empty() {
         return "<everything>".to_string();
     }
-    let mut parts: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     parts.extend(selector.match_expressions.iter().map(requirement));
     parts.join(",")
 }
@@ -54,7 +58,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -62,14 +69,41 @@ mod tests {
         let s = LabelSelector {
             match_labels: labels(&[("app", "invoicer"), ("team", "billing")]),
             match_expressions: vec![
-                LabelSelectorRequirement { key: "tier".into(), operator: SelectorOperator::In, values: vec!["a".into(), "b".into()] },
-                LabelSelectorRequirement { key: "debug".into(), operator: SelectorOperator::DoesNotExist, values: vec![] },
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: SelectorOperator::In,
+                    values: vec!["a".into(), "b".into()],
+                },
+                LabelSelectorRequirement {
+                    key: "debug".into(),
+                    operator: SelectorOperator::DoesNotExist,
+                    values: vec![],
+                },
             ],
         };
-        assert_eq!(describe(&s), "app=invoicer,team=billing,tier in (a,b),!debug");
-        let got = unmatched(&s, &labels(&[("app", "web"), ("team", "billing"), ("debug", "1")]));
-        assert_eq!(got, ["app=invoicer (has app=web)", "tier in (a,b) (has no label tier)", "!debug (has debug=1)"]);
-        assert!(unmatched(&s, &labels(&[("app", "invoicer"), ("team", "billing"), ("tier", "a")])).is_empty());
+        assert_eq!(
+            describe(&s),
+            "app=invoicer,team=billing,tier in (a,b),!debug"
+        );
+        let got = unmatched(
+            &s,
+            &labels(&[("app", "web"), ("team", "billing"), ("debug", "1")]),
+        );
+        assert_eq!(
+            got,
+            [
+                "app=invoicer (has app=web)",
+                "tier in (a,b) (has no label tier)",
+                "!debug (has debug=1)"
+            ]
+        );
+        assert!(
+            unmatched(
+                &s,
+                &labels(&[("app", "invoicer"), ("team", "billing"), ("tier", "a")])
+            )
+            .is_empty()
+        );
         assert_eq!(describe(&LabelSelector::default()), "<everything>");
     }
 }

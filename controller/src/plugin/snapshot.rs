@@ -44,7 +44,11 @@ impl Snapshot {
                 index.pods.insert(pod.key.clone(), pod);
             }
         }
-        for g in self.gateways.iter().filter(|g| g.metadata.deletion_timestamp.is_none()) {
+        for g in self
+            .gateways
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+        {
             if let Some(gw) = Gateway::from_kube(g) {
                 index.gateways.insert(gw.name.clone(), gw);
             }
@@ -54,13 +58,20 @@ impl Snapshot {
 
     /// Each gateway's status, by name.
     pub fn statuses(&self) -> BTreeMap<String, EgressGatewayStatus> {
-        self.gateways.iter().filter_map(|g| Some((g.metadata.name.clone()?, g.status.clone()?))).collect()
+        self.gateways
+            .iter()
+            .filter_map(|g| Some((g.metadata.name.clone()?, g.status.clone()?)))
+            .collect()
     }
 }
 
 /// Agent reports by node.
 pub fn reports(leases: &[Lease]) -> BTreeMap<String, AgentReport> {
-    leases.iter().filter_map(AgentReport::from_lease).map(|r| (r.node.clone(), r)).collect()
+    leases
+        .iter()
+        .filter_map(AgentReport::from_lease)
+        .map(|r| (r.node.clone(), r))
+        .collect()
 }
 
 /// Nodes whose agent Lease changed between two listings: alive by the controller's own rule
@@ -83,7 +94,13 @@ mod tests {
         let mut l = Lease::default();
         l.metadata.name = Some(format!("egressgw-agent-{node}"));
         l.metadata.labels = Some([(LABEL_AGENT_NODE.to_string(), node.to_string())].into());
-        l.metadata.annotations = Some([(ANNOTATION_INTERFACES.to_string(), "eth1=198.18.0.12/24".to_string())].into());
+        l.metadata.annotations = Some(
+            [(
+                ANNOTATION_INTERFACES.to_string(),
+                "eth1=198.18.0.12/24".to_string(),
+            )]
+            .into(),
+        );
         l.metadata.resource_version = Some(version.into());
         l
     }
@@ -92,14 +109,21 @@ mod tests {
     fn only_leases_that_changed_count_as_alive() {
         let before = [lease("a", "1"), lease("b", "7")];
         let after = [lease("a", "2"), lease("b", "7"), lease("c", "1")];
-        assert_eq!(renewed(&before, &after), ["a".to_string(), "c".to_string()].into());
+        assert_eq!(
+            renewed(&before, &after),
+            ["a".to_string(), "c".to_string()].into()
+        );
     }
 
     #[test]
     fn the_index_carries_interfaces_and_liveness_from_the_leases() {
         let mut node = KubeNode::default();
         node.metadata.name = Some("a".into());
-        let s = Snapshot { nodes: vec![node], leases: vec![lease("a", "1")], ..Default::default() };
+        let s = Snapshot {
+            nodes: vec![node],
+            leases: vec![lease("a", "1")],
+            ..Default::default()
+        };
         let idx = s.index(&["a".to_string()].into());
         assert!(idx.nodes["a"].agent_alive);
         assert_eq!(idx.nodes["a"].interfaces[0].name, "eth1");

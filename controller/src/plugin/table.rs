@@ -59,13 +59,22 @@ mod tests {
 
     #[test]
     fn columns_are_padded_to_the_widest_cell_and_the_last_is_not_padded() {
-        let t = render(&["NAME", "IP"], &[row(&["a-long-name", "1.2.3.4"]), row(&["b", "5.6.7.8"])]);
-        assert_eq!(t, "NAME          IP\na-long-name   1.2.3.4\nb             5.6.7.8\n");
+        let t = render(
+            &["NAME", "IP"],
+            &[row(&["a-long-name", "1.2.3.4"]), row(&["b", "5.6.7.8"])],
+        );
+        assert_eq!(
+            t,
+            "NAME          IP\na-long-name   1.2.3.4\nb             5.6.7.8\n"
+        );
     }
 
     #[test]
     fn csv_quotes_only_what_needs_it() {
-        let t = csv(&["a", "b"], &[row(&["x,y", "say \"hi\""]), row(&["plain", ""])]);
+        let t = csv(
+            &["a", "b"],
+            &[row(&["x,y", "say \"hi\""]), row(&["plain", ""])],
+        );
         assert_eq!(t, "a,b\r\n\"x,y\",\"say \"\"hi\"\"\"\r\nplain,\r\n");
     }
 }

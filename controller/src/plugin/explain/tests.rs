@@ -12,11 +12,17 @@ use crate::index::{Gateway, Node, NodeInterface, Pod, RecordedAssignment};
 use crate::plan::assign::assign;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn sel(pairs: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(pairs), match_expressions: vec![] }
+    LabelSelector {
+        match_labels: labels(pairs),
+        match_expressions: vec![],
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -25,7 +31,15 @@ fn ip(s: &str) -> IpAddr {
 
 /// Gateway selecting `app=<app>` in `team=<team>` namespaces, older when `age` is smaller;
 /// `recorded` is what status says: (ip, node).
-fn gateway(name: &str, age: i64, team: &str, app: &str, ips: &[&str], dst: &[&str], recorded: &[(&str, &str)]) -> Gateway {
+fn gateway(
+    name: &str,
+    age: i64,
+    team: &str,
+    app: &str,
+    ips: &[&str],
+    dst: &[&str],
+    recorded: &[(&str, &str)],
+) -> Gateway {
     let spec = EgressGatewaySpec {
         namespace_selector: sel(&[("team", team)]),
         pod_selector: sel(&[("app", app)]),
@@ -42,7 +56,17 @@ fn gateway(name: &str, age: i64, team: &str, app: &str, ips: &[&str], dst: &[&st
         spec: parse_spec(&spec),
         recorded: recorded
             .iter()
-            .map(|(i, n)| (ip(i), RecordedAssignment { node: n.to_string(), interface: Some("eth1".into()), epoch: Some(1), since: None }))
+            .map(|(i, n)| {
+                (
+                    ip(i),
+                    RecordedAssignment {
+                        node: n.to_string(),
+                        interface: Some("eth1".into()),
+                        epoch: Some(1),
+                        since: None,
+                    },
+                )
+            })
             .collect(),
     }
 }
@@ -50,19 +74,32 @@ fn gateway(name: &str, age: i64, team: &str, app: &str, ips: &[&str], dst: &[&st
 fn node(name: &str, n: u8, gateway: bool) -> Node {
     Node {
         name: name.into(),
-        labels: if gateway { labels(&[("egressgw.io/gateway", "true")]) } else { BTreeMap::new() },
+        labels: if gateway {
+            labels(&[("egressgw.io/gateway", "true")])
+        } else {
+            BTreeMap::new()
+        },
         ready: true,
         agent_alive: true,
         agent_epoch: 1,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
-        interfaces: vec![NodeInterface { name: "eth1".into(), network: format!("198.18.0.{n}/24").parse().unwrap() }],
+        interfaces: vec![NodeInterface {
+            name: "eth1".into(),
+            network: format!("198.18.0.{n}/24").parse().unwrap(),
+        }],
     }
 }
 
 fn cluster(gateways: Vec<Gateway>) -> (ClusterIndex, PodKey) {
     let mut index = ClusterIndex::default();
-    index.namespaces.insert("billing".into(), labels(&[("team", "billing")]));
-    for n in [node("node-1", 11, true), node("node-2", 12, true), node("node-3", 13, false)] {
+    index
+        .namespaces
+        .insert("billing".into(), labels(&[("team", "billing")]));
+    for n in [
+        node("node-1", 11, true),
+        node("node-2", 12, true),
+        node("node-3", 13, false),
+    ] {
         index.nodes.insert(n.name.clone(), n);
     }
     let key = PodKey::new("billing", "invoicer-0");
@@ -89,51 +126,145 @@ fn no_status() -> BTreeMap<String, EgressGatewayStatus> {
 
 #[test]
 fn a_selected_pod_on_another_node_is_steered_to_the_ip_status_records() {
-    let (index, key) = cluster(vec![gateway("billing", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[("198.18.0.200", "node-2")])]);
+    let (index, key) = cluster(vec![gateway(
+        "billing",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+        &[("198.18.0.200", "node-2")],
+    )]);
     let e = explain(&index, &key, &no_status(), None).unwrap();
     assert_eq!(e.uses.len(), 1);
     match &e.uses[0].route {
-        Route::Egress { ip: egress, node, next_hop, .. } => {
-            assert_eq!((*egress, node.as_str(), *next_hop), (ip("198.18.0.200"), "node-2", Some(ip("198.18.0.12"))));
+        Route::Egress {
+            ip: egress,
+            node,
+            next_hop,
+            ..
+        } => {
+            assert_eq!(
+                (*egress, node.as_str(), *next_hop),
+                (ip("198.18.0.200"), "node-2", Some(ip("198.18.0.12")))
+            );
         }
         other => panic!("{other:?}"),
     }
     let text = render(&e);
-    assert!(text.contains("Traffic to 203.0.113.0/24 leaves from egress IP 198.18.0.200"), "{text}");
-    assert!(text.contains("node node-3 steers it to node node-2 (198.18.0.12), which SNATs it to 198.18.0.200"), "{text}");
+    assert!(
+        text.contains("Traffic to 203.0.113.0/24 leaves from egress IP 198.18.0.200"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "node node-3 steers it to node node-2 (198.18.0.12), which SNATs it to 198.18.0.200"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
 fn selectors_that_do_not_match_are_named_requirement_by_requirement() {
     let (index, key) = cluster(vec![
-        gateway("payments", 1, "payments", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[]),
-        gateway("web", 2, "billing", "web", &["198.18.0.201"], &["203.0.113.0/24"], &[]),
+        gateway(
+            "payments",
+            1,
+            "payments",
+            "invoicer",
+            &["198.18.0.200"],
+            &["203.0.113.0/24"],
+            &[],
+        ),
+        gateway(
+            "web",
+            2,
+            "billing",
+            "web",
+            &["198.18.0.201"],
+            &["203.0.113.0/24"],
+            &[],
+        ),
     ]);
     let e = explain(&index, &key, &no_status(), None).unwrap();
     assert!(e.uses.is_empty());
     let text = render(&e);
     assert!(text.contains("payments   namespace billing does not match namespaceSelector team=payments: team=payments (has team=billing)"), "{text}");
-    assert!(text.contains("web        pod does not match podSelector app=web: app=web (has app=invoicer)"), "{text}");
-    assert!(text.contains("All traffic of this pod leaves as it would without egressgw"), "{text}");
+    assert!(
+        text.contains(
+            "web        pod does not match podSelector app=web: app=web (has app=invoicer)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("All traffic of this pod leaves as it would without egressgw"),
+        "{text}"
+    );
 }
 
 #[test]
 fn the_loser_of_a_pod_conflict_names_the_older_winner() {
     let (index, key) = cluster(vec![
-        gateway("older", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[("198.18.0.200", "node-1")]),
-        gateway("newer", 2, "billing", "invoicer", &["198.18.0.201"], &["203.0.113.0/25"], &[("198.18.0.201", "node-2")]),
-        gateway("disjoint", 3, "billing", "invoicer", &["198.18.0.202"], &["198.51.100.0/24"], &[("198.18.0.202", "node-2")]),
+        gateway(
+            "older",
+            1,
+            "billing",
+            "invoicer",
+            &["198.18.0.200"],
+            &["203.0.113.0/24"],
+            &[("198.18.0.200", "node-1")],
+        ),
+        gateway(
+            "newer",
+            2,
+            "billing",
+            "invoicer",
+            &["198.18.0.201"],
+            &["203.0.113.0/25"],
+            &[("198.18.0.201", "node-2")],
+        ),
+        gateway(
+            "disjoint",
+            3,
+            "billing",
+            "invoicer",
+            &["198.18.0.202"],
+            &["198.51.100.0/24"],
+            &[("198.18.0.202", "node-2")],
+        ),
     ]);
     let e = explain(&index, &key, &no_status(), None).unwrap();
     let used: Vec<&str> = e.uses.iter().map(|u| u.gateway.as_str()).collect();
-    assert_eq!(used, ["older", "disjoint"], "non-overlapping destinations are used side by side");
-    assert_eq!(e.others, vec![("newer".to_string(), Verdict::Lost { winner: "older".into() })]);
-    assert!(render(&e).contains("newer   conflict lost: older gateway older also selects this pod"));
+    assert_eq!(
+        used,
+        ["older", "disjoint"],
+        "non-overlapping destinations are used side by side"
+    );
+    assert_eq!(
+        e.others,
+        vec![(
+            "newer".to_string(),
+            Verdict::Lost {
+                winner: "older".into()
+            }
+        )]
+    );
+    assert!(
+        render(&e).contains("newer   conflict lost: older gateway older also selects this pod")
+    );
 }
 
 #[test]
 fn an_ip_without_a_node_says_which_nodes_are_ineligible_and_why() {
-    let (mut index, key) = cluster(vec![gateway("billing", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[])]);
+    let (mut index, key) = cluster(vec![gateway(
+        "billing",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+        &[],
+    )]);
     index.nodes.get_mut("node-1").unwrap().ready = false;
     index.nodes.get_mut("node-2").unwrap().agent_alive = false;
     let e = explain(&index, &key, &no_status(), None).unwrap();
@@ -142,7 +273,12 @@ fn an_ip_without_a_node_says_which_nodes_are_ineligible_and_why() {
     let e = explain(&index, &key, &no_status(), Some(&current)).unwrap();
     assert!(!e.needs_current_state());
     let text = render(&e);
-    assert!(text.contains("Traffic to 203.0.113.0/24 is DROPPED: gateway billing has no egress IP on any node"), "{text}");
+    assert!(
+        text.contains(
+            "Traffic to 203.0.113.0/24 is DROPPED: gateway billing has no egress IP on any node"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("198.18.0.200: no eligible node (node-3: does not match gatewayNodeSelector; node-1: is not Ready; node-2: has no live egressgw agent)"),
         "{text}"
@@ -152,32 +288,82 @@ fn an_ip_without_a_node_says_which_nodes_are_ineligible_and_why() {
 #[test]
 fn an_ip_claimed_by_an_older_gateway_is_named() {
     let (index, key) = cluster(vec![
-        gateway("first", 1, "other", "x", &["198.18.0.200"], &["198.51.100.0/24"], &[("198.18.0.200", "node-1")]),
-        gateway("second", 2, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[]),
+        gateway(
+            "first",
+            1,
+            "other",
+            "x",
+            &["198.18.0.200"],
+            &["198.51.100.0/24"],
+            &[("198.18.0.200", "node-1")],
+        ),
+        gateway(
+            "second",
+            2,
+            "billing",
+            "invoicer",
+            &["198.18.0.200"],
+            &["203.0.113.0/24"],
+            &[],
+        ),
     ]);
     let e = explain(&index, &key, &no_status(), None).unwrap();
-    assert_eq!(e.uses[0].route, Route::Dropped { ips: vec![(ip("198.18.0.200"), IpTrouble::ClaimedBy("first".into()))] });
+    assert_eq!(
+        e.uses[0].route,
+        Route::Dropped {
+            ips: vec![(ip("198.18.0.200"), IpTrouble::ClaimedBy("first".into()))]
+        }
+    );
 }
 
 #[test]
 fn a_placement_the_controller_has_not_written_points_at_the_controller() {
-    let (index, key) = cluster(vec![gateway("billing", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[])]);
+    let (index, key) = cluster(vec![gateway(
+        "billing",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+        &[],
+    )]);
     let e = explain(&index, &key, &no_status(), Some(&assign(&index))).unwrap();
-    assert!(matches!(&e.uses[0].route, Route::Dropped { ips } if matches!(&ips[0].1, IpTrouble::NotYetRecorded { eligible } if eligible == "node-1")));
+    assert!(
+        matches!(&e.uses[0].route, Route::Dropped { ips } if matches!(&ips[0].1, IpTrouble::NotYetRecorded { eligible } if eligible == "node-1"))
+    );
 }
 
 #[test]
 fn a_pod_without_an_ip_is_told_so_with_the_gateways_waiting_for_it() {
-    let (mut index, key) = cluster(vec![gateway("billing", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[])]);
+    let (mut index, key) = cluster(vec![gateway(
+        "billing",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+        &[],
+    )]);
     index.pods.get_mut(&key).unwrap().ips.clear();
     let e = explain(&index, &key, &no_status(), None).unwrap();
     assert_eq!(e.not_routable, vec!["it has no IP yet"]);
-    assert_eq!(e.others, vec![("billing".to_string(), Verdict::WouldSelect)]);
+    assert_eq!(
+        e.others,
+        vec![("billing".to_string(), Verdict::WouldSelect)]
+    );
 }
 
 #[test]
 fn invalid_gateways_are_listed_with_the_field_at_fault() {
-    let mut bad = gateway("broken", 1, "billing", "invoicer", &["198.18.0.200"], &["203.0.113.0/24"], &[]);
+    let mut bad = gateway(
+        "broken",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+        &[],
+    );
     bad.spec = parse_spec(&EgressGatewaySpec {
         namespace_selector: LabelSelector::default(),
         pod_selector: LabelSelector::default(),
@@ -189,7 +375,12 @@ fn invalid_gateways_are_listed_with_the_field_at_fault() {
     });
     let (index, key) = cluster(vec![bad]);
     let text = render(&explain(&index, &key, &no_status(), None).unwrap());
-    assert!(text.contains("broken   invalid spec: spec.destinationCIDRs[0]: \"203.0.113.7/24\" has host bits set"), "{text}");
+    assert!(
+        text.contains(
+            "broken   invalid spec: spec.destinationCIDRs[0]: \"203.0.113.7/24\" has host bits set"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -5,10 +5,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack iputils-arping tcpdump iperf3 procps iptables ca-certificates
+DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack iputils-arping tcpdump iperf3 procps iptables python3-venv ca-certificates
 CRD := crds/egressgateways.egressgw.io.yaml
+DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan crds check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -30,11 +31,18 @@ bench-plan:
 ## crds: regenerate the committed CRD from the Rust types
 crds:
 	$(CARGO) run -q -p egressgw -- crd > $(CRD)
+	cp $(CRD) $(DEPLOY_CRD)
+
+## checkov: scan the rendered install manifests and the Dockerfile (installs checkov in a venv)
+checkov:
+	hack/checkov.sh
 
 ## check-crds: fail when the committed CRD differs from what the code generates
 check-crds:
 	@$(CARGO) run -q -p egressgw -- crd | diff -u $(CRD) - \
 	  || { echo "error: $(CRD) is stale; run 'make crds' and commit it" >&2; exit 1; }
+	@diff -u $(CRD) $(DEPLOY_CRD) \
+	  || { echo "error: $(DEPLOY_CRD) differs from $(CRD); run 'make crds' and commit it" >&2; exit 1; }
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -51,8 +59,8 @@ unit: deps
 ## test: every test on a fresh machine, as root
 # Tests that need root, network namespaces or the real control plane carry
 # #[ignore = "<why>"]; plain `cargo test` skips them, `make test` runs them all.
-test: deps check-crds control-plane
-	$(CARGO) build -p egressgw --bin egressgw
+test: deps check-crds control-plane checkov
+	$(CARGO) build -p egressgw --bins
 	$(CARGO) test --workspace --lib --bins --tests -- --include-ignored --test-threads=$${TEST_THREADS:-4}
 	$(CARGO) test --workspace --benches --no-run
 

@@ -1,0 +1,233 @@
+//! The benchmark's cluster: the real control plane, a testbed of a few real nodes (network
+//! namespaces) with the real `egressgw agent` in each, the real `egressgw controller`, and
+//! Node objects for the simulated nodes. Built from the harness's pieces like
+//! `egressgw_tests::sim::SimCluster`, but every agent talks to the apiserver through a
+//! loopback proxy that counts the bytes it receives, and the PIDs are known for /proc.
+//! Drop kills the processes it started (by PID), then the testbed goes, then the control plane.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use egressgw::k8s::names::SYSTEM_NAMESPACE;
+use egressgw_tests::control_plane::ControlPlane;
+use egressgw_tests::sim::egressgw_binary;
+use egressgw_tests::testbed::Testbed;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A loopback TCP proxy counting the bytes that flow from the apiserver to the client.
+pub struct CountingProxy {
+    addr: SocketAddr,
+    pub down: Arc<AtomicU64>,
+    /// Bytes the client sent (requests).
+    #[allow(dead_code)]
+    pub up: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl CountingProxy {
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (d, u) = (down.clone(), up.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (d, u) = (d.clone(), u.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    tokio::join!(pump(or, iw, d), pump(ir, ow, u));
+                });
+            }
+        });
+        Ok(Self { addr, down, up, accept })
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    pub proxy: CountingProxy,
+    pub metrics: SocketAddr,
+    kubeconfig: PathBuf,
+}
+
+pub struct ScaleCluster {
+    pub agents: BTreeMap<usize, Agent>,
+    pub controller: Option<Child>,
+    controllers_started: usize,
+    // Drop order: processes (killed in Drop), then the testbed, then the control plane.
+    pub tb: Testbed,
+    pub cp: ControlPlane,
+    bin: PathBuf,
+    logs: PathBuf,
+}
+
+impl ScaleCluster {
+    /// Control plane with the CRD, a testbed of `real` nodes (nodes 2.. are gateway
+    /// candidates), their Node objects, the firewall allowing `allow`. No processes yet.
+    pub async fn start(real: usize, allow: &[Ipv4Addr]) -> Result<Self> {
+        let bin = egressgw_binary()?;
+        let cp = ControlPlane::start_with_crds().await?;
+        cp.create_namespace(SYSTEM_NAMESPACE, &[]).await?;
+        let mut b = Testbed::builder().nodes(real).pods_per_node(1);
+        for ip in allow {
+            b = b.allow(*ip);
+        }
+        let tb = b.build()?;
+        for (i, n) in tb.nodes().iter().enumerate().map(|(i, n)| (i + 1, n)) {
+            let labels: Vec<(&str, &str)> = if i >= 2 { vec![crate::world::REAL_POOL] } else { vec![] };
+            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true).await?;
+        }
+        let logs = cp.dir().join("egressgw-logs");
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self { agents: BTreeMap::new(), controller: None, controllers_started: 0, tb, cp, bin, logs })
+    }
+
+    fn extra_args(var: &str) -> Vec<String> {
+        std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+    }
+
+    fn spawn(&self, log: &str, args: &[String]) -> Result<Child> {
+        let out = std::fs::File::create(self.logs.join(log))?;
+        let err = out.try_clone()?;
+        Command::new(&self.bin)
+            .args(args)
+            .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))
+    }
+
+    pub fn start_controller(&mut self) -> Result<u32> {
+        let args = vec![
+            "controller".into(),
+            "--kubeconfig".into(),
+            self.cp.kubeconfig().display().to_string(),
+            // One identity across restarts (a container restarting in its pod): a restarted
+            // controller re-acquires its own leader Lease at once, so a restart measures the
+            // resync, not the leader-lease expiry.
+            "--identity".into(),
+            "controller-0".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        let args = [args, Self::extra_args("EGRESSGW_SIM_CONTROLLER_ARGS")].concat();
+        let child = self.spawn(&format!("controller-{}.log", self.controllers_started), &args)?;
+        self.controllers_started += 1;
+        let pid = child.id();
+        self.controller = Some(child);
+        Ok(pid)
+    }
+
+    pub fn kill_controller(&mut self) -> Result<()> {
+        if let Some(mut c) = self.controller.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Start the agent of real node `i` (from 1), behind a counting proxy.
+    pub async fn start_agent(&mut self, i: usize) -> Result<()> {
+        let server: SocketAddr = self.cp.server().trim_start_matches("https://").parse().context("apiserver address")?;
+        let proxy = CountingProxy::start(server).await?;
+        let kubeconfig = self.logs.join(format!("kubeconfig-agent-{i}"));
+        let text = std::fs::read_to_string(self.cp.kubeconfig())?;
+        std::fs::write(&kubeconfig, text.replace(self.cp.server(), &format!("https://{}", proxy.addr())))?;
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let node = self.tb.node(i);
+        let args = vec![
+            "agent".into(),
+            "--node-name".into(),
+            node.name().to_string(),
+            "--netns".into(),
+            node.netns_path().display().to_string(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+        ];
+        let args = [args, Self::extra_args("EGRESSGW_SIM_AGENT_ARGS")].concat();
+        let child = self.spawn(&format!("agent-{}-{}.log", node.name(), std::process::id()), &args)?;
+        self.agents.insert(i, Agent { child, proxy, metrics, kubeconfig });
+        Ok(())
+    }
+
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(mut a) = self.agents.remove(&i) {
+            a.child.kill()?;
+            a.child.wait()?;
+            let _ = std::fs::remove_file(&a.kubeconfig);
+        }
+        Ok(())
+    }
+
+    /// The Prometheus text the agent of node `i` serves.
+    pub fn agent_metrics(&self, i: usize) -> Result<String> {
+        use std::io::{Read, Write};
+        let addr = self.agents.get(&i).context("no agent on that node")?.metrics;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.tb.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+    }
+
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
+}
+
+impl Drop for ScaleCluster {
+    fn drop(&mut self) {
+        for (_, mut a) in std::mem::take(&mut self.agents) {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -26,8 +26,8 @@ use crate::dataplane::route_model::RoutingState;
 use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane};
 use crate::index::{ClusterIndex, Gateway, Node, NodeInterface};
 use crate::k8s::names::SYSTEM_NAMESPACE;
-use crate::k8s::watch::reflect;
-use crate::plan::{NodePlan, assign, plan_with};
+use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node};
+use crate::plan::{ClusterPlan, NodePlan, assign, plan_with};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::{AgentMetrics, label};
 
@@ -186,8 +186,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::spawn(heartbeat_loop(heartbeat, shared.clone(), dp.clone(), notify.clone(), metrics.clone()));
 
     let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let nodes = reflect(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let namespaces = reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
+    let namespaces =
+        reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
     let mut pods = PodWatches::new(client.clone(), &node, notify.clone());
     anyhow::ensure!(gateways.store.wait_until_ready().await.is_ok(), "the EgressGateway watch stopped before it synced");
     anyhow::ensure!(nodes.store.wait_until_ready().await.is_ok(), "the Node watch stopped before it synced");
@@ -196,6 +197,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %node, "watches synced");
 
     let mut last_plan: Option<NodePlan> = None;
+    let mut cached: Option<(ClusterIndex, ClusterPlan, i32)> = None;
     let mut dirty_since: Option<Instant> = Some(Instant::now());
     loop {
         tokio::select! {
@@ -233,10 +235,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .filter(|g| g.metadata.deletion_timestamp.is_none())
             .filter_map(|g| Gateway::from_kube(g))
             .collect();
+        // Pods of the gateways this node hosts, and of those it may host (its labels match
+        // their gatewayNodeSelector): a standby already holds the pods when an IP fails over
+        // to it, instead of listing them first.
+        let my_labels = nodes.store.state().iter().find(|n| n.name_any() == node).map(|n| n.labels().clone()).unwrap_or_default();
         let queries: BTreeSet<String> = gws
             .iter()
-            .filter(|g| g.recorded.values().any(|r| r.node == node && r.epoch == Some(i64::from(epoch))))
-            .filter_map(|g| g.spec.as_ref().ok().map(|s| s.pod_selector.to_query()))
+            .filter_map(|g| {
+                let spec = g.spec.as_ref().ok()?;
+                let hosting = g.recorded.values().any(|r| r.node == node && r.epoch == Some(i64::from(epoch)));
+                (hosting || spec.node_selector.matches(&my_labels)).then(|| spec.pod_selector.to_query())
+            })
             .collect();
         pods.set_selectors(&queries);
         if !pods.synced() {
@@ -255,8 +264,27 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             index.namespaces.insert(ns.name_any(), ns.labels().clone());
         }
         index.pods = pods.pods();
-        let assignments = assign::from_status(&index, Some((&node, i64::from(epoch))));
-        let full = plan_with(&index, assignments).node_plan(&node);
+        // Only pods changed since the last plan (the common case under churn): update the
+        // plan pod by pod instead of selecting every pod for every gateway again.
+        let cluster = match cached.take() {
+            Some((old, mut plan, old_epoch))
+                if old_epoch == epoch && old.gateways == index.gateways && old.nodes == index.nodes && old.namespaces == index.namespaces =>
+            {
+                let changed = old
+                    .pods
+                    .iter()
+                    .filter(|(k, p)| index.pods.get(*k) != Some(*p))
+                    .map(|(k, _)| k)
+                    .chain(index.pods.keys().filter(|k| !old.pods.contains_key(*k)));
+                for key in changed {
+                    plan.update_pod(&index, key);
+                }
+                plan
+            }
+            _ => plan_with(&index, assign::from_status(&index, Some((&node, i64::from(epoch))))),
+        };
+        let full = cluster.node_plan(&node);
+        cached = Some((index, cluster, epoch));
         let mut plan = full.clone();
         if fenced {
             plan.hosted.clear();

@@ -18,7 +18,10 @@ use egressgw_tests::testbed::topology::{PROTECTED_SERVER, SERVER_PORT};
 const EGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const GATEWAY: &str = "billing-to-mainframe";
 const DEFAULT_TRIALS: usize = 20;
-const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// Shorter than TCP's first SYN retransmission (1 s): a probe whose first SYN was lost cannot
+/// succeed late and be counted from its early start.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 const GIVE_UP: Duration = Duration::from_secs(15);
 
 fn probe(sim: &SimCluster) -> Result<bool> {
@@ -53,9 +56,25 @@ async fn main() -> Result<()> {
         let died = Instant::now();
         sim.tb.kill_node(host)?;
         sim.kill_agent(host)?;
+        // Probes start every PROBE_EVERY, each in its own thread, so a probe stuck waiting for
+        // a SYN answer does not hide the moment the path comes back: the failover is the start
+        // time of the first probe that succeeds.
+        let (tx, rx) = std::sync::mpsc::channel::<Duration>();
         let failover = loop {
-            if probe(&sim)? {
-                break died.elapsed();
+            let ns = sim.tb.pod(1, 0).netns().path();
+            let (tx, started) = (tx.clone(), died.elapsed());
+            std::thread::spawn(move || {
+                let ok = connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), PROBE_TIMEOUT)
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|a| *a.ip() == EGRESS_IP);
+                if ok {
+                    let _ = tx.send(started);
+                }
+            });
+            if let Ok(first) = rx.try_recv() {
+                tokio::time::sleep(PROBE_TIMEOUT).await; // let earlier-started probes report
+                break rx.try_iter().fold(first, Duration::min);
             }
             if died.elapsed() > GIVE_UP {
                 bail!("trial {trial}: no failover within {GIVE_UP:?}");
@@ -77,6 +96,10 @@ async fn main() -> Result<()> {
         sim.tb.revive_node(host)?;
         sim.start_agent(host)?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Ok(dir) = std::env::var("EGRESSGW_KEEP_LOGS") {
+        let status = std::process::Command::new("cp").args(["-r", &sim.logs().display().to_string(), &dir]).status()?;
+        println!("process logs copied to {dir}: {status}");
     }
     println!(
         "\nfailover (death -> first new connection from {EGRESS_IP}): p50 {}  p99 {}  max {}  over {trials} trials",

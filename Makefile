@@ -30,7 +30,7 @@ bench-plan:
 
 ## crds: regenerate the committed CRD from the Rust types
 crds:
-	$(CARGO) run -q -p egressgw -- crd > $(CRD)
+	$(CARGO) run -q -p egressgw --bin egressgw -- crd > $(CRD)
 	cp $(CRD) $(DEPLOY_CRD)
 
 ## checkov: scan the rendered install manifests and the Dockerfile (installs checkov in a venv)
@@ -39,7 +39,7 @@ checkov:
 
 ## check-crds: fail when the committed CRD differs from what the code generates
 check-crds:
-	@$(CARGO) run -q -p egressgw -- crd | diff -u $(CRD) - \
+	@$(CARGO) run -q -p egressgw --bin egressgw -- crd | diff -u $(CRD) - \
 	  || { echo "error: $(CRD) is stale; run 'make crds' and commit it" >&2; exit 1; }
 	@diff -u $(CRD) $(DEPLOY_CRD) \
 	  || { echo "error: $(DEPLOY_CRD) differs from $(CRD); run 'make crds' and commit it" >&2; exit 1; }

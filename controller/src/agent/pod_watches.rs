@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::index::{Pod, PodKey};
-use crate::k8s::watch::{Reflected, reflect};
+use crate::k8s::watch::{Reflected, reflect_trimmed, trim_pod};
 
 pub struct PodWatches {
     client: Client,
@@ -25,11 +25,12 @@ pub struct PodWatches {
 
 impl PodWatches {
     pub fn new(client: Client, node: &str, notify: Arc<Notify>) -> Self {
-        let local = reflect(
+        let local = reflect_trimmed(
             Api::<KubePod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             notify.clone(),
             |_| {},
+            trim_pod,
         );
         Self { client, notify, local, by_selector: BTreeMap::new() }
     }
@@ -48,7 +49,7 @@ impl PodWatches {
             if !self.by_selector.contains_key(q) {
                 info!(selector = %q, "watching the pods of a hosted gateway");
                 let cfg = if q.is_empty() { watcher::Config::default() } else { watcher::Config::default().labels(q) };
-                let r = reflect(Api::<KubePod>::all(self.client.clone()), cfg, self.notify.clone(), |_| {});
+                let r = reflect_trimmed(Api::<KubePod>::all(self.client.clone()), cfg, self.notify.clone(), |_| {}, trim_pod);
                 self.by_selector.insert(q.clone(), r);
             }
         }

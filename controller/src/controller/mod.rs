@@ -6,6 +6,7 @@ pub mod liveness;
 pub mod notices;
 pub mod reconciler;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use crate::api::EgressGateway;
 use crate::k8s::lease::AgentReport;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
-use crate::k8s::watch::reflect;
+use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node, trim_pod};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::ControllerMetrics;
 
@@ -84,17 +85,30 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let takeover = Duration::from_millis(args.takeover_ms);
     let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
     let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let nodes = reflect(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let pods = reflect(Api::<KubePod>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let namespaces = reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+    let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
+    let pods = reflect_trimmed(Api::<KubePod>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_pod);
+    let namespaces =
+        reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
     let lv = liveness.clone();
+    // A heartbeat (a Lease whose report did not change) only feeds liveness, which the loop
+    // judges by its own clock; only a changed report (epoch, interfaces, programmed digests)
+    // wakes a reconcile. With 100 agents renewing every 500 ms, waking on every renewal
+    // would reconcile without pause.
+    let reported: Mutex<HashMap<String, AgentReport>> = Mutex::default();
+    let wake = notify.clone();
     let leases = reflect(
         Api::<Lease>::namespaced(client.clone(), &args.namespace),
         watcher::Config::default().labels(LABEL_AGENT_NODE),
-        notify.clone(),
+        Arc::new(Notify::new()),
         move |lease: &Lease| {
-            if let Some(r) = AgentReport::from_lease(lease) {
+            if let Some(mut r) = AgentReport::from_lease(lease) {
                 lv.lock().expect("liveness lock").observe(&r.node, &r.version, Instant::now());
+                r.version.clear();
+                let mut seen = reported.lock().expect("reports lock");
+                if seen.get(&r.node) != Some(&r) {
+                    seen.insert(r.node.clone(), r);
+                    wake.notify_one();
+                }
             }
         },
     );
@@ -144,6 +158,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let reporter = Reporter { controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(), instance: Some(identity) };
     let reconciler = Reconciler {
         stores,
+        cache: Mutex::new(None),
         liveness: liveness.clone(),
         api: Api::all(client.clone()),
         recorder: Recorder::new(client.clone(), reporter),
@@ -170,11 +185,14 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::R
             alive = alive_now;
             dirty = true;
         }
-        if dirty || now.duration_since(last_full) >= RESYNC {
-            match reconciler.reconcile().await {
+        let full = now.duration_since(last_full) >= RESYNC;
+        if dirty || full {
+            match reconciler.reconcile(full).await {
                 Ok(_) => {
                     dirty = false;
-                    last_full = now;
+                    if full {
+                        last_full = now;
+                    }
                 }
                 Err(e) => warn!(error = %e, "reconcile failed; retrying"),
             }

@@ -1,10 +1,11 @@
 //! One reconcile: index from the watch stores, plan, statuses written where they changed,
 //! events for what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
 use k8s_openapi::jiff::Timestamp;
@@ -41,8 +42,25 @@ pub struct Stores {
     pub leases: Store<Lease>,
 }
 
+/// Status writes in flight at once.
+pub const STATUS_WRITES_IN_FLIGHT: usize = 16;
+
+/// What the last successful reconcile planned from.
+pub struct PlanCache {
+    index: ClusterIndex,
+    plan: ClusterPlan,
+    reports: BTreeMap<String, AgentReport>,
+}
+
+/// Two reports of one agent say the same (the Lease version, a heartbeat, aside).
+fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
+    a.epoch == b.epoch && a.interfaces == b.interfaces && a.programmed == b.programmed
+}
+
 pub struct Reconciler {
     pub stores: Stores,
+    /// The last plan, for incremental reconciles (empty: plan in full).
+    pub cache: Mutex<Option<PlanCache>>,
     pub liveness: Arc<Mutex<AgentLiveness>>,
     pub api: Api<EgressGateway>,
     pub recorder: Recorder,
@@ -100,19 +118,54 @@ impl Reconciler {
     }
 
     /// Plan and write every status that changed. Returns the number of writes.
-    pub async fn reconcile(&self) -> Result<usize, ReconcileError> {
+    ///
+    /// Incremental unless `full`: when gateways, nodes (liveness included) and namespaces are
+    /// as in the last reconcile, only the pods that changed are re-planned
+    /// ([`ClusterPlan::update_pod`]) and, when the agents' reports are unchanged too, only the
+    /// statuses of the gateways those pods touch are recomputed. Status writes go out
+    /// concurrently.
+    pub async fn reconcile(&self, full: bool) -> Result<usize, ReconcileError> {
         let started = Instant::now();
         let span = info_span!("reconcile");
         let _guard = span.enter();
         let index = self.index(started);
-        let plan = plan::plan(&index);
         let reports: BTreeMap<String, AgentReport> =
             self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
+        let cached = self.cache.lock().expect("plan cache lock").take();
+        let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match cached {
+            Some(c)
+                if !full
+                    && c.index.gateways == index.gateways
+                    && c.index.nodes == index.nodes
+                    && c.index.namespaces == index.namespaces =>
+            {
+                let mut plan = c.plan;
+                let mut touched = BTreeSet::new();
+                let changed = c
+                    .index
+                    .pods
+                    .iter()
+                    .filter(|(k, p)| index.pods.get(*k) != Some(*p))
+                    .map(|(k, _)| k)
+                    .chain(index.pods.keys().filter(|k| !c.index.pods.contains_key(*k)));
+                for key in changed {
+                    touched.extend(plan.update_pod(&index, key));
+                }
+                let same_reports = c.reports.len() == reports.len()
+                    && c.reports.iter().all(|(n, r)| reports.get(n).is_some_and(|x| same_report(r, x)));
+                (plan, same_reports.then_some(touched))
+            }
+            _ => (plan::plan(&index), None),
+        };
         let now = Timestamp::now();
         let (mut placed, mut unplaced) = (0i64, 0i64);
-        let mut writes = 0;
+        let mut changes = Vec::new();
         for g in self.stores.gateways.state() {
-            let Some(gw) = index.gateways.get(&g.name_any()) else { continue };
+            let name = g.name_any();
+            if only.as_ref().is_some_and(|o| !o.contains(&name)) {
+                continue;
+            }
+            let Some(gw) = index.gateways.get(&name) else { continue };
             let programming = self.programming(&plan, &gw.name, &reports);
             let desired = status::gateway_status(gw, &plan, &programming, g.status.as_ref(), now);
             for a in &desired.assignments {
@@ -122,24 +175,39 @@ impl Reconciler {
                 continue;
             }
             self.count_failovers(g.status.as_ref(), &desired, started);
-            self.write_status(&g, &desired).await?;
-            writes += 1;
-            for n in notices(g.status.as_ref(), &desired) {
-                let ev = Event {
-                    type_: if n.warning { EventType::Warning } else { EventType::Normal },
-                    reason: n.reason.to_string(),
-                    note: Some(n.note.clone()),
-                    action: n.action.to_string(),
-                    secondary: None,
-                };
-                info!(gateway = %gw.name, reason = n.reason, note = %n.note, "event");
-                if let Err(e) = self.recorder.publish(&ev, &g.object_ref(&())).await {
-                    warn!(gateway = %gw.name, error = %e, "cannot publish event");
-                }
-            }
+            changes.push((g, desired));
         }
-        self.metrics.egress_ips_placed.set(placed);
-        self.metrics.egress_ips_unplaced.set(unplaced);
+        let results: Vec<Result<(), ReconcileError>> = futures::stream::iter(changes)
+            .map(|(g, desired)| async move {
+                self.write_status(&g, &desired).await?;
+                for n in notices(g.status.as_ref(), &desired) {
+                    let ev = Event {
+                        type_: if n.warning { EventType::Warning } else { EventType::Normal },
+                        reason: n.reason.to_string(),
+                        note: Some(n.note.clone()),
+                        action: n.action.to_string(),
+                        secondary: None,
+                    };
+                    info!(gateway = %g.name_any(), reason = n.reason, note = %n.note, "event");
+                    if let Err(e) = self.recorder.publish(&ev, &g.object_ref(&())).await {
+                        warn!(gateway = %g.name_any(), error = %e, "cannot publish event");
+                    }
+                }
+                Ok(())
+            })
+            .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        let writes = results.iter().filter(|r| r.is_ok()).count();
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            // The cache stays empty: the next reconcile plans and compares everything.
+            return Err(e);
+        }
+        *self.cache.lock().expect("plan cache lock") = Some(PlanCache { index, plan, reports });
+        if only.is_none() {
+            self.metrics.egress_ips_placed.set(placed);
+            self.metrics.egress_ips_unplaced.set(unplaced);
+        }
         self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
         Ok(writes)
     }

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus, Pod, PodSpec, PodStatus};
+use kube::api::ObjectMeta;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -35,7 +37,8 @@ where
 }
 
 /// Watch `api` with `config` into a store; `on_event` sees every object applied (not deletes),
-/// and `notify` is woken on every change.
+/// and `notify` is woken on every change. `managedFields` are dropped before objects are
+/// stored (nothing reads them; they are often the largest part of an object).
 pub fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -46,9 +49,29 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    reflect_trimmed(api, config, notify, on_event, |_| {})
+}
+
+/// [`reflect`], with `trim` cutting every object down before it is stored: the store (and
+/// the memory of the process) then holds only the fields the planner reads.
+pub fn reflect_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+    on_event: impl Fn(&K) + Send + 'static,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
+) -> Reflected<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store::<K>();
     let kind = K::kind(&Default::default()).to_string();
-    let stream = reflector(writer, watcher(api, config)).default_backoff();
+    let trimmed = watcher(api, config).modify(move |o: &mut K| {
+        o.meta_mut().managed_fields = None;
+        trim(o);
+    });
+    let stream = reflector(writer, trimmed).default_backoff();
     let synced = Arc::new(AtomicBool::new(false));
     let flag = synced.clone();
     let task = tokio::spawn(async move {
@@ -64,4 +87,85 @@ where
         }
     });
     Reflected { store, task, synced }
+}
+
+/// Metadata the planner and the stores use: identity, labels, deletion, version.
+fn trim_meta(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        labels: meta.labels.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        creation_timestamp: meta.creation_timestamp.take(),
+        ..Default::default()
+    };
+}
+
+/// A Pod cut down to what [`crate::index::Pod::from_kube`] reads: labels, node, host
+/// network, phase and IPs (containers, conditions, container statuses, annotations go).
+pub fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    pod.spec = pod.spec.take().map(|s| PodSpec { node_name: s.node_name, host_network: s.host_network, ..Default::default() });
+    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, pod_ip: s.pod_ip, pod_ips: s.pod_ips, ..Default::default() });
+}
+
+/// A Node cut down to what [`crate::index::Node::from_kube`] reads: labels, addresses and the
+/// Ready condition (images, capacity, node info and the other conditions go).
+pub fn trim_node(node: &mut Node) {
+    trim_meta(&mut node.metadata);
+    node.spec = None;
+    node.status = node.status.take().map(|s| NodeStatus {
+        addresses: s.addresses,
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| NodeCondition { type_: c.type_, status: c.status, ..Default::default() })
+                .collect()
+        }),
+        ..Default::default()
+    });
+}
+
+/// A Namespace cut down to its name and labels.
+pub fn trim_namespace(ns: &mut Namespace) {
+    trim_meta(&mut ns.metadata);
+    ns.spec = None;
+    ns.status = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index;
+
+    #[test]
+    fn trimmed_objects_index_the_same() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p", "namespace": "n", "labels": { "app": "a" },
+                "annotations": { "big": "x" }, "managedFields": [{ "manager": "m" }] },
+            "spec": { "nodeName": "node-1", "hostNetwork": false, "containers": [{ "name": "c", "image": "i" }] },
+            "status": { "phase": "Running", "podIP": "198.19.1.10", "podIPs": [{ "ip": "198.19.1.10" }],
+                "conditions": [{ "type": "Ready", "status": "True" }] }
+        }))
+        .unwrap();
+        let mut t = pod.clone();
+        trim_pod(&mut t);
+        assert_eq!(index::Pod::from_kube(&t), index::Pod::from_kube(&pod));
+        assert!(t.metadata.annotations.is_none() && t.spec.as_ref().unwrap().containers.is_empty());
+
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "node-1", "labels": { "egressgw.io/gateway": "true" } },
+            "spec": { "podCIDR": "198.19.1.0/24" },
+            "status": { "addresses": [{ "type": "InternalIP", "address": "198.18.0.11" }],
+                "conditions": [{ "type": "MemoryPressure", "status": "False" }, { "type": "Ready", "status": "True", "message": "m" }],
+                "images": [{ "names": ["x"], "sizeBytes": 1 }] }
+        }))
+        .unwrap();
+        let mut t = node.clone();
+        trim_node(&mut t);
+        assert_eq!(index::Node::from_kube(&t), index::Node::from_kube(&node));
+        assert!(t.status.as_ref().unwrap().images.is_none());
+    }
 }

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrac
 CRD := crds/egressgateways.egressgw.io.yaml
 DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan crds checkov check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan bench-scale crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -23,6 +23,11 @@ deps:
 
 build: deps
 	$(CARGO) build --workspace
+
+## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~8 min)
+bench-scale: deps control-plane
+	$(CARGO) build --release -p egressgw --bin egressgw -p egressgw-bench-scale
+	$${CARGO_TARGET_DIR:-target}/release/bench-scale
 
 ## bench-plan: the planner benchmark (10k pods, 500 gateways, 100 nodes)
 bench-plan:

@@ -38,6 +38,27 @@ pub fn egressgw_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Extra arguments for every controller or agent, from `EGRESSGW_SIM_CONTROLLER_ARGS` /
+/// `EGRESSGW_SIM_AGENT_ARGS` (whitespace-separated), e.g. to benchmark other timings.
+pub fn extra_args(var: &str) -> Vec<String> {
+    std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+}
+
+/// Start `bin` with `args`, stdout and stderr to `log`, `RUST_LOG` from `EGRESSGW_LOG` or
+/// `default_filter`.
+pub fn spawn_logged(bin: &std::path::Path, log: &std::path::Path, args: &[String], default_filter: &str) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| default_filter.into()))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
 pub struct SimCluster {
     agents: BTreeMap<usize, Child>,
     /// Each agent reaches the apiserver through its own proxy, so a test can cut it off.
@@ -92,23 +113,12 @@ impl SimCluster {
         Ok(sim)
     }
 
-    /// Extra arguments for every controller or agent, from `EGRESSGW_SIM_CONTROLLER_ARGS` /
-    /// `EGRESSGW_SIM_AGENT_ARGS` (whitespace-separated), e.g. to benchmark other timings.
     fn extra_args(var: &str) -> Vec<String> {
-        std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+        extra_args(var)
     }
 
     fn spawn(&self, log: &str, args: &[String]) -> Result<Child> {
-        let out = std::fs::File::create(self.logs.join(log))?;
-        let err = out.try_clone()?;
-        Command::new(&self.bin)
-            .args(args)
-            .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))
+        spawn_logged(&self.bin, &self.logs.join(log), args, "info,kube=warn")
     }
 
     /// Start controller replica `i`.

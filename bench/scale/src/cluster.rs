@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -118,20 +118,11 @@ impl ScaleCluster {
     }
 
     fn extra_args(var: &str) -> Vec<String> {
-        std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+        egressgw_tests::sim::extra_args(var)
     }
 
     fn spawn(&self, log: &str, args: &[String]) -> Result<Child> {
-        let out = std::fs::File::create(self.logs.join(log))?;
-        let err = out.try_clone()?;
-        Command::new(&self.bin)
-            .args(args)
-            .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))
+        egressgw_tests::sim::spawn_logged(&self.bin, &self.logs.join(log), args, "warn")
     }
 
     pub fn start_controller(&mut self) -> Result<u32> {

@@ -175,14 +175,7 @@ impl GatewayWatch {
     }
 }
 
-/// The `p`-quantile of `samples` (sorted in place).
-pub fn quantile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
+pub use egressgw_bench_runtime::quantile;
 
 pub fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)

@@ -59,6 +59,17 @@ pub fn spawn_logged(bin: &std::path::Path, log: &std::path::Path, args: &[String
         .with_context(|| format!("starting {}", bin.display()))
 }
 
+/// The Prometheus text served at `http://addr/metrics` (egressgw's own tiny endpoint).
+pub fn scrape_metrics(addr: SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 pub struct SimCluster {
     agents: BTreeMap<usize, Child>,
     /// Each agent reaches the apiserver through its own proxy, so a test can cut it off.
@@ -169,12 +180,7 @@ impl SimCluster {
 
     /// The Prometheus text the agent of node `i` serves at /metrics.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.agent_metrics[&i])?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        scrape_metrics(self.agent_metrics[&i])
     }
 
     /// Cut the agent of node `i` off from the apiserver (it keeps running).

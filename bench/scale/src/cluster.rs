@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use egressgw::k8s::names::SYSTEM_NAMESPACE;
@@ -191,14 +190,7 @@ impl ScaleCluster {
 
     /// The Prometheus text the agent of node `i` serves.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
-        use std::io::{Read, Write};
-        let addr = self.agents.get(&i).context("no agent on that node")?.metrics;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        egressgw_tests::sim::scrape_metrics(self.agents.get(&i).context("no agent on that node")?.metrics)
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {

@@ -132,37 +132,29 @@ fn selected_cell(row: &IpRow) -> String {
 }
 
 /// Render the rows in `format`. An empty table says so (like kubectl's "No resources found").
+/// The cells of the plain table; `-o wide` adds to them.
+fn table_cells(r: &IpRow) -> Vec<String> {
+    vec![
+        r.egress_ip.clone(),
+        r.gateway.clone(),
+        node_cell(r),
+        r.destinations.join(LIST_SEPARATOR),
+        selected_cell(r),
+        r.ready.clone(),
+    ]
+}
+
 pub fn render(rows: &[IpRow], format: IpsFormat) -> Result<String, PluginError> {
     match format {
         IpsFormat::Table | IpsFormat::Wide if rows.is_empty() => Ok(String::new()),
-        IpsFormat::Table => Ok(table::render(
-            &TABLE_HEADERS,
-            &rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.egress_ip.clone(),
-                        r.gateway.clone(),
-                        node_cell(r),
-                        r.destinations.join(LIST_SEPARATOR),
-                        selected_cell(r),
-                        r.ready.clone(),
-                    ]
-                })
-                .collect::<Vec<_>>(),
-        )),
+        IpsFormat::Table => Ok(table::render(&TABLE_HEADERS, &rows.iter().map(table_cells).collect::<Vec<_>>())),
         IpsFormat::Wide => Ok(table::render(
             &WIDE_HEADERS,
             &rows
                 .iter()
                 .map(|r| {
-                    vec![
-                        r.egress_ip.clone(),
-                        r.gateway.clone(),
-                        node_cell(r),
-                        r.destinations.join(LIST_SEPARATOR),
-                        selected_cell(r),
-                        r.ready.clone(),
+                    let mut cells = table_cells(r);
+                    cells.extend([
                         cell(&r.interface),
                         if r.excluded.is_empty() {
                             NONE_CELL.to_string()
@@ -171,7 +163,8 @@ pub fn render(rows: &[IpRow], format: IpsFormat) -> Result<String, PluginError> 
                         },
                         cell(&r.since),
                         cell(&r.reason),
-                    ]
+                    ]);
+                    cells
                 })
                 .collect::<Vec<_>>(),
         )),

@@ -4,6 +4,7 @@
 
 pub mod fence;
 pub mod heartbeat;
+pub mod inputs;
 pub mod pod_watches;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,26 +15,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tracing::{error, info, info_span, warn};
 
-use crate::api::EgressGateway;
 use crate::dataplane::route_model::RoutingState;
 use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane};
-use crate::index::{ClusterIndex, Gateway, Node, NodeInterface};
+use crate::index::NodeInterface;
 use crate::k8s::names::SYSTEM_NAMESPACE;
-use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node};
 use crate::plan::{ClusterPlan, NodePlan, assign, plan_with};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::{AgentMetrics, label};
 
 use fence::{FenceClock, FenceTiming};
 use heartbeat::{Heartbeat, Report};
-use pod_watches::PodWatches;
+use inputs::{Change, Inputs};
 
 /// Coalesce bursts of watch events into one apply.
 pub const DEBOUNCE: Duration = Duration::from_millis(2);
@@ -173,31 +170,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     });
 
     let notify = Arc::new(Notify::new());
-    let heartbeat = Heartbeat::start(client.clone(), &args.namespace, &node, timing.fence_after, takeover).await?;
-    info!(node = %node, epoch = heartbeat.epoch, "agent starting");
     let shared = Arc::new(Mutex::new(Shared {
         fence: FenceClock::new(timing),
-        epoch: heartbeat.epoch,
+        epoch: 0,
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
         report: Report::default(),
     }));
-    tokio::spawn(heartbeat_loop(heartbeat, shared.clone(), dp.clone(), notify.clone(), metrics.clone()));
+    let epoch = spawn_heartbeat(&args, &node, takeover, shared.clone(), dp.clone(), notify.clone(), metrics.clone()).await?;
+    info!(node = %node, epoch, "agent starting");
 
-    let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
-    let namespaces =
-        reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
-    let mut pods = PodWatches::new(client.clone(), &node, notify.clone());
-    anyhow::ensure!(gateways.store.wait_until_ready().await.is_ok(), "the EgressGateway watch stopped before it synced");
-    anyhow::ensure!(nodes.store.wait_until_ready().await.is_ok(), "the Node watch stopped before it synced");
-    anyhow::ensure!(namespaces.store.wait_until_ready().await.is_ok(), "the Namespace watch stopped before it synced");
-    anyhow::ensure!(pods.wait_local().await, "the local Pod watch stopped before it synced");
+    let mut inputs = Inputs::start(client.clone(), &node, notify.clone()).await?;
     info!(node = %node, "watches synced");
 
     let mut last_plan: Option<NodePlan> = None;
-    let mut cached: Option<(ClusterIndex, ClusterPlan, i32)> = None;
+    let mut cluster: Option<ClusterPlan> = None;
+    let mut last_fenced = false;
     let mut dirty_since: Option<Instant> = Some(Instant::now());
     loop {
         tokio::select! {
@@ -224,68 +213,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             (s.fence.is_fenced(), s.epoch)
         };
         metrics.fenced.set(i64::from(fenced));
+        if fenced != last_fenced {
+            dirty_since.get_or_insert(now);
+        }
         let Some(since) = dirty_since else { continue };
         let span = info_span!("apply", node = %node, epoch);
         let _guard = span.enter();
 
-        let gws: Vec<Gateway> = gateways
-            .store
-            .state()
-            .iter()
-            .filter(|g| g.metadata.deletion_timestamp.is_none())
-            .filter_map(|g| Gateway::from_kube(g))
-            .collect();
-        // Pods of the gateways this node hosts, and of those it may host (its labels match
-        // their gatewayNodeSelector): a standby already holds the pods when an IP fails over
-        // to it, instead of listing them first.
-        let my_labels = nodes.store.state().iter().find(|n| n.name_any() == node).map(|n| n.labels().clone()).unwrap_or_default();
-        let queries: BTreeSet<String> = gws
-            .iter()
-            .filter_map(|g| {
-                let spec = g.spec.as_ref().ok()?;
-                let hosting = g.recorded.values().any(|r| r.node == node && r.epoch == Some(i64::from(epoch)));
-                (hosting || spec.node_selector.matches(&my_labels)).then(|| spec.pod_selector.to_query())
-            })
-            .collect();
-        pods.set_selectors(&queries);
-        if !pods.synced() {
+        let Some(change) = inputs.refresh(epoch) else {
             continue; // a watch of a newly hosted gateway is listing; its sync wakes us
-        }
-        let mut index = ClusterIndex::default();
-        for g in gws {
-            index.gateways.insert(g.name.clone(), g);
-        }
-        for n in nodes.store.state() {
-            if let Some(n) = Node::from_kube(&n) {
-                index.nodes.insert(n.name.clone(), n);
-            }
-        }
-        for ns in namespaces.store.state() {
-            index.namespaces.insert(ns.name_any(), ns.labels().clone());
-        }
-        index.pods = pods.pods();
-        // Only pods changed since the last plan (the common case under churn): update the
-        // plan pod by pod instead of selecting every pod for every gateway again.
-        let cluster = match cached.take() {
-            Some((old, mut plan, old_epoch))
-                if old_epoch == epoch && old.gateways == index.gateways && old.nodes == index.nodes && old.namespaces == index.namespaces =>
-            {
-                let changed = old
-                    .pods
-                    .iter()
-                    .filter(|(k, p)| index.pods.get(*k) != Some(*p))
-                    .map(|(k, _)| k)
-                    .chain(index.pods.keys().filter(|k| !old.pods.contains_key(*k)));
-                for key in changed {
-                    plan.update_pod(&index, key);
+        };
+        let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
+        let plan_now = match (change, cluster.as_mut()) {
+            (Change::Pods(keys), Some(plan)) => {
+                if !keys.is_empty() {
+                    plan.update_pods(&inputs.index, &keys);
                 }
                 plan
             }
-            _ => plan_with(&index, assign::from_status(&index, Some((&node, i64::from(epoch))))),
+            _ => cluster.insert(plan_with(&inputs.index, assign::from_status(&inputs.index, Some((&node, i64::from(epoch)))))),
         };
-        let full = cluster.node_plan(&node);
-        cached = Some((index, cluster, epoch));
-        let mut plan = full.clone();
+        if unchanged && fenced == last_fenced && last_plan.is_some() {
+            dirty_since = None;
+            continue;
+        }
+        let mut plan = plan_now.node_plan(&node);
         if fenced {
             plan.hosted.clear();
             for g in plan.gateways.values_mut() {
@@ -315,25 +267,72 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         );
                     }
                     record_sizes(&metrics, &plan);
-                    last_plan = Some(plan.clone());
                 }
                 Err(e) => {
                     metrics.applies.get_or_create(&label("result", "error")).inc();
                     error!(error = %e, "applying the node plan failed; the previous state stays, retrying");
+                    last_plan = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             }
         }
         dirty_since = None;
+        last_fenced = fenced;
+        metrics.pods_held.set(inputs.pods.store.len() as i64);
+        metrics.pod_watches.set(inputs.pods.watches() as i64);
         let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
         {
             let mut s = shared.lock().expect("agent state lock");
             s.report.programmed = programmed;
             s.hosted_planned = plan.hosted.len();
         }
+        last_plan = Some(plan);
         ready.store(true, Ordering::Relaxed);
     }
+}
+
+/// Run the heartbeat on its own thread with its own runtime and API client, so nothing the
+/// planner does (CPU-heavy planning, a burst of watch events) can delay a renewal and fence
+/// the node. Returns the epoch it renews under.
+async fn spawn_heartbeat(
+    args: &AgentArgs,
+    node: &str,
+    takeover: Duration,
+    shared: Arc<Mutex<Shared>>,
+    dp: SharedDataplane,
+    notify: Arc<Notify>,
+    metrics: AgentMetrics,
+) -> anyhow::Result<i32> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<i32>>();
+    let (kubeconfig, namespace, node) = (args.kubeconfig.clone(), args.namespace.clone(), node.to_string());
+    let fence_after = shared.lock().expect("agent state lock").fence.timing().fence_after;
+    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let started = async {
+                let client = crate::k8s::client(kubeconfig.as_deref()).await?;
+                anyhow::Ok(Heartbeat::start(client, &namespace, &node, fence_after, takeover).await?)
+            };
+            match started.await {
+                Ok(hb) => {
+                    shared.lock().expect("agent state lock").epoch = hb.epoch;
+                    let _ = tx.send(Ok(hb.epoch));
+                    heartbeat_loop(hb, shared, dp, notify, metrics).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    rx.await.map_err(|_| anyhow::anyhow!("the heartbeat thread ended before its first read"))?
 }
 
 async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: SharedDataplane, notify: Arc<Notify>, metrics: AgentMetrics) {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -26,7 +26,8 @@ use crate::api::EgressGateway;
 use crate::k8s::lease::AgentReport;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
-use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node, trim_pod};
+use crate::k8s::pod_store::{self, PodStore};
+use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::ControllerMetrics;
 
@@ -86,7 +87,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
     let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
     let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
-    let pods = reflect_trimmed(Api::<KubePod>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_pod);
+    let pods = PodStore::new();
+    let _pod_watch = pod_store::feed(Api::all(client.clone()), watcher::Config::default(), pods.clone(), 0, notify.clone());
     let namespaces =
         reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
     let lv = liveness.clone();
@@ -115,19 +117,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let stores = Stores {
         gateways: gateways.store,
         nodes: nodes.store,
-        pods: pods.store,
+        pods: pods.clone(),
         namespaces: namespaces.store,
         leases: leases.store,
     };
     for (what, s) in [
         ("EgressGateways", stores.gateways.wait_until_ready().await.is_ok()),
         ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
-        ("Pods", stores.pods.wait_until_ready().await.is_ok()),
         ("Namespaces", stores.namespaces.wait_until_ready().await.is_ok()),
         ("Leases", stores.leases.wait_until_ready().await.is_ok()),
     ] {
         anyhow::ensure!(s, "the {what} watch stopped before it synced");
     }
+    while !pods.is_synced(0) {
+        notify.notified().await;
+    }
+    notify.notify_one();
     info!("all watches synced");
     ready.store(true, Ordering::Relaxed);
 
@@ -158,7 +163,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let reporter = Reporter { controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(), instance: Some(identity) };
     let reconciler = Reconciler {
         stores,
-        cache: Mutex::new(None),
+        view: Mutex::default(),
         liveness: liveness.clone(),
         api: Api::all(client.clone()),
         recorder: Recorder::new(client.clone(), reporter),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod as KubePod};
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -17,7 +17,8 @@ use thiserror::Error;
 use tracing::{info, info_span, warn};
 
 use crate::api::{EgressGateway, EgressGatewayStatus};
-use crate::index::{ClusterIndex, Gateway, Node, Pod};
+use crate::index::{ClusterIndex, Gateway, GatewayCache, Labels, Node, PodKey};
+use crate::k8s::pod_store::PodStore;
 use crate::k8s::lease::AgentReport;
 use crate::k8s::names::FIELD_MANAGER_CONTROLLER;
 use crate::plan::{self, ClusterPlan};
@@ -37,7 +38,7 @@ pub enum ReconcileError {
 pub struct Stores {
     pub gateways: Store<EgressGateway>,
     pub nodes: Store<KubeNode>,
-    pub pods: Store<KubePod>,
+    pub pods: Arc<PodStore>,
     pub namespaces: Store<Namespace>,
     pub leases: Store<Lease>,
 }
@@ -45,11 +46,24 @@ pub struct Stores {
 /// Status writes in flight at once.
 pub const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
-/// What the last successful reconcile planned from.
+/// What the last successful reconcile planned from (its pods are the view's).
 pub struct PlanCache {
-    index: ClusterIndex,
+    gateways: BTreeMap<String, Gateway>,
+    nodes: BTreeMap<String, Node>,
+    namespaces: BTreeMap<String, Labels>,
     plan: ClusterPlan,
     reports: BTreeMap<String, AgentReport>,
+}
+
+/// The index, kept up to date between reconciles: pods arrive key by key from the
+/// [`PodStore`]; gateways are re-parsed only when their resourceVersion changed.
+#[derive(Default)]
+pub struct View {
+    index: ClusterIndex,
+    gateway_cache: GatewayCache,
+    /// Pods changed since the last successful plan.
+    pending: BTreeSet<PodKey>,
+    cache: Option<PlanCache>,
 }
 
 /// Two reports of one agent say the same (the Lease version, a heartbeat, aside).
@@ -59,8 +73,8 @@ fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
 
 pub struct Reconciler {
     pub stores: Stores,
-    /// The last plan, for incremental reconciles (empty: plan in full).
-    pub cache: Mutex<Option<PlanCache>>,
+    /// The index and the last plan, for incremental reconciles (no plan: plan in full).
+    pub view: Mutex<View>,
     pub liveness: Arc<Mutex<AgentLiveness>>,
     pub api: Api<EgressGateway>,
     pub recorder: Recorder,
@@ -68,12 +82,11 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// The cluster as the planner sees it, with agent liveness judged at `now`.
-    pub fn index(&self, now: Instant) -> ClusterIndex {
-        let reports: BTreeMap<String, AgentReport> =
-            self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
+    /// Bring the view's index up to date, with agent liveness judged at `now`.
+    fn refresh(&self, view: &mut View, now: Instant, reports: &BTreeMap<String, AgentReport>) {
         let liveness = self.liveness.lock().expect("liveness lock");
-        let mut index = ClusterIndex::default();
+        let index = &mut view.index;
+        index.nodes.clear();
         for n in self.stores.nodes.state() {
             if let Some(mut node) = Node::from_kube(&n) {
                 if let Some(r) = reports.get(&node.name) {
@@ -84,23 +97,10 @@ impl Reconciler {
                 index.nodes.insert(node.name.clone(), node);
             }
         }
-        for ns in self.stores.namespaces.state() {
-            index.namespaces.insert(ns.name_any(), ns.labels().clone());
-        }
-        for p in self.stores.pods.state() {
-            if let Some(pod) = Pod::from_kube(&p) {
-                index.pods.insert(pod.key.clone(), pod);
-            }
-        }
-        for g in self.stores.gateways.state() {
-            if g.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            if let Some(gw) = Gateway::from_kube(&g) {
-                index.gateways.insert(gw.name.clone(), gw);
-            }
-        }
-        index
+        index.namespaces = self.stores.namespaces.state().iter().map(|ns| (ns.name_any(), ns.labels().clone())).collect();
+        index.gateways = view.gateway_cache.build(&self.stores.gateways.state());
+        let changed = self.stores.pods.update(&mut index.pods);
+        view.pending.extend(changed);
     }
 
     /// Which nodes have not reported the digest the plan expects for `gateway`.
@@ -128,35 +128,23 @@ impl Reconciler {
         let started = Instant::now();
         let span = info_span!("reconcile");
         let _guard = span.enter();
-        let index = self.index(started);
         let reports: BTreeMap<String, AgentReport> =
             self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
-        let cached = self.cache.lock().expect("plan cache lock").take();
-        let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match cached {
-            Some(c)
-                if !full
-                    && c.index.gateways == index.gateways
-                    && c.index.nodes == index.nodes
-                    && c.index.namespaces == index.namespaces =>
-            {
+        let mut guard = self.view.lock().expect("view lock");
+        self.refresh(&mut guard, started, &reports);
+        let view = &mut *guard;
+        let index = &view.index;
+        let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match view.cache.take() {
+            Some(c) if !full && c.gateways == index.gateways && c.nodes == index.nodes && c.namespaces == index.namespaces => {
                 let mut plan = c.plan;
-                let mut touched = BTreeSet::new();
-                let changed = c
-                    .index
-                    .pods
-                    .iter()
-                    .filter(|(k, p)| index.pods.get(*k) != Some(*p))
-                    .map(|(k, _)| k)
-                    .chain(index.pods.keys().filter(|k| !c.index.pods.contains_key(*k)));
-                for key in changed {
-                    touched.extend(plan.update_pod(&index, key));
-                }
+                let touched = plan.update_pods(index, &view.pending);
                 let same_reports = c.reports.len() == reports.len()
                     && c.reports.iter().all(|(n, r)| reports.get(n).is_some_and(|x| same_report(r, x)));
                 (plan, same_reports.then_some(touched))
             }
-            _ => (plan::plan(&index), None),
+            _ => (plan::plan(index), None),
         };
+        view.pending.clear();
         let now = Timestamp::now();
         let (mut placed, mut unplaced) = (0i64, 0i64);
         let mut changes = Vec::new();
@@ -165,7 +153,7 @@ impl Reconciler {
             if only.as_ref().is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let Some(gw) = index.gateways.get(&name) else { continue };
+            let Some(gw) = view.index.gateways.get(&name) else { continue };
             let programming = self.programming(&plan, &gw.name, &reports);
             let desired = status::gateway_status(gw, &plan, &programming, g.status.as_ref(), now);
             for a in &desired.assignments {
@@ -177,6 +165,14 @@ impl Reconciler {
             self.count_failovers(g.status.as_ref(), &desired, started);
             changes.push((g, desired));
         }
+        let cache = PlanCache {
+            gateways: view.index.gateways.clone(),
+            nodes: view.index.nodes.clone(),
+            namespaces: view.index.namespaces.clone(),
+            plan,
+            reports,
+        };
+        drop(guard);
         let results: Vec<Result<(), ReconcileError>> = futures::stream::iter(changes)
             .map(|(g, desired)| async move {
                 self.write_status(&g, &desired).await?;
@@ -203,7 +199,7 @@ impl Reconciler {
             // The cache stays empty: the next reconcile plans and compares everything.
             return Err(e);
         }
-        *self.cache.lock().expect("plan cache lock") = Some(PlanCache { index, plan, reports });
+        self.view.lock().expect("view lock").cache = Some(cache);
         if only.is_none() {
             self.metrics.egress_ips_placed.set(placed);
             self.metrics.egress_ips_unplaced.set(unplaced);

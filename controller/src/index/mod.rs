@@ -2,12 +2,14 @@
 //! with `PartialEq` so that no-op updates can be skipped.
 
 pub mod gateway;
+pub mod gateway_cache;
 pub mod node;
 pub mod pod;
 
 use std::collections::BTreeMap;
 
 pub use gateway::{Gateway, GatewaySpec, RecordedAssignment, SpecError};
+pub use gateway_cache::GatewayCache;
 pub use node::{Ineligible, Node, NodeInterface};
 pub use pod::{Pod, PodKey};
 

@@ -5,6 +5,8 @@ pub mod client;
 pub mod lease;
 pub mod leader;
 pub mod names;
+pub mod pod_store;
+pub mod slim;
 pub mod watch;
 
 pub use client::{ClientError, client};

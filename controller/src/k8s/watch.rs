@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus};
 use kube::api::ObjectMeta;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -24,6 +24,7 @@ where
     pub store: Store<K>,
     pub task: JoinHandle<()>,
     synced: Arc<AtomicBool>,
+    changed: Arc<AtomicBool>,
 }
 
 impl<K: Resource + 'static> Reflected<K>
@@ -33,6 +34,12 @@ where
     /// Whether the watch has completed its first list.
     pub fn is_ready(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Whether the store changed since the last call (set before `notify` is woken, so a
+    /// consumer woken by it sees the change).
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -73,7 +80,9 @@ where
     });
     let stream = reflector(writer, trimmed).default_backoff();
     let synced = Arc::new(AtomicBool::new(false));
+    let changed = Arc::new(AtomicBool::new(true));
     let flag = synced.clone();
+    let dirty = changed.clone();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -81,12 +90,16 @@ where
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on_event(&o),
                 Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Release),
                 Ok(_) => {}
-                Err(e) => warn!(kind = %kind, error = %e, "watch error; retrying with backoff"),
+                Err(e) => {
+                    warn!(kind = %kind, error = %e, "watch error; retrying with backoff");
+                    continue;
+                }
             }
+            dirty.store(true, Ordering::Release);
             notify.notify_one();
         }
     });
-    Reflected { store, task, synced }
+    Reflected { store, task, synced, changed }
 }
 
 /// Metadata the planner and the stores use: identity, labels, deletion, version.
@@ -101,14 +114,6 @@ fn trim_meta(meta: &mut ObjectMeta) {
         creation_timestamp: meta.creation_timestamp.take(),
         ..Default::default()
     };
-}
-
-/// A Pod cut down to what [`crate::index::Pod::from_kube`] reads: labels, node, host
-/// network, phase and IPs (containers, conditions, container statuses, annotations go).
-pub fn trim_pod(pod: &mut Pod) {
-    trim_meta(&mut pod.metadata);
-    pod.spec = pod.spec.take().map(|s| PodSpec { node_name: s.node_name, host_network: s.host_network, ..Default::default() });
-    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, pod_ip: s.pod_ip, pod_ips: s.pod_ips, ..Default::default() });
 }
 
 /// A Node cut down to what [`crate::index::Node::from_kube`] reads: labels, addresses and the
@@ -141,20 +146,7 @@ mod tests {
     use crate::index;
 
     #[test]
-    fn trimmed_objects_index_the_same() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": "p", "namespace": "n", "labels": { "app": "a" },
-                "annotations": { "big": "x" }, "managedFields": [{ "manager": "m" }] },
-            "spec": { "nodeName": "node-1", "hostNetwork": false, "containers": [{ "name": "c", "image": "i" }] },
-            "status": { "phase": "Running", "podIP": "198.19.1.10", "podIPs": [{ "ip": "198.19.1.10" }],
-                "conditions": [{ "type": "Ready", "status": "True" }] }
-        }))
-        .unwrap();
-        let mut t = pod.clone();
-        trim_pod(&mut t);
-        assert_eq!(index::Pod::from_kube(&t), index::Pod::from_kube(&pod));
-        assert!(t.metadata.annotations.is_none() && t.spec.as_ref().unwrap().containers.is_empty());
-
+    fn a_trimmed_node_indexes_the_same() {
         let node: Node = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "node-1", "labels": { "egressgw.io/gateway": "true" } },
             "spec": { "podCIDR": "198.19.1.0/24" },

@@ -56,37 +56,50 @@ impl ClusterPlan {
     }
 
     /// Update the plan after one pod was added, changed or removed in `index` (already
-    /// updated). Costs one selector check per gateway plus the rebuild of the rollouts of the
-    /// gateways that select the pod, instead of a full plan. Returns those gateways.
+    /// updated). Returns the gateways whose selection or rollout the pod touches.
     pub fn update_pod(&mut self, index: &ClusterIndex, key: &PodKey) -> BTreeSet<String> {
-        let before = self.memberships.remove(key).unwrap_or_default();
-        let now = match index.pods.get(key) {
-            Some(pod) => select::pod_gateways(index, &select::by_seniority(index), pod),
-            None => select::PodGateways::default(),
-        };
-        for g in &before {
-            if let Some(sel) = self.selections.by_gateway.get_mut(g) {
-                sel.pods.remove(key);
-                sel.lost.remove(key);
+        self.update_pods(index, std::iter::once(key))
+    }
+
+    /// Update the plan after the pods `keys` were added, changed or removed in `index`
+    /// (already updated). Costs one selector check per gateway per pod plus one rebuild of
+    /// the rollout of each gateway that selected or selects any of them, instead of a full
+    /// plan: a burst of pod changes rebuilds a large gateway's rollout once, not once per
+    /// pod. Returns those gateways.
+    pub fn update_pods<'k>(&mut self, index: &ClusterIndex, keys: impl IntoIterator<Item = &'k PodKey>) -> BTreeSet<String> {
+        let seniority = select::by_seniority(index);
+        let mut affected = BTreeSet::new();
+        for key in keys {
+            let before = self.memberships.remove(key).unwrap_or_default();
+            let now = match index.pods.get(key) {
+                Some(pod) => select::pod_gateways(index, &seniority, pod),
+                None => select::PodGateways::default(),
+            };
+            for g in &before {
+                if let Some(sel) = self.selections.by_gateway.get_mut(g) {
+                    sel.pods.remove(key);
+                    sel.lost.remove(key);
+                }
+            }
+            let mut after = BTreeSet::new();
+            for g in &now.won {
+                if let Some(sel) = self.selections.by_gateway.get_mut(g) {
+                    sel.pods.insert(key.clone());
+                    after.insert(g.clone());
+                }
+            }
+            for (loser, winner) in &now.lost {
+                if let Some(sel) = self.selections.by_gateway.get_mut(loser) {
+                    sel.lost.insert(key.clone(), winner.clone());
+                    after.insert(loser.clone());
+                }
+            }
+            affected.extend(before);
+            affected.extend(after.iter().cloned());
+            if !after.is_empty() {
+                self.memberships.insert(key.clone(), after);
             }
         }
-        let mut after = BTreeSet::new();
-        for g in &now.won {
-            if let Some(sel) = self.selections.by_gateway.get_mut(g) {
-                sel.pods.insert(key.clone());
-                after.insert(g.clone());
-            }
-        }
-        for (loser, winner) in &now.lost {
-            if let Some(sel) = self.selections.by_gateway.get_mut(loser) {
-                sel.lost.insert(key.clone(), winner.clone());
-                after.insert(loser.clone());
-            }
-        }
-        if !after.is_empty() {
-            self.memberships.insert(key.clone(), after.clone());
-        }
-        let affected: BTreeSet<String> = before.union(&after).cloned().collect();
         for g in &affected {
             self.rebuild_rollout(index, g);
         }

@@ -68,6 +68,8 @@ pub struct AgentMetrics {
     pub fenced: Gauge,
     pub fences: Counter,
     pub lease_renewals: Family<Labels, Counter>,
+    pub pods_held: Gauge,
+    pub pod_watches: Gauge,
 }
 
 impl AgentMetrics {
@@ -84,6 +86,8 @@ impl AgentMetrics {
             fenced: Gauge::default(),
             fences: Counter::default(),
             lease_renewals: Family::default(),
+            pods_held: Gauge::default(),
+            pod_watches: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_agent");
         r.register(
@@ -101,6 +105,8 @@ impl AgentMetrics {
         r.register("fenced", "1 while the agent has dropped its egress IPs for lack of lease renewals", m.fenced.clone());
         r.register("fences", "Times the agent fenced itself", m.fences.clone());
         r.register("lease_renewals", "Lease renewals by result", m.lease_renewals.clone());
+        r.register("pods_held", "Pods the agent holds (its own, and those of gateways it hosts or may host), each once", m.pods_held.clone());
+        r.register("pod_watches", "Pod watches of hosted or candidate gateways (one per selector and namespace scope)", m.pod_watches.clone());
         m
     }
 }

@@ -197,4 +197,27 @@ proptest! {
         }
         prop_assert_eq!(plan, c.plan());
     }
+
+    #[test]
+    fn a_batch_of_pod_updates_equals_a_full_plan(
+        (nodes, gws, pods) in cluster_strategy(),
+        changes in prop::collection::vec((0usize..40, prop::option::of(pod_gen())), 1..15),
+    ) {
+        let mut c = build(&nodes, &gws, &pods);
+        let mut plan = c.plan();
+        let mut keys = Vec::new();
+        for (i, change) in changes {
+            let key = PodKey::new(TEAMS[i % 3], format!("p{i}"));
+            c.index.pods.remove(&key);
+            if let Some(p) = change {
+                let node = format!("n{}", p.node % nodes.len());
+                let mut new = pod(TEAMS[i % 3], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 100 + i));
+                new.key = key.clone();
+                c.pod(new);
+            }
+            keys.push(key);
+        }
+        plan.update_pods(&c.index, &keys);
+        prop_assert_eq!(plan, c.plan());
+    }
 }

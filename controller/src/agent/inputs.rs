@@ -1,0 +1,128 @@
+//! What the agent plans from, kept up to date from its watches without rebuilding it on
+//! every event: gateways, nodes and namespaces are re-read only when their watch changed
+//! (and gateways re-parsed only when their resourceVersion changed), pods arrive key by key
+//! from the [`PodStore`](crate::k8s::pod_store::PodStore).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Notify;
+
+use crate::api::EgressGateway;
+use crate::index::{ClusterIndex, GatewayCache, Node, PodKey};
+use crate::k8s::watch::{Reflected, reflect, reflect_trimmed, trim_namespace, trim_node};
+
+use super::pod_watches::{PodWatches, Scope, scopes_for};
+
+/// What changed since the last [`Inputs::refresh`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Gateways (as the planner sees them), nodes, namespaces or the epoch: plan in full.
+    Everything,
+    /// Only these pods.
+    Pods(BTreeSet<PodKey>),
+}
+
+pub struct Inputs {
+    node: String,
+    gateways: Reflected<EgressGateway>,
+    nodes: Reflected<KubeNode>,
+    namespaces: Reflected<Namespace>,
+    pub pods: PodWatches,
+    gateway_cache: GatewayCache,
+    pub index: ClusterIndex,
+    epoch: Option<i32>,
+    /// A structural change seen while a pod watch was still listing.
+    pending_full: bool,
+}
+
+impl Inputs {
+    /// Start every watch; returns once gateways, nodes, namespaces and the node's own pods
+    /// have listed (an error when one of them stopped first).
+    pub async fn start(client: Client, node: &str, notify: Arc<Notify>) -> anyhow::Result<Self> {
+        let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
+        let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
+        let namespaces =
+            reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
+        let pods = PodWatches::new(client, node, notify);
+        anyhow::ensure!(gateways.store.wait_until_ready().await.is_ok(), "the EgressGateway watch stopped before it synced");
+        anyhow::ensure!(nodes.store.wait_until_ready().await.is_ok(), "the Node watch stopped before it synced");
+        anyhow::ensure!(namespaces.store.wait_until_ready().await.is_ok(), "the Namespace watch stopped before it synced");
+        pods.wait_local().await;
+        Ok(Self {
+            node: node.to_string(),
+            gateways,
+            nodes,
+            namespaces,
+            pods,
+            gateway_cache: GatewayCache::default(),
+            index: ClusterIndex::default(),
+            epoch: None,
+            pending_full: true,
+        })
+    }
+
+    /// Bring the index up to date for planning under `epoch`. `None` while a pod watch of a
+    /// newly hosted or candidate gateway is still listing (its sync wakes the loop again).
+    pub fn refresh(&mut self, epoch: i32) -> Option<Change> {
+        let mut structural = self.epoch != Some(epoch);
+        self.epoch = Some(epoch);
+        if self.gateways.take_changed() {
+            let gws = self.gateway_cache.build(&self.gateways.store.state());
+            if gws != self.index.gateways {
+                self.index.gateways = gws;
+                structural = true;
+            }
+        }
+        if self.nodes.take_changed() {
+            let nodes: BTreeMap<String, Node> =
+                self.nodes.store.state().iter().filter_map(|n| Node::from_kube(n)).map(|n| (n.name.clone(), n)).collect();
+            if nodes != self.index.nodes {
+                self.index.nodes = nodes;
+                structural = true;
+            }
+        }
+        if self.namespaces.take_changed() {
+            let namespaces: BTreeMap<String, _> =
+                self.namespaces.store.state().iter().map(|ns| (ns.name_any(), ns.labels().clone())).collect();
+            if namespaces != self.index.namespaces {
+                self.index.namespaces = namespaces;
+                structural = true;
+            }
+        }
+        if structural {
+            let scopes = self.scopes(epoch);
+            self.pods.set_scopes(&scopes);
+            self.pending_full = true;
+        }
+        if !self.pods.synced() {
+            return None;
+        }
+        if std::mem::take(&mut self.pending_full) {
+            self.index.pods = self.pods.store.snapshot();
+            return Some(Change::Everything);
+        }
+        Some(Change::Pods(self.pods.store.update(&mut self.index.pods)))
+    }
+
+    /// Pod watches for the gateways this node hosts under `epoch`, and for those it may host
+    /// (its labels match their gatewayNodeSelector): a standby already holds the pods when an
+    /// IP fails over to it, instead of listing them first.
+    fn scopes(&self, epoch: i32) -> BTreeSet<Scope> {
+        let empty = Default::default();
+        let my_labels = self.index.nodes.get(&self.node).map_or(&empty, |n| &n.labels);
+        self.index
+            .gateways
+            .values()
+            .filter_map(|g| {
+                let spec = g.spec.as_ref().ok()?;
+                let hosting = g.recorded.values().any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
+                (hosting || spec.node_selector.matches(my_labels)).then(|| scopes_for(&self.index, spec))
+            })
+            .flatten()
+            .collect()
+    }
+}

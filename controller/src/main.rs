@@ -26,6 +26,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    egressgw::telemetry::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => egressgw::api::crd::yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),

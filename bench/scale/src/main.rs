@@ -30,13 +30,14 @@ use kube::Client;
 
 use cluster::ScaleCluster;
 use leases::SimAgents;
-use measure::{GatewayWatch, GwSeen, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, mib, ms, proc_sample, quantile};
+use measure::{GatewayWatch, GwSeen, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile};
 use pods::{Book, NodeDir, PodRec, SharedBook};
 use world::{Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gateways, sim_gateways, team_ns};
 
 /// A probe's status not correct after this long counts as this long (and as a miss).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const LATENCY: &str = "egressgw_agent_program_latency_seconds";
+const FENCES: &str = "egressgw_agent_fences";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "egressgw scale benchmark (run as root)")]
@@ -222,6 +223,7 @@ struct Window {
     api: BTreeMap<(String, String), f64>,
     bytes: u64,
     hist: Vec<(f64, f64)>,
+    fences: f64,
 }
 
 struct WindowResult {
@@ -230,6 +232,12 @@ struct WindowResult {
     api: BTreeMap<(String, String), f64>,
     agent_bytes: u64,
     hist: (Vec<(f64, f64)>, Vec<(f64, f64)>),
+    /// Times the agent fenced itself in the window; pods it held and its live heap at the end.
+    agent_fences: f64,
+    agent_pods: f64,
+    agent_heap: f64,
+    /// apiserver and etcd pids (their CPU is printed too).
+    control_plane: (Option<u32>, Option<u32>),
 }
 
 async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Window> {
@@ -256,12 +264,14 @@ async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Wi
         api: apiserver_requests(&cl.cp.client()).await?,
         bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed),
         hist: histogram(&cl.agent_metrics(agent)?, LATENCY),
+        fences: metric_value(&cl.agent_metrics(agent)?, FENCES).unwrap_or(0.0),
     })
 }
 
 async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<WindowResult> {
     w.sampler.abort();
     let secs = w.start.elapsed().as_secs_f64();
+    let agent_text = cl.agent_metrics(agent)?;
     let api1 = apiserver_requests(&cl.cp.client()).await?;
     let api = api1.iter().map(|(k, v)| (k.clone(), v - w.api.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
     let max = w.max_rss.lock().expect("rss").clone();
@@ -278,7 +288,11 @@ async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<Wind
         proc,
         api,
         agent_bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed) - w.bytes,
-        hist: (w.hist, histogram(&cl.agent_metrics(agent)?, LATENCY)),
+        hist: (w.hist, histogram(&agent_text, LATENCY)),
+        agent_fences: metric_value(&agent_text, FENCES).unwrap_or(0.0) - w.fences,
+        agent_pods: metric_value(&agent_text, "egressgw_agent_pods_held").unwrap_or(0.0),
+        agent_heap: metric_value(&agent_text, "egressgw_agent_heap_bytes").unwrap_or(0.0),
+        control_plane: cl.cp.pids(),
     })
 }
 
@@ -301,6 +315,17 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
             cpu.as_secs_f64(),
             100.0 * cpu.as_secs_f64() / r.secs
         );
+    }
+    println!(
+        "agent: holds {:.0} pods, live heap {:.1} MiB, fenced itself {:.0} times",
+        r.agent_pods,
+        r.agent_heap / 1048576.0,
+        r.agent_fences
+    );
+    for (what, pid) in [("apiserver", r.control_plane.0), ("etcd", r.control_plane.1)] {
+        if let Some((_, _, cpu)) = pid.and_then(|p| r.proc.get(&p)) {
+            println!("{what}: CPU {:.1}% of a core", 100.0 * cpu.as_secs_f64() / r.secs);
+        }
     }
     println!("agent bytes from apiserver: {:.0} KiB/min", r.agent_bytes as f64 / 1024.0 * 60.0 / r.secs);
     let (b, a) = &r.hist;
@@ -459,7 +484,9 @@ async fn main() -> Result<()> {
     let agent_pid = cl.agents[&agent].child.id();
     let real0 = book.lock().expect("book").expected[0];
     println!("largest sets: node {host_name} (agent pid {agent_pid}) hosts real-0 with {real0} pods");
-    let pids = [controller_pid, agent_pid];
+    let mut pids = vec![controller_pid, agent_pid];
+    let (apiserver, etcd) = cl.cp.pids();
+    pids.extend(apiserver.into_iter().chain(etcd));
 
     // Steady state.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -65,6 +65,15 @@ pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<(String, Str
 }
 
 /// Cumulative buckets (upper bound in seconds -> count) of a Prometheus histogram.
+/// The value of an unlabelled metric (counter or gauge) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        let n = n.strip_suffix("_total").unwrap_or(n);
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
     let mut v: Vec<(f64, f64)> = text

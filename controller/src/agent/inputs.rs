@@ -101,11 +101,11 @@ impl Inputs {
         if !self.pods.synced() {
             return None;
         }
+        let changed = self.pods.store.update(&mut self.index.pods);
         if std::mem::take(&mut self.pending_full) {
-            self.index.pods = self.pods.store.snapshot();
             return Some(Change::Everything);
         }
-        Some(Change::Pods(self.pods.store.update(&mut self.index.pods)))
+        Some(Change::Pods(changed))
     }
 
     /// Pod watches for the gateways this node hosts under `epoch`, and for those it may host

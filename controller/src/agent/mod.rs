@@ -36,6 +36,8 @@ use inputs::{Change, Inputs};
 pub const DEBOUNCE: Duration = Duration::from_millis(2);
 /// How often the fencing deadline is checked without any event.
 pub const TICK: Duration = Duration::from_millis(50);
+/// Freed heap memory is returned to the kernel at least this often (and after full plans).
+pub const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// Interfaces are re-read every this many renewals.
 pub const INTERFACES_EVERY: u32 = 10;
 
@@ -187,6 +189,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut last_plan: Option<NodePlan> = None;
     let mut cluster: Option<ClusterPlan> = None;
     let mut last_fenced = false;
+    let mut last_trim = Instant::now();
     let mut dirty_since: Option<Instant> = Some(Instant::now());
     loop {
         tokio::select! {
@@ -224,6 +227,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             continue; // a watch of a newly hosted gateway is listing; its sync wakes us
         };
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
+        let everything = change == Change::Everything;
         let plan_now = match (change, cluster.as_mut()) {
             (Change::Pods(keys), Some(plan)) => {
                 if !keys.is_empty() {
@@ -281,6 +285,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         last_fenced = fenced;
         metrics.pods_held.set(inputs.pods.store.len() as i64);
         metrics.pod_watches.set(inputs.pods.watches() as i64);
+        if let Some(b) = crate::telemetry::memory::heap_in_use() {
+            metrics.heap_bytes.set(b as i64);
+        }
         let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
         {
             let mut s = shared.lock().expect("agent state lock");
@@ -289,6 +296,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         last_plan = Some(plan);
         ready.store(true, Ordering::Relaxed);
+        if everything || last_trim.elapsed() >= TRIM_EVERY {
+            crate::telemetry::memory::release_free_memory();
+            last_trim = Instant::now();
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -20,6 +20,9 @@ use crate::k8s::slim::SlimPod;
 /// A gateway whose `namespaceSelector` matches at most this many namespaces gets one watch
 /// per namespace; above it, one cluster-wide watch (label selector only).
 pub const NAMESPACED_WATCHES_MAX: usize = 16;
+
+/// Gateway pod watches that may be in their first list at once.
+pub const CONCURRENT_LISTS: usize = 4;
 
 /// The source id of the node's own pods.
 const LOCAL: SourceId = 0;
@@ -60,6 +63,7 @@ pub struct PodWatches {
     local: JoinHandle<()>,
     by_scope: BTreeMap<Scope, Watch>,
     next_source: SourceId,
+    lists: Arc<Semaphore>,
 }
 
 impl PodWatches {
@@ -71,8 +75,10 @@ impl PodWatches {
             store.clone(),
             LOCAL,
             notify.clone(),
+            None,
         );
-        Self { client, notify, store, local, by_scope: BTreeMap::new(), next_source: LOCAL + 1 }
+        let lists = Arc::new(Semaphore::new(CONCURRENT_LISTS));
+        Self { client, notify, store, local, by_scope: BTreeMap::new(), next_source: LOCAL + 1, lists }
     }
 
     /// Make the gateway watches exactly `scopes` (start new ones, stop old ones).
@@ -99,7 +105,7 @@ impl PodWatches {
             let cfg = if s.labels.is_empty() { watcher::Config::default() } else { watcher::Config::default().labels(&s.labels) };
             let source = self.next_source;
             self.next_source += 1;
-            let task = pod_store::feed(api, cfg, self.store.clone(), source, self.notify.clone());
+            let task = pod_store::feed(api, cfg, self.store.clone(), source, self.notify.clone(), Some(self.lists.clone()));
             self.by_scope.insert(s.clone(), Watch { source, task });
         }
     }

@@ -67,6 +67,10 @@ pub struct ControllerArgs {
     pub leader_lease_seconds: u64,
 }
 
+/// Pods per page of the controller's list (kube's default is 500): a restarted controller
+/// lists every pod before it may write, and each page is one more round trip.
+pub const POD_LIST_PAGE: u32 = 5000;
+
 /// Run the controller until leadership is lost or a fatal error.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
@@ -88,7 +92,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
     let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
     let pods = PodStore::new();
-    let _pod_watch = pod_store::feed(Api::all(client.clone()), watcher::Config::default(), pods.clone(), 0, notify.clone());
+    let _pod_watch =
+        pod_store::feed(Api::all(client.clone()), watcher::Config::default().page_size(POD_LIST_PAGE), pods.clone(), 0, notify.clone(), None);
     let namespaces =
         reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
     let lv = liveness.clone();
@@ -121,21 +126,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         namespaces: namespaces.store,
         leases: leases.store,
     };
-    for (what, s) in [
-        ("EgressGateways", stores.gateways.wait_until_ready().await.is_ok()),
-        ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
-        ("Namespaces", stores.namespaces.wait_until_ready().await.is_ok()),
-        ("Leases", stores.leases.wait_until_ready().await.is_ok()),
-    ] {
-        anyhow::ensure!(s, "the {what} watch stopped before it synced");
-    }
-    while !pods.is_synced(0) {
-        notify.notified().await;
-    }
-    notify.notify_one();
-    info!("all watches synced");
-    ready.store(true, Ordering::Relaxed);
-
+    // Leadership is sought while the watches list (a restarted leader re-takes its own Lease
+    // at once); nothing is written before both are done.
     let elector = LeaderElector::new(
         client.clone(),
         LeaderConfig {
@@ -147,7 +139,26 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             retry_period: Duration::from_millis(500),
         },
     );
-    elector.acquire().await?;
+    let synced = async {
+        for (what, s) in [
+            ("EgressGateways", stores.gateways.wait_until_ready().await.is_ok()),
+            ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
+            ("Namespaces", stores.namespaces.wait_until_ready().await.is_ok()),
+            ("Leases", stores.leases.wait_until_ready().await.is_ok()),
+        ] {
+            anyhow::ensure!(s, "the {what} watch stopped before it synced");
+        }
+        while !pods.is_synced(0) {
+            notify.notified().await;
+        }
+        notify.notify_one();
+        info!("all watches synced");
+        ready.store(true, Ordering::Relaxed);
+        anyhow::Ok(())
+    };
+    let (synced, led) = tokio::join!(synced, elector.acquire());
+    synced?;
+    led?;
     // Agents seen before we led were judged by nothing yet: give each a full takeover window
     // from now, so a fresh leader never fails an IP over on stale information.
     {
@@ -197,6 +208,7 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::R
                     dirty = false;
                     if full {
                         last_full = now;
+                        crate::telemetry::memory::release_free_memory();
                     }
                 }
                 Err(e) => warn!(error = %e, "reconcile failed; retrying"),

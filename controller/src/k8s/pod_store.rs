@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -27,17 +27,20 @@ use crate::index::{Pod, PodKey};
 /// Identifies one watch feeding the store.
 pub type SourceId = u64;
 
+/// Which sources hold a pod, and the newest version seen. The pod itself is not kept here:
+/// its content goes to the consumer's index through [`PodStore::update`], so every pod is
+/// in memory once.
 #[derive(Debug)]
 struct Held {
-    pod: Pod,
     revision: Option<u64>,
-    sources: BTreeSet<SourceId>,
+    sources: Vec<SourceId>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    pods: HashMap<PodKey, Held>,
-    dirty: BTreeSet<PodKey>,
+    held: HashMap<PodKey, Held>,
+    /// Content not yet taken by the consumer: `None` when no source holds the pod any more.
+    pending: BTreeMap<PodKey, Option<Pod>>,
     /// Keys a source listed since its (re)list began.
     listing: HashMap<SourceId, HashSet<PodKey>>,
     synced: HashSet<SourceId>,
@@ -50,35 +53,34 @@ pub struct PodStore {
 }
 
 impl Inner {
-    fn apply(&mut self, source: SourceId, key: PodKey, pod: Pod, revision: Option<u64>) {
-        match self.pods.get_mut(&key) {
+    fn apply(&mut self, source: SourceId, pod: Pod, revision: Option<u64>) {
+        match self.held.get_mut(&pod.key) {
             Some(held) => {
-                held.sources.insert(source);
+                if !held.sources.contains(&source) {
+                    held.sources.push(source);
+                }
                 let newer = match (held.revision, revision) {
                     (Some(old), Some(new)) => new >= old,
                     _ => true,
                 };
                 if newer {
                     held.revision = revision;
-                    if held.pod != pod {
-                        held.pod = pod;
-                        self.dirty.insert(key);
-                    }
+                    self.pending.insert(pod.key.clone(), Some(pod));
                 }
             }
             None => {
-                self.pods.insert(key.clone(), Held { pod, revision, sources: BTreeSet::from([source]) });
-                self.dirty.insert(key);
+                self.held.insert(pod.key.clone(), Held { revision, sources: vec![source] });
+                self.pending.insert(pod.key.clone(), Some(pod));
             }
         }
     }
 
     fn release(&mut self, source: SourceId, key: &PodKey) {
-        if let Some(held) = self.pods.get_mut(key) {
-            held.sources.remove(&source);
+        if let Some(held) = self.held.get_mut(key) {
+            held.sources.retain(|s| *s != source);
             if held.sources.is_empty() {
-                self.pods.remove(key);
-                self.dirty.insert(key.clone());
+                self.held.remove(key);
+                self.pending.insert(key.clone(), None);
             }
         }
     }
@@ -100,7 +102,7 @@ impl PodStore {
             if let Some(seen) = inner.listing.get_mut(&source) {
                 seen.insert(p.key.clone());
             }
-            inner.apply(source, p.key.clone(), p, pod.revision());
+            inner.apply(source, p, pod.revision());
         }
     }
 
@@ -120,12 +122,8 @@ impl PodStore {
     pub fn list_done(&self, source: SourceId) {
         let mut inner = self.lock();
         let seen = inner.listing.remove(&source).unwrap_or_default();
-        let stale: Vec<PodKey> = inner
-            .pods
-            .iter()
-            .filter(|(k, h)| h.sources.contains(&source) && !seen.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let stale: Vec<PodKey> =
+            inner.held.iter().filter(|(k, h)| h.sources.contains(&source) && !seen.contains(*k)).map(|(k, _)| k.clone()).collect();
         for k in stale {
             inner.release(source, &k);
         }
@@ -137,7 +135,7 @@ impl PodStore {
         let mut inner = self.lock();
         inner.listing.remove(&source);
         inner.synced.remove(&source);
-        let held: Vec<PodKey> = inner.pods.iter().filter(|(_, h)| h.sources.contains(&source)).map(|(k, _)| k.clone()).collect();
+        let held: Vec<PodKey> = inner.held.iter().filter(|(_, h)| h.sources.contains(&source)).map(|(k, _)| k.clone()).collect();
         for k in held {
             inner.release(source, &k);
         }
@@ -148,43 +146,31 @@ impl PodStore {
         self.lock().synced.contains(&source)
     }
 
-    /// Keys added, changed or removed since the last call.
-    pub fn take_dirty(&self) -> BTreeSet<PodKey> {
-        std::mem::take(&mut self.lock().dirty)
-    }
-
-    /// The pod as it is now, if any source holds it.
-    pub fn get(&self, key: &PodKey) -> Option<Pod> {
-        self.lock().pods.get(key).map(|h| h.pod.clone())
-    }
-
-    /// Every pod held, and clears the dirty keys (the caller now has everything).
-    pub fn snapshot(&self) -> BTreeMap<PodKey, Pod> {
-        let mut inner = self.lock();
-        inner.dirty.clear();
-        inner.pods.iter().map(|(k, h)| (k.clone(), h.pod.clone())).collect()
-    }
-
-    /// Bring `pods` up to date with the changes since the last call; returns the keys.
+    /// Bring `pods` (the consumer's copy, the only one) up to date; returns the keys whose
+    /// pod was added, changed or removed.
     pub fn update(&self, pods: &mut BTreeMap<PodKey, Pod>) -> BTreeSet<PodKey> {
-        let mut inner = self.lock();
-        let dirty = std::mem::take(&mut inner.dirty);
-        for k in &dirty {
-            match inner.pods.get(k) {
-                Some(h) => {
-                    pods.insert(k.clone(), h.pod.clone());
+        let pending = std::mem::take(&mut self.lock().pending);
+        let mut changed = BTreeSet::new();
+        for (k, v) in pending {
+            match v {
+                Some(p) if pods.get(&k) != Some(&p) => {
+                    pods.insert(k.clone(), p);
+                    changed.insert(k);
                 }
+                Some(_) => {}
                 None => {
-                    pods.remove(k);
+                    if pods.remove(&k).is_some() {
+                        changed.insert(k);
+                    }
                 }
             }
         }
-        dirty
+        changed
     }
 
     /// Pods held (each once).
     pub fn len(&self) -> usize {
-        self.lock().pods.len()
+        self.lock().held.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,15 +180,33 @@ impl PodStore {
 
 /// Run one pod watch into `store` as `source`, waking `notify` after every change. Retries
 /// with backoff forever; abort the handle to stop it, then call [`PodStore::remove_source`].
-pub fn feed(api: Api<SlimPod>, config: watcher::Config, store: Arc<PodStore>, source: SourceId, notify: Arc<Notify>) -> JoinHandle<()> {
+///
+/// With a `gate`, the watch's first list waits for a permit and holds it until it is done:
+/// an agent starting tens of watches at once then does not hold tens of list pages in
+/// memory at once.
+pub fn feed(
+    api: Api<SlimPod>,
+    config: watcher::Config,
+    store: Arc<PodStore>,
+    source: SourceId,
+    notify: Arc<Notify>,
+    gate: Option<Arc<Semaphore>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut permit = match gate {
+            Some(g) => g.acquire_owned().await.ok(),
+            None => None,
+        };
         let stream = watcher(api, config).default_backoff();
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Init) => store.list_started(source),
                 Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => store.apply(source, &p),
-                Ok(watcher::Event::InitDone) => store.list_done(source),
+                Ok(watcher::Event::InitDone) => {
+                    store.list_done(source);
+                    permit.take();
+                }
                 Ok(watcher::Event::Delete(p)) => store.release(source, &p),
                 Err(e) => {
                     warn!(source, error = %e, "pod watch error; retrying with backoff");
@@ -234,62 +238,67 @@ mod tests {
     #[test]
     fn a_pod_seen_by_two_watches_is_held_once_until_both_release_it() {
         let s = PodStore::new();
+        let mut pods = BTreeMap::new();
         s.apply(1, &pod("a", "x", 10));
         s.apply(2, &pod("a", "x", 10));
         assert_eq!(s.len(), 1);
-        assert_eq!(s.take_dirty(), BTreeSet::from([key("a")]));
+        assert_eq!(s.update(&mut pods), BTreeSet::from([key("a")]));
         // Out of watch 1's selector: still held by watch 2, nothing changed.
         s.release(1, &pod("a", "x", 10));
-        assert!(s.get(&key("a")).is_some() && s.take_dirty().is_empty());
+        assert!(s.update(&mut pods).is_empty() && pods.contains_key(&key("a")));
         s.release(2, &pod("a", "x", 10));
-        assert!(s.get(&key("a")).is_none());
-        assert_eq!(s.take_dirty(), BTreeSet::from([key("a")]));
+        assert_eq!(s.update(&mut pods), BTreeSet::from([key("a")]));
+        assert!(pods.is_empty() && s.is_empty());
     }
 
     #[test]
     fn an_older_version_from_a_lagging_watch_does_not_overwrite_a_newer_one() {
         let s = PodStore::new();
+        let mut pods = BTreeMap::new();
         s.apply(1, &pod("a", "new", 20));
         s.apply(2, &pod("a", "old", 10));
-        assert_eq!(s.get(&key("a")).unwrap().labels["app"], "new");
+        s.update(&mut pods);
+        assert_eq!(pods[&key("a")].labels["app"], "new");
         s.apply(2, &pod("a", "newest", 30));
-        assert_eq!(s.get(&key("a")).unwrap().labels["app"], "newest");
+        s.update(&mut pods);
+        assert_eq!(pods[&key("a")].labels["app"], "newest");
     }
 
     #[test]
     fn a_relist_releases_what_it_no_longer_lists() {
         let s = PodStore::new();
+        let mut pods = BTreeMap::new();
         s.list_started(1);
         s.apply(1, &pod("a", "x", 1));
         s.apply(1, &pod("b", "x", 2));
         s.list_done(1);
         assert!(s.is_synced(1));
         s.apply(2, &pod("b", "x", 2));
-        s.take_dirty();
+        s.update(&mut pods);
         s.list_started(1);
         s.apply(1, &pod("a", "x", 1));
         s.list_done(1);
-        // b is still held by watch 2; a by the relist.
-        assert!(s.take_dirty().is_empty());
+        // b is still held by watch 2; a by the relist; nothing changed.
+        assert!(s.update(&mut pods).is_empty());
         s.list_started(1);
         s.list_done(1);
-        assert_eq!(s.take_dirty(), BTreeSet::from([key("a")]));
-        assert!(s.get(&key("b")).is_some());
+        assert_eq!(s.update(&mut pods), BTreeSet::from([key("a")]));
+        assert!(pods.contains_key(&key("b")));
         s.remove_source(2);
-        assert!(s.is_empty());
+        assert_eq!(s.update(&mut pods), BTreeSet::from([key("b")]));
+        assert!(s.is_empty() && pods.is_empty());
     }
 
     #[test]
-    fn update_brings_a_copy_up_to_date() {
+    fn an_unchanged_pod_is_not_reported_changed() {
         let s = PodStore::new();
-        let mut copy = s.snapshot();
+        let mut pods = BTreeMap::new();
         s.apply(1, &pod("a", "x", 1));
         s.apply(1, &pod("b", "x", 2));
-        assert_eq!(s.update(&mut copy).len(), 2);
-        s.release(1, &pod("a", "x", 3));
+        assert_eq!(s.update(&mut pods).len(), 2);
+        s.apply(1, &pod("a", "x", 3)); // a new version, same fields the planner reads
         s.apply(1, &pod("b", "y", 4));
-        s.update(&mut copy);
-        assert_eq!(copy.len(), 1);
-        assert_eq!(copy[&key("b")].labels["app"], "y");
+        assert_eq!(s.update(&mut pods), BTreeSet::from([key("b")]));
+        assert_eq!(pods[&key("b")].labels["app"], "y");
     }
 }

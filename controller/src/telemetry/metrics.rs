@@ -70,6 +70,7 @@ pub struct AgentMetrics {
     pub lease_renewals: Family<Labels, Counter>,
     pub pods_held: Gauge,
     pub pod_watches: Gauge,
+    pub heap_bytes: Gauge,
 }
 
 impl AgentMetrics {
@@ -88,6 +89,7 @@ impl AgentMetrics {
             lease_renewals: Family::default(),
             pods_held: Gauge::default(),
             pod_watches: Gauge::default(),
+            heap_bytes: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_agent");
         r.register(
@@ -106,6 +108,7 @@ impl AgentMetrics {
         r.register("fences", "Times the agent fenced itself", m.fences.clone());
         r.register("lease_renewals", "Lease renewals by result", m.lease_renewals.clone());
         r.register("pods_held", "Pods the agent holds (its own, and those of gateways it hosts or may host), each once", m.pods_held.clone());
+        r.register("heap_bytes", "Live heap as the allocator counts it (resident size minus this is code, stacks and free memory)", m.heap_bytes.clone());
         r.register("pod_watches", "Pod watches of hosted or candidate gateways (one per selector and namespace scope)", m.pod_watches.clone());
         m
     }

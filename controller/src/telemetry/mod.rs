@@ -2,4 +2,5 @@
 
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;

@@ -1,5 +1,7 @@
 //! Simulated agents: the Lease `egressgw-agent-<node>` of each simulated node renewed at the
-//! real agents' cadence, with the label and interface annotation a real agent writes.
+//! real agents' cadence, with the label and annotations a real agent writes: every 500 ms on
+//! a gateway node, every 5 s with `egressgw.io/cadence: idle` on a node that matches no
+//! gatewayNodeSelector (as `egressgw agent --idle-renew-ms` does).
 //! Renewal is a compare-and-swap `replace`, as `agent::heartbeat` does. A node "fails" when
 //! its renewals stop.
 
@@ -8,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use egressgw::k8s::names::{ANNOTATION_INTERFACES, LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease};
+use egressgw::k8s::names::{
+    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease,
+};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -17,6 +21,17 @@ use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
 pub const RENEW: Duration = Duration::from_millis(500);
+/// The agents' default `--idle-renew-ms`.
+pub const IDLE_RENEW: Duration = Duration::from_secs(5);
+
+/// A simulated node's agent.
+pub struct SimAgent {
+    pub node: String,
+    /// The interfaces annotation.
+    pub interfaces: String,
+    /// The node matches no gatewayNodeSelector: idle cadence.
+    pub idle: bool,
+}
 
 pub struct SimAgents {
     stop: BTreeMap<String, Arc<AtomicBool>>,
@@ -26,25 +41,27 @@ pub struct SimAgents {
 }
 
 impl SimAgents {
-    /// Start renewing one Lease per `(node, interfaces annotation)`.
-    pub fn start(client: Client, nodes: &[(String, String)]) -> Self {
+    /// Start renewing one Lease per simulated agent.
+    pub fn start(client: Client, nodes: &[SimAgent]) -> Self {
         let renewals = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let mut stop = BTreeMap::new();
         let mut tasks = Vec::new();
-        for (i, (node, ifaces)) in nodes.iter().enumerate() {
+        for (i, SimAgent { node, interfaces: ifaces, idle }) in nodes.iter().enumerate() {
+            let idle = *idle;
+            let period = if idle { IDLE_RENEW } else { RENEW };
             let flag = Arc::new(AtomicBool::new(false));
             stop.insert(node.clone(), flag.clone());
             let api: Api<Lease> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
             let (node, ifaces) = (node.clone(), ifaces.clone());
             let (r, e) = (renewals.clone(), errors.clone());
             // Spread the renewals over the period, as independent agents would be.
-            let offset = RENEW * i as u32 / nodes.len().max(1) as u32;
+            let offset = period * i as u32 / nodes.len().max(1) as u32;
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(offset).await;
                 let name = agent_lease(&node);
                 let mut current: Option<Lease> = None;
-                let mut tick = tokio::time::interval(RENEW);
+                let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !flag.load(Ordering::Relaxed) {
                     tick.tick().await;
@@ -57,7 +74,12 @@ impl SimAgents {
                         ..Default::default()
                     });
                     meta.labels.get_or_insert_with(Default::default).insert(LABEL_AGENT_NODE.into(), node.clone());
-                    meta.annotations.get_or_insert_with(Default::default).insert(ANNOTATION_INTERFACES.into(), ifaces.clone());
+                    let ann = meta.annotations.get_or_insert_with(Default::default);
+                    ann.insert(ANNOTATION_INTERFACES.into(), ifaces.clone());
+                    ann.insert(ANNOTATION_RENEW_INTERVAL.into(), period.as_millis().to_string());
+                    if idle {
+                        ann.insert(ANNOTATION_CADENCE.into(), CADENCE_IDLE.into());
+                    }
                     let lease = Lease {
                         metadata: meta,
                         spec: Some(LeaseSpec {

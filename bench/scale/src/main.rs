@@ -29,7 +29,7 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 
 use cluster::ScaleCluster;
-use leases::SimAgents;
+use leases::{SimAgent, SimAgents};
 use measure::{GatewayWatch, GwSeen, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile};
 use pods::{Book, NodeDir, PodRec, SharedBook};
 use world::{Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gateways, sim_gateways, team_ns};
@@ -48,6 +48,12 @@ struct Args {
     /// Simulated nodes (Node objects + agent Leases renewed by this program).
     #[arg(long, default_value_t = 97)]
     sim_nodes: usize,
+    /// Of the simulated nodes, how many form the gateway pool (label egressgw.io/pool=sim,
+    /// hosting the simulated gateways' IPs, renewing every 500 ms); the others are workers
+    /// whose agents renew at the idle cadence. Set it to --sim-nodes for a cluster where
+    /// every node is a gateway node.
+    #[arg(long, default_value_t = 20)]
+    sim_gateway_nodes: usize,
     /// Pods created up front, spread over all nodes.
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
@@ -385,15 +391,25 @@ async fn main() -> Result<()> {
     futures::stream::iter(sims.iter().copied())
         .map(|n| {
             let (cp, nodes) = (&cl.cp, &nodes);
-            async move { cp.create_node(nodes.name(n), &[world::SIM_POOL], IpAddr::V4(nodes.ip(n)), true).await }
+            let pool: &[(&str, &str)] = if n - args.real_nodes <= args.sim_gateway_nodes { &[world::SIM_POOL] } else { &[] };
+            async move { cp.create_node(nodes.name(n), pool, IpAddr::V4(nodes.ip(n)), true).await }
         })
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let sim_agents =
-        SimAgents::start(client.clone(), &sims.iter().map(|n| (nodes.name(*n).to_string(), format!("eth0={}/15", nodes.ip(*n)))).collect::<Vec<_>>());
+    let sim_agents = SimAgents::start(
+        client.clone(),
+        &sims
+            .iter()
+            .map(|n| SimAgent {
+                node: nodes.name(*n).to_string(),
+                interfaces: format!("eth0={}/15", nodes.ip(*n)),
+                idle: n - args.real_nodes > args.sim_gateway_nodes,
+            })
+            .collect::<Vec<_>>(),
+    );
 
     let controller_pid = cl.start_controller()?;
     for i in 1..=args.real_nodes {
@@ -465,9 +481,10 @@ async fn main() -> Result<()> {
     results.into_iter().collect::<Result<Vec<_>>>()?;
     let created = t_objects.elapsed();
     println!(
-        "created {} nodes ({} simulated), {} namespaces, {} gateways, {} pods in {:.1} s",
+        "created {} nodes ({} simulated, {} of them gateway nodes), {} namespaces, {} gateways, {} pods in {:.1} s",
         total,
         args.sim_nodes,
+        args.sim_gateway_nodes.min(args.sim_nodes),
         n_ns,
         gws.len(),
         args.pods + 1,

@@ -13,7 +13,9 @@ use thiserror::Error;
 
 use crate::index::NodeInterface;
 use crate::k8s::lease::{encode_interfaces, encode_programmed};
-use crate::k8s::names::{ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, LABEL_AGENT_NODE, agent_lease};
+use crate::k8s::names::{
+    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
+};
 
 #[derive(Debug, Error)]
 pub enum HeartbeatError {
@@ -28,6 +30,10 @@ pub enum HeartbeatError {
 pub struct Report {
     pub interfaces: Vec<NodeInterface>,
     pub programmed: BTreeMap<String, u64>,
+    /// Renewing at the idle cadence (the node may host nothing).
+    pub idle: bool,
+    /// The longest wait until the next renewal.
+    pub renew_interval: Duration,
 }
 
 /// The agent's view of its own Lease.
@@ -86,6 +92,12 @@ impl Heartbeat {
         let ann = meta.annotations.get_or_insert_with(Default::default);
         ann.insert(ANNOTATION_INTERFACES.into(), encode_interfaces(&report.interfaces));
         ann.insert(ANNOTATION_PROGRAMMED.into(), encode_programmed(&report.programmed));
+        ann.insert(ANNOTATION_RENEW_INTERVAL.into(), report.renew_interval.as_millis().to_string());
+        if report.idle {
+            ann.insert(ANNOTATION_CADENCE.into(), CADENCE_IDLE.into());
+        } else {
+            ann.remove(ANNOTATION_CADENCE);
+        }
         Lease {
             metadata: meta,
             spec: Some(LeaseSpec {

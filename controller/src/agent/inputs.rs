@@ -108,6 +108,17 @@ impl Inputs {
         Some(Change::Pods(changed))
     }
 
+    /// Whether this node may host an egress IP: its labels match some gateway's
+    /// gatewayNodeSelector, or a status still records an IP on it. Otherwise the agent renews
+    /// at the idle cadence.
+    pub fn may_host(&self) -> bool {
+        let empty = Default::default();
+        let my_labels = self.index.nodes.get(&self.node).map_or(&empty, |n| &n.labels);
+        self.index.gateways.values().any(|g| {
+            g.recorded.values().any(|r| r.node == self.node) || g.spec.as_ref().is_ok_and(|s| s.node_selector.matches(my_labels))
+        })
+    }
+
     /// Pod watches for the gateways this node hosts under `epoch`, and for those it may host
     /// (its labels match their gatewayNodeSelector): a standby already holds the pods when an
     /// IP fails over to it, instead of listing them first.

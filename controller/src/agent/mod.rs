@@ -64,6 +64,10 @@ pub struct AgentArgs {
     /// Lease renewal period, milliseconds.
     #[arg(long, default_value_t = 500)]
     pub renew_ms: u64,
+    /// Lease renewal period while the node matches no gateway's gatewayNodeSelector and hosts
+    /// nothing, milliseconds (0: always renew every --renew-ms).
+    #[arg(long, default_value_t = 5000)]
+    pub idle_renew_ms: u64,
     /// Drop egress IPs when no renewal sent this many milliseconds ago has succeeded.
     #[arg(long, default_value_t = 1000)]
     pub fence_ms: u64,
@@ -95,6 +99,8 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 /// State shared by the heartbeat task and the apply loop.
 struct Shared {
     fence: FenceClock,
+    /// The node may host nothing: renew at the idle cadence, host nothing, never fence.
+    idle: bool,
     epoch: i32,
     needs_new_epoch: bool,
     /// The kernel holds fewer egress IPs than the last plan (a lifetime ran out): re-apply.
@@ -172,15 +178,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     });
 
     let notify = Arc::new(Notify::new());
+    let renew_now = Arc::new(Notify::new());
+    let idle_renew = (args.idle_renew_ms > 0).then(|| Duration::from_millis(args.idle_renew_ms));
     let shared = Arc::new(Mutex::new(Shared {
         fence: FenceClock::new(timing),
+        idle: false,
         epoch: 0,
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
-        report: Report::default(),
+        report: Report { renew_interval: timing.renew_interval, ..Report::default() },
     }));
-    let epoch = spawn_heartbeat(&args, &node, takeover, shared.clone(), dp.clone(), notify.clone(), metrics.clone()).await?;
+    let wakes = Wakes { apply: notify.clone(), renew: renew_now.clone() };
+    let epoch = spawn_heartbeat(&args, &node, takeover, shared.clone(), dp.clone(), wakes, metrics.clone()).await?;
     info!(node = %node, epoch, "agent starting");
 
     let mut inputs = Inputs::start(client.clone(), &node, notify.clone()).await?;
@@ -200,9 +210,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(TICK) => {}
         }
         let now = Instant::now();
-        let (fenced, epoch) = {
+        let (fenced, idle, epoch) = {
             let mut s = shared.lock().expect("agent state lock");
-            if s.fence.check(now) {
+            if !s.idle && s.fence.check(now) {
                 s.needs_new_epoch = true;
                 metrics.fences.inc();
                 warn!(node = %node, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
@@ -213,9 +223,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 last_plan = None;
                 dirty_since.get_or_insert(now);
             }
-            (s.fence.is_fenced(), s.epoch)
+            (s.fence.is_fenced(), s.idle, s.epoch)
         };
-        metrics.fenced.set(i64::from(fenced));
+        metrics.fenced.set(i64::from(fenced && !idle));
         if fenced != last_fenced {
             dirty_since.get_or_insert(now);
         }
@@ -226,6 +236,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let Some(change) = inputs.refresh(epoch) else {
             continue; // a watch of a newly hosted gateway is listing; its sync wakes us
         };
+        if let Some(idle_renew) = idle_renew {
+            let want_idle = !inputs.may_host();
+            if want_idle != idle {
+                set_cadence(&shared, &node, want_idle, timing, idle_renew);
+                if !want_idle {
+                    renew_now.notify_one();
+                }
+                dirty_since.get_or_insert(now);
+            }
+        }
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
         let everything = change == Change::Everything;
         let plan_now = match (change, cluster.as_mut()) {
@@ -303,6 +323,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Switch between the hosting and the idle cadence. Either way the fencing clock starts over
+/// fenced: an idle agent hosts nothing, and one that may host again does so only after a
+/// fresh renewal under a new epoch, so no assignment recorded before it went idle is trusted.
+fn set_cadence(shared: &Mutex<Shared>, node: &str, idle: bool, timing: FenceTiming, idle_renew: Duration) {
+    let mut s = shared.lock().expect("agent state lock");
+    s.idle = idle;
+    s.fence = FenceClock::new(timing);
+    s.report.idle = idle;
+    s.report.renew_interval = if idle { idle_renew } else { timing.renew_interval };
+    if idle {
+        info!(node, renew_every = ?idle_renew, "the node matches no gatewayNodeSelector and hosts nothing: idle cadence");
+    } else {
+        s.needs_new_epoch = true;
+        info!(node, renew_every = ?timing.renew_interval, "the node may host egress IPs: hosting cadence under a new epoch");
+    }
+}
+
+/// What the heartbeat wakes, and what wakes it.
+struct Wakes {
+    /// The apply loop.
+    apply: Arc<Notify>,
+    /// The heartbeat itself: renew now (the agent left the idle cadence).
+    renew: Arc<Notify>,
+}
+
 /// Run the heartbeat on its own thread with its own runtime and API client, so nothing the
 /// planner does (CPU-heavy planning, a burst of watch events) can delay a renewal and fence
 /// the node. Returns the epoch it renews under.
@@ -312,7 +357,7 @@ async fn spawn_heartbeat(
     takeover: Duration,
     shared: Arc<Mutex<Shared>>,
     dp: SharedDataplane,
-    notify: Arc<Notify>,
+    wakes: Wakes,
     metrics: AgentMetrics,
 ) -> anyhow::Result<i32> {
     let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<i32>>();
@@ -335,7 +380,7 @@ async fn spawn_heartbeat(
                 Ok(hb) => {
                     shared.lock().expect("agent state lock").epoch = hb.epoch;
                     let _ = tx.send(Ok(hb.epoch));
-                    heartbeat_loop(hb, shared, dp, notify, metrics).await;
+                    heartbeat_loop(hb, shared, dp, wakes, metrics).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -346,12 +391,15 @@ async fn spawn_heartbeat(
     rx.await.map_err(|_| anyhow::anyhow!("the heartbeat thread ended before its first read"))?
 }
 
-async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: SharedDataplane, notify: Arc<Notify>, metrics: AgentMetrics) {
+async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: SharedDataplane, wakes: Wakes, metrics: AgentMetrics) {
     let mut round: u32 = 0;
-    let mut ticker = tokio::time::interval(shared.lock().expect("agent state lock").fence.timing().renew_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Instant::now();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = wakes.renew.notified() => {}
+        }
+        let started = Instant::now();
         if round % INTERFACES_EVERY == 0 {
             let dp = dp.clone();
             match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing()).await {
@@ -361,26 +409,29 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
             }
         }
         round = round.wrapping_add(1);
-        let report = {
+        let (report, idle) = {
             let mut s = shared.lock().expect("agent state lock");
             if s.needs_new_epoch {
                 hb.epoch += 1;
                 s.needs_new_epoch = false;
-                info!(epoch = hb.epoch, "renewing under a new epoch after fencing");
+                info!(epoch = hb.epoch, "renewing under a new epoch");
             }
-            s.report.clone()
+            (s.report.clone(), s.idle)
         };
+        next = started + report.renew_interval;
         match hb.renew(&report).await {
             Ok(sent) => {
                 metrics.lease_renewals.get_or_create(&label("result", "ok")).inc();
                 let outcome = {
                     let mut s = shared.lock().expect("agent state lock");
                     s.epoch = hb.epoch;
-                    s.fence.renewed(sent, Instant::now())
+                    // An idle agent hosts nothing: its renewals prove nothing to fence on.
+                    (!idle && !s.idle).then(|| s.fence.renewed(sent, Instant::now()))
                 };
+                let Some(outcome) = outcome else { continue };
                 if outcome.unfenced {
                     info!(epoch = hb.epoch, "lease renewed: hosting egress IPs again under this epoch");
-                    notify.notify_one();
+                    wakes.apply.notify_one();
                 }
                 if outcome.refresh_lifetimes {
                     let dp = dp.clone();
@@ -389,7 +440,7 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
                             let mut s = shared.lock().expect("agent state lock");
                             if n < s.hosted_planned && !s.fence.is_fenced() {
                                 s.needs_reapply = true;
-                                notify.notify_one();
+                                wakes.apply.notify_one();
                             }
                         }
                         Ok(Err(e)) => warn!(error = %e, "cannot refresh egress IP lifetimes"),

@@ -109,7 +109,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Arc::new(Notify::new()),
         move |lease: &Lease| {
             if let Some(mut r) = AgentReport::from_lease(lease) {
-                lv.lock().expect("liveness lock").observe(&r.node, &r.version, Instant::now());
+                lv.lock().expect("liveness lock").observe(&r.node, &r.version, Some(r.deadline(takeover)), Instant::now());
                 r.version.clear();
                 let mut seen = reported.lock().expect("reports lock");
                 if seen.get(&r.node) != Some(&r) {
@@ -166,7 +166,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         *lv = AgentLiveness::new(takeover);
         for l in stores.leases.state() {
             if let Some(r) = AgentReport::from_lease(&l) {
-                lv.observe(&r.node, &r.version, Instant::now());
+                lv.observe(&r.node, &r.version, Some(r.deadline(takeover)), Instant::now());
             }
         }
     }

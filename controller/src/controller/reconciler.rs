@@ -68,7 +68,7 @@ pub struct View {
 
 /// Two reports of one agent say the same (the Lease version, a heartbeat, aside).
 fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
-    a.epoch == b.epoch && a.interfaces == b.interfaces && a.programmed == b.programmed
+    a.epoch == b.epoch && a.interfaces == b.interfaces && a.programmed == b.programmed && a.idle == b.idle
 }
 
 pub struct Reconciler {
@@ -92,6 +92,7 @@ impl Reconciler {
                 if let Some(r) = reports.get(&node.name) {
                     node.agent_alive = liveness.alive(&node.name, now);
                     node.agent_epoch = r.epoch;
+                    node.agent_idle = r.idle;
                     node.interfaces = r.interfaces.clone();
                 }
                 index.nodes.insert(node.name.clone(), node);

@@ -26,6 +26,9 @@ pub struct Node {
     /// The agent's lease epoch (`leaseTransitions`): bumps each time the agent comes back
     /// after having been fenced, so assignments made to an older epoch are not trusted.
     pub agent_epoch: i64,
+    /// The agent renews at the idle cadence (its node matched no gatewayNodeSelector when it
+    /// last looked): its liveness is judged too coarsely to host an IP.
+    pub agent_idle: bool,
     /// The node's InternalIP: the next hop other nodes steer traffic to.
     pub internal_ip: Option<IpAddr>,
     /// Interfaces the agent reported, with their subnets.
@@ -41,6 +44,8 @@ pub enum Ineligible {
     NotReady,
     /// The node's agent has not renewed its Lease in time.
     AgentDown,
+    /// The node's agent renews at the idle cadence; it switches when it sees the node match.
+    AgentIdle,
     /// No interface of the node has a subnet holding the IP (or the named interface is absent).
     NoInterface,
 }
@@ -51,6 +56,7 @@ impl std::fmt::Display for Ineligible {
             Ineligible::SelectorMismatch => "does not match gatewayNodeSelector",
             Ineligible::NotReady => "is not Ready",
             Ineligible::AgentDown => "has no live egressgw agent",
+            Ineligible::AgentIdle => "has an egressgw agent at the idle cadence (not yet renewing fast enough to host)",
             Ineligible::NoInterface => "has no interface for the IP's subnet",
         })
     }
@@ -89,6 +95,9 @@ impl Node {
         if !self.agent_alive {
             return Err(Ineligible::AgentDown);
         }
+        if self.agent_idle {
+            return Err(Ineligible::AgentIdle);
+        }
         self.interface_for(ip, interface).ok_or(Ineligible::NoInterface)
     }
 
@@ -111,5 +120,30 @@ impl Node {
             internal_ip,
             ..Default::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::LabelSelector;
+
+    #[test]
+    fn an_idle_agent_cannot_host_until_it_renews_at_the_hosting_cadence() {
+        let mut n = Node {
+            name: "n".into(),
+            ready: true,
+            agent_alive: true,
+            agent_idle: true,
+            interfaces: vec![NodeInterface { name: "eth0".into(), network: "198.18.0.0/15".parse().unwrap() }],
+            ..Default::default()
+        };
+        let ip: IpAddr = "198.18.0.200".parse().unwrap();
+        assert_eq!(n.eligibility(&LabelSelector::default(), ip, None), Err(Ineligible::AgentIdle));
+        n.agent_alive = false;
+        assert_eq!(n.eligibility(&LabelSelector::default(), ip, None), Err(Ineligible::AgentDown), "a dead agent is reported as dead");
+        n.agent_alive = true;
+        n.agent_idle = false;
+        assert!(n.eligibility(&LabelSelector::default(), ip, None).is_ok());
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::coordination::v1::Lease;
 
-use super::names::{ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, LABEL_AGENT_NODE};
+use std::time::Duration;
+
+use super::names::{ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE};
 use crate::index::NodeInterface;
 
 /// What an agent says about its node through its Lease.
@@ -20,6 +22,24 @@ pub struct AgentReport {
     pub programmed: BTreeMap<String, u64>,
     /// The Lease's resourceVersion: any change is a heartbeat.
     pub version: String,
+    /// The agent renews at the idle cadence: its node may host nothing.
+    pub idle: bool,
+    /// The longest the agent says it waits between renewals.
+    pub renew_interval: Option<Duration>,
+}
+
+/// An idle agent is judged dead after this many renewal intervals without a change.
+pub const IDLE_MISSED_RENEWALS: u32 = 3;
+
+impl AgentReport {
+    /// How long after its last observed change the agent counts as dead: the takeover for an
+    /// agent at the hosting cadence, several of its intervals for an idle one.
+    pub fn deadline(&self, takeover: Duration) -> Duration {
+        match (self.idle, self.renew_interval) {
+            (true, Some(i)) => takeover.max(i * IDLE_MISSED_RENEWALS),
+            _ => takeover,
+        }
+    }
 }
 
 /// `eth1=198.18.0.12/24,eth0=…` (sorted, so an unchanged report is an unchanged string).
@@ -65,6 +85,8 @@ impl AgentReport {
             interfaces: ann.get(ANNOTATION_INTERFACES).map(|s| decode_interfaces(s)).unwrap_or_default(),
             programmed: ann.get(ANNOTATION_PROGRAMMED).map(|s| decode_programmed(s)).unwrap_or_default(),
             version: lease.metadata.resource_version.clone().unwrap_or_default(),
+            idle: ann.get(ANNOTATION_CADENCE).is_some_and(|c| c == CADENCE_IDLE),
+            renew_interval: ann.get(ANNOTATION_RENEW_INTERVAL).and_then(|s| s.parse().ok()).map(Duration::from_millis),
         })
     }
 }
@@ -89,5 +111,25 @@ mod tests {
         let p: BTreeMap<String, u64> = [("billing".to_string(), 0xabcdu64), ("pay".to_string(), u64::MAX)].into();
         assert_eq!(decode_programmed(&encode_programmed(&p)), p);
         assert!(decode_programmed("garbage,x=zz").is_empty());
+    }
+
+    #[test]
+    fn an_idle_agent_gets_several_intervals_a_hosting_one_the_takeover() {
+        let takeover = Duration::from_millis(1600);
+        let lease = |ann: serde_json::Value| -> Lease {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "egressgw-agent-n", "labels": { LABEL_AGENT_NODE: "n" }, "annotations": ann },
+                "spec": { "leaseTransitions": 2 }
+            }))
+            .unwrap()
+        };
+        let hosting = AgentReport::from_lease(&lease(serde_json::json!({ ANNOTATION_RENEW_INTERVAL: "500" }))).unwrap();
+        assert!(!hosting.idle);
+        assert_eq!(hosting.deadline(takeover), takeover);
+        let idle = AgentReport::from_lease(&lease(serde_json::json!({ ANNOTATION_CADENCE: "idle", ANNOTATION_RENEW_INTERVAL: "5000" }))).unwrap();
+        assert!(idle.idle && idle.epoch == 2);
+        assert_eq!(idle.deadline(takeover), Duration::from_secs(15));
+        let old = AgentReport::from_lease(&lease(serde_json::json!({}))).unwrap();
+        assert_eq!(old.deadline(takeover), takeover, "an agent that says nothing is held to the takeover");
     }
 }

@@ -17,6 +17,15 @@ pub const ANNOTATION_INTERFACES: &str = "egressgw.io/interfaces";
 /// Agent Lease annotation: per gateway, the digest of what the agent last committed,
 /// `gateway=0123abcd…,…`.
 pub const ANNOTATION_PROGRAMMED: &str = "egressgw.io/programmed";
+/// Agent Lease annotation: `idle` while the agent's node cannot host any gateway's egress IP
+/// (its labels match no gatewayNodeSelector): it then renews only every
+/// `egressgw.io/renew-interval-ms` and the controller places no IP on it. Absent: hosting
+/// cadence.
+pub const ANNOTATION_CADENCE: &str = "egressgw.io/cadence";
+/// Value of [`ANNOTATION_CADENCE`] for an idle agent.
+pub const CADENCE_IDLE: &str = "idle";
+/// Agent Lease annotation: milliseconds until the agent's next renewal at the latest.
+pub const ANNOTATION_RENEW_INTERVAL: &str = "egressgw.io/renew-interval-ms";
 /// Agent Lease annotation: the agent fenced itself at least once in this epoch (`true`).
 pub const ANNOTATION_FENCED: &str = "egressgw.io/fenced";
 

@@ -31,6 +31,7 @@ impl Snapshot {
                 if let Some(r) = reports.get(&node.name) {
                     node.agent_alive = alive.contains(&node.name);
                     node.agent_epoch = r.epoch;
+                    node.agent_idle = r.idle;
                     node.interfaces = r.interfaces.clone();
                 }
                 index.nodes.insert(node.name.clone(), node);

@@ -179,6 +179,10 @@ impl ControlPlane {
     }
 }
 
+/// Set to keep the control plane's folder (etcd data, certificates, every process's log)
+/// after a test, for debugging.
+pub const KEEP_DIRS_ENV: &str = "EGRESSGW_KEEP_TEST_DIRS";
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -191,6 +195,10 @@ impl Drop for ControlPlane {
         // Apiserver first, so it never sees its storage vanish; `dir` is removed after this.
         self.apiserver.stop();
         self.etcd.stop();
+        if std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("kept {} ({KEEP_DIRS_ENV} is set): logs of every process are under it", self.dir.path().display());
+        }
     }
 }
 

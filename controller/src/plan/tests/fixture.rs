@@ -66,6 +66,7 @@ pub fn gw_node(name: &str, n: u8) -> Node {
         ready: true,
         agent_alive: true,
         agent_epoch: 1,
+        agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
         interfaces: vec![NodeInterface { name: "eth1".into(), network: format!("198.18.0.{n}/24").parse().unwrap() }],
     }

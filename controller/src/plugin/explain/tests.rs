@@ -82,6 +82,7 @@ fn node(name: &str, n: u8, gateway: bool) -> Node {
         ready: true,
         agent_alive: true,
         agent_epoch: 1,
+        agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
         interfaces: vec![NodeInterface {
             name: "eth1".into(),

@@ -38,6 +38,7 @@ use world::{Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gatewa
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const LATENCY: &str = "egressgw_agent_program_latency_seconds";
 const FENCES: &str = "egressgw_agent_fences";
+const RENEWALS: &str = "egressgw_agent_lease_renewal_duration_seconds";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "egressgw scale benchmark (run as root)")]
@@ -230,6 +231,7 @@ struct Window {
     bytes: u64,
     hist: Vec<(f64, f64)>,
     fences: f64,
+    renewals: Vec<(f64, f64)>,
 }
 
 struct WindowResult {
@@ -240,6 +242,8 @@ struct WindowResult {
     hist: (Vec<(f64, f64)>, Vec<(f64, f64)>),
     /// Times the agent fenced itself in the window; pods it held and its live heap at the end.
     agent_fences: f64,
+    /// The agent's lease renewal round trips (histogram before, after).
+    agent_renewals: (Vec<(f64, f64)>, Vec<(f64, f64)>),
     agent_pods: f64,
     agent_heap: f64,
     /// apiserver and etcd pids (their CPU is printed too).
@@ -271,6 +275,7 @@ async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Wi
         bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed),
         hist: histogram(&cl.agent_metrics(agent)?, LATENCY),
         fences: metric_value(&cl.agent_metrics(agent)?, FENCES).unwrap_or(0.0),
+        renewals: histogram(&cl.agent_metrics(agent)?, RENEWALS),
     })
 }
 
@@ -296,6 +301,7 @@ async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<Wind
         agent_bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed) - w.bytes,
         hist: (w.hist, histogram(&agent_text, LATENCY)),
         agent_fences: metric_value(&agent_text, FENCES).unwrap_or(0.0) - w.fences,
+        agent_renewals: (w.renewals, histogram(&agent_text, RENEWALS)),
         agent_pods: metric_value(&agent_text, "egressgw_agent_pods_held").unwrap_or(0.0),
         agent_heap: metric_value(&agent_text, "egressgw_agent_heap_bytes").unwrap_or(0.0),
         control_plane: cl.cp.pids(),
@@ -328,6 +334,9 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
         r.agent_heap / 1048576.0,
         r.agent_fences
     );
+    let (b, a) = &r.agent_renewals;
+    let q = |p| histogram_quantile(b, a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
+    println!("agent lease renewal round trip ({:.0} renewals): p50 {}  p99 {}", histogram_count(b, a), q(0.5), q(0.99));
     for (what, pid) in [("apiserver", r.control_plane.0), ("etcd", r.control_plane.1)] {
         if let Some((_, _, cpu)) = pid.and_then(|p| r.proc.get(&p)) {
             println!("{what}: CPU {:.1}% of a core", 100.0 * cpu.as_secs_f64() / r.secs);

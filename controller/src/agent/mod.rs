@@ -422,6 +422,7 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
         match hb.renew(&report).await {
             Ok(sent) => {
                 metrics.lease_renewals.get_or_create(&label("result", "ok")).inc();
+                metrics.lease_renewal_duration.observe(sent.elapsed().as_secs_f64());
                 let outcome = {
                     let mut s = shared.lock().expect("agent state lock");
                     s.epoch = hb.epoch;

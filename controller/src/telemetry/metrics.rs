@@ -71,6 +71,7 @@ pub struct AgentMetrics {
     pub pods_held: Gauge,
     pub pod_watches: Gauge,
     pub heap_bytes: Gauge,
+    pub lease_renewal_duration: Histogram,
 }
 
 impl AgentMetrics {
@@ -90,6 +91,7 @@ impl AgentMetrics {
             pods_held: Gauge::default(),
             pod_watches: Gauge::default(),
             heap_bytes: Gauge::default(),
+            lease_renewal_duration: latency_histogram(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_agent");
         r.register(
@@ -107,6 +109,11 @@ impl AgentMetrics {
         r.register("fenced", "1 while the agent has dropped its egress IPs for lack of lease renewals", m.fenced.clone());
         r.register("fences", "Times the agent fenced itself", m.fences.clone());
         r.register("lease_renewals", "Lease renewals by result", m.lease_renewals.clone());
+        r.register(
+            "lease_renewal_duration_seconds",
+            "Round trip of successful Lease renewals (over --refresh-window-ms: lifetimes not extended; over --fence-ms: fenced)",
+            m.lease_renewal_duration.clone(),
+        );
         r.register("pods_held", "Pods the agent holds (its own, and those of gateways it hosts or may host), each once", m.pods_held.clone());
         r.register("heap_bytes", "Live heap as the allocator counts it (resident size minus this is code, stacks and free memory)", m.heap_bytes.clone());
         r.register("pod_watches", "Pod watches of hosted or candidate gateways (one per selector and namespace scope)", m.pod_watches.clone());

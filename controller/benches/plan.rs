@@ -3,118 +3,16 @@
 //!
 //! Run: `cargo bench -p egressgw --bench plan` (release build; prints medians and p99).
 
-use std::collections::BTreeMap;
+mod fixture;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use egressgw::api::{EgressGatewaySpec, LabelSelector, LabelSelectorRequirement, SelectorOperator};
-use egressgw::index::gateway::parse_spec;
-use egressgw::index::{ClusterIndex, Gateway, Node, NodeInterface, Pod, PodKey};
-use k8s_openapi::jiff::Timestamp;
+use egressgw::index::PodKey;
+use fixture::{APPS, GATEWAYS, NAMESPACES, NODES, PODS, cluster};
 
-const PODS: usize = 10_000;
-const GATEWAYS: usize = 500;
-const NODES: usize = 100;
-const NAMESPACES: usize = 50;
-const APPS: usize = 40;
-/// One gateway in this many selects every pod of its namespace (podSelector {}).
-const BROAD_EVERY: usize = 50;
 const FULL_RUNS: usize = 15;
 const INCREMENTAL_RUNS: usize = 2_000;
-
-fn labels(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn selector(pairs: &[(&str, String)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(pairs), match_expressions: vec![] }
-}
-
-fn cluster() -> ClusterIndex {
-    let mut index = ClusterIndex::default();
-    for n in 0..NAMESPACES {
-        index.namespaces.insert(format!("ns-{n}"), labels(&[("team", format!("team-{n}"))]));
-    }
-    for n in 0..NODES {
-        let gateway = n % 5 == 0; // 20 gateway nodes
-        let mut node_labels = labels(&[("topology.kubernetes.io/zone", format!("zone-{}", n % 3))]);
-        if gateway {
-            node_labels.insert("egressgw.io/gateway".into(), "true".into());
-        }
-        index.nodes.insert(
-            format!("node-{n:03}"),
-            Node {
-                name: format!("node-{n:03}"),
-                labels: node_labels,
-                ready: true,
-                agent_alive: true,
-                agent_epoch: 1,
-                internal_ip: Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11 + n as u8))),
-                interfaces: vec![NodeInterface { name: "eth1".into(), network: format!("198.18.0.{}/15", 11 + n).parse().unwrap() }],
-            },
-        );
-    }
-    for p in 0..PODS {
-        let ns = p % NAMESPACES;
-        let node = p % NODES;
-        let key = PodKey::new(format!("ns-{ns}"), format!("pod-{p}"));
-        index.pods.insert(
-            key.clone(),
-            Pod {
-                key,
-                labels: labels(&[("app", format!("app-{}", (p / NAMESPACES) % APPS)), ("pod-template-hash", format!("{:x}", p % 7))]),
-                node: Some(format!("node-{node:03}")),
-                ips: vec![IpAddr::V4(Ipv4Addr::new(198, 19, node as u8, (p / NODES) as u8))],
-                running: true,
-                host_network: false,
-            },
-        );
-    }
-    let mut next_ip: u32 = u32::from(Ipv4Addr::new(198, 18, 1, 0));
-    for g in 0..GATEWAYS {
-        let n_ips = 1 + g % 4;
-        let ips: Vec<String> = (0..n_ips)
-            .map(|_| {
-                next_ip += 1;
-                Ipv4Addr::from(next_ip).to_string()
-            })
-            .collect();
-        let pod_selector = if g % BROAD_EVERY == 0 {
-            LabelSelector::default()
-        } else {
-            LabelSelector {
-                match_labels: labels(&[("app", format!("app-{}", (g / NAMESPACES) % APPS))]),
-                match_expressions: vec![LabelSelectorRequirement {
-                    key: "pod-template-hash".into(),
-                    operator: SelectorOperator::NotIn,
-                    values: vec!["6".into()],
-                }],
-            }
-        };
-        let spec = EgressGatewaySpec {
-            namespace_selector: selector(&[("team", format!("team-{}", g % NAMESPACES))]),
-            pod_selector,
-            destination_cidrs: vec![format!("203.0.113.{}/28", (g % 16) * 16), "198.51.100.0/24".into()],
-            excluded_cidrs: vec![],
-            egress_ips: ips,
-            gateway_node_selector: selector(&[("egressgw.io/gateway", "true".into())]),
-            interface: None,
-        };
-        let name = format!("gw-{g:03}");
-        index.gateways.insert(
-            name.clone(),
-            Gateway {
-                name,
-                generation: 1,
-                created: Timestamp::from_second(1_700_000_000 + g as i64).unwrap(),
-                spec: parse_spec(&spec),
-                recorded: BTreeMap::new(),
-            },
-        );
-    }
-    index
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -158,7 +56,7 @@ fn main() {
         let p = (i * 7919) % PODS;
         let key = PodKey::new(format!("ns-{}", p % NAMESPACES), format!("pod-{p}"));
         let pod = index.pods.get_mut(&key).unwrap();
-        pod.labels.insert("app".into(), format!("app-{}", (p + i) % APPS));
+        pod.labels.insert("app", &format!("app-{}", (p + i) % APPS));
         let t = Instant::now();
         black_box(plan.update_pod(&index, &key));
         inc.push(t.elapsed());

@@ -6,4 +6,4 @@ pub mod schema;
 pub mod selector;
 
 pub use gateway::{EgressGateway, EgressGatewaySpec, EgressGatewayStatus, IpAssignment, GROUP, VERSION};
-pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+pub use selector::{LabelLookup, LabelSelector, LabelSelectorRequirement, SelectorOperator};

@@ -55,12 +55,30 @@ pub enum SelectorOperator {
     DoesNotExist,
 }
 
+/// Labels a selector can be matched against, whatever holds them.
+pub trait LabelLookup {
+    /// The value of label `key`, if the object has it.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl<T: LabelLookup + ?Sized> LabelLookup for &T {
+    fn label(&self, key: &str) -> Option<&str> {
+        (**self).label(key)
+    }
+}
+
+impl LabelLookup for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 impl LabelSelector {
     /// Whether `labels` satisfy this selector, with `metav1.LabelSelector` semantics.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|e| e.matches(labels))
     }
 
@@ -90,12 +108,13 @@ impl LabelSelector {
 
 impl LabelSelectorRequirement {
     /// Whether `labels` satisfy this one requirement.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
+        let value = labels.label(&self.key);
+        let listed = |v: &str| self.values.iter().any(|x| x == v);
         match self.operator {
-            SelectorOperator::In => value.is_some_and(|v| self.values.contains(v)),
+            SelectorOperator::In => value.is_some_and(listed),
             // NotIn matches objects without the key, as in Kubernetes.
-            SelectorOperator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            SelectorOperator::NotIn => value.is_none_or(|v| !listed(v)),
             SelectorOperator::Exists => value.is_some(),
             SelectorOperator::DoesNotExist => value.is_none(),
         }

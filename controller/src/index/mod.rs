@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod gateway_cache;
+pub mod intern;
 pub mod node;
 pub mod pod;
 
@@ -10,8 +11,9 @@ use std::collections::BTreeMap;
 
 pub use gateway::{Gateway, GatewaySpec, RecordedAssignment, SpecError};
 pub use gateway_cache::GatewayCache;
+pub use intern::{Sym, intern};
 pub use node::{Ineligible, Node, NodeInterface};
-pub use pod::{Pod, PodKey};
+pub use pod::{Pod, PodKey, PodLabels};
 
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;

@@ -5,16 +5,125 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
-/// A pod's identity: namespace and name.
+use super::intern::{Sym, intern};
+use crate::api::LabelLookup;
+
+/// A pod's identity: namespace and name. Cloning it allocates nothing: the namespace is
+/// interned and the name is shared by every clone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Sym,
+    pub name: Sym,
 }
 
 impl PodKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        Self { namespace: intern(namespace.as_ref()), name: Sym::from(name.as_ref()) }
+    }
+}
+
+/// A pod's labels: sorted by key, keys and values interned (they repeat across pods).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodLabels(Box<[(Sym, Sym)]>);
+
+impl PodLabels {
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.position(key).ok().map(|i| &*self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_ok()
+    }
+
+    /// Labels in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Set `key` to `value`.
+    pub fn insert(&mut self, key: &str, value: &str) {
+        match self.position(key) {
+            Ok(i) => self.0[i].1 = intern(value),
+            Err(i) => {
+                let mut v = std::mem::take(&mut self.0).into_vec();
+                v.insert(i, (intern(key), intern(value)));
+                self.0 = v.into_boxed_slice();
+            }
+        }
+    }
+
+    /// Remove `key`, returning whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Ok(i) = self.position(key) else { return false };
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        v.remove(i);
+        self.0 = v.into_boxed_slice();
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = Box::default();
+    }
+
+    /// As a map (for code that wants owned labels).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+}
+
+impl LabelLookup for PodLabels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
+impl std::ops::Index<&str> for PodLabels {
+    type Output = str;
+
+    fn index(&self, key: &str) -> &str {
+        self.get(key).unwrap_or_else(|| panic!("no label {key:?}"))
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for PodLabels {
+    /// A later duplicate key wins, as in a map.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut v: Vec<(Sym, Sym)> = iter.into_iter().map(|(k, v)| (intern(k.as_ref()), intern(v.as_ref()))).collect();
+        // Stable: equal keys keep their order, then the last one is kept.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Sym, Sym)> = Vec::with_capacity(v.len());
+        for kv in v {
+            match out.last_mut() {
+                Some(last) if last.0 == kv.0 => *last = kv,
+                _ => out.push(kv),
+            }
+        }
+        Self(out.into_boxed_slice())
+    }
+}
+
+impl From<BTreeMap<String, String>> for PodLabels {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        m.iter().collect()
+    }
+}
+
+impl From<&BTreeMap<String, String>> for PodLabels {
+    fn from(m: &BTreeMap<String, String>) -> Self {
+        m.iter().collect()
     }
 }
 
@@ -28,9 +137,9 @@ impl std::fmt::Display for PodKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub key: PodKey,
-    pub labels: BTreeMap<String, String>,
-    /// The node it runs on (`spec.nodeName`), once scheduled.
-    pub node: Option<String>,
+    pub labels: PodLabels,
+    /// The node it runs on (`spec.nodeName`), once scheduled (interned).
+    pub node: Option<Sym>,
     /// `status.podIPs` (IPv4 only is programmed today; the rest is kept for later).
     pub ips: Vec<IpAddr>,
     /// Phase is Running and the pod is not being deleted.
@@ -54,7 +163,7 @@ impl Pod {
     /// Cut a Kubernetes Pod down. Unparseable IPs are skipped (the kubelet never writes them).
     pub fn from_kube(pod: &KubePod) -> Option<Self> {
         let meta = &pod.metadata;
-        let key = PodKey::new(meta.namespace.clone()?, meta.name.clone()?);
+        let key = PodKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?);
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
         let mut ips: Vec<IpAddr> = status
@@ -69,8 +178,8 @@ impl Pod {
         let phase_running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
         Some(Self {
             key,
-            labels: meta.labels.clone().unwrap_or_default(),
-            node: spec.and_then(|s| s.node_name.clone()),
+            labels: meta.labels.iter().flatten().collect(),
+            node: spec.and_then(|s| s.node_name.as_deref()).map(intern),
             ips,
             running: phase_running && meta.deletion_timestamp.is_none(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),

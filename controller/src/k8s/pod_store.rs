@@ -258,10 +258,10 @@ mod tests {
         s.apply(1, &pod("a", "new", 20));
         s.apply(2, &pod("a", "old", 10));
         s.update(&mut pods);
-        assert_eq!(pods[&key("a")].labels["app"], "new");
+        assert_eq!(&pods[&key("a")].labels["app"], "new");
         s.apply(2, &pod("a", "newest", 30));
         s.update(&mut pods);
-        assert_eq!(pods[&key("a")].labels["app"], "newest");
+        assert_eq!(&pods[&key("a")].labels["app"], "newest");
     }
 
     #[test]
@@ -299,6 +299,6 @@ mod tests {
         s.apply(1, &pod("a", "x", 3)); // a new version, same fields the planner reads
         s.apply(1, &pod("b", "y", 4));
         assert_eq!(s.update(&mut pods), BTreeSet::from([key("b")]));
-        assert_eq!(pods[&key("b")].labels["app"], "y");
+        assert_eq!(&pods[&key("b")].labels["app"], "y");
     }
 }

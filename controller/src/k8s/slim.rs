@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
-use crate::index::{Pod, PodKey};
+use crate::index::{Pod, PodKey, intern};
 
 /// A Pod as a watch delivers it, cut down while it is decoded.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -104,7 +104,7 @@ impl SlimPod {
     /// The pod as the planner sees it (same rules as [`Pod::from_kube`]).
     pub fn to_index(&self) -> Option<Pod> {
         let meta = &self.metadata;
-        let key = PodKey::new(meta.namespace.clone()?, meta.name.clone()?);
+        let key = PodKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?);
         let mut ips: Vec<_> =
             self.status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
         if ips.is_empty() {
@@ -115,8 +115,8 @@ impl SlimPod {
         let phase_running = self.status.phase.as_deref() == Some("Running");
         Some(Pod {
             key,
-            labels: meta.labels.clone().unwrap_or_default(),
-            node: self.spec.node_name.clone(),
+            labels: meta.labels.iter().flatten().collect(),
+            node: self.spec.node_name.as_deref().map(intern),
             ips,
             running: phase_running && meta.deletion_timestamp.is_none(),
             host_network: self.spec.host_network.unwrap_or(false),

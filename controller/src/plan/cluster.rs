@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::index::{ClusterIndex, PodKey};
+use crate::index::{ClusterIndex, PodKey, Sym, intern};
 
 use super::assign::{self, Assignments};
 use super::node_plan::{NodePlan, digest};
@@ -17,8 +17,9 @@ pub struct ClusterPlan {
     pub assignments: Assignments,
     /// Gateway name to its rollout over the nodes.
     pub rollouts: BTreeMap<String, GatewayRollout>,
-    /// Pod to the gateways that select it (won or lost), for incremental updates.
-    memberships: HashMap<PodKey, BTreeSet<String>>,
+    /// Pod to the gateways that select it (won or lost, sorted, names interned), for
+    /// incremental updates.
+    memberships: HashMap<PodKey, Box<[Sym]>>,
 }
 
 /// Plan everything, computing assignments (the controller).
@@ -31,8 +32,11 @@ pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan 
     let selections = select::select_all(index);
     let mut plan = ClusterPlan { selections, assignments, ..Default::default() };
     for (name, sel) in &plan.selections.by_gateway {
+        let name = intern(name);
         for key in sel.pods.iter().chain(sel.lost.keys()) {
-            plan.memberships.entry(key.clone()).or_default().insert(name.clone());
+            // Gateways come in name order, so appending keeps each list sorted.
+            let names = plan.memberships.entry(key.clone()).or_default();
+            *names = names.iter().cloned().chain(std::iter::once(name.clone())).collect();
         }
     }
     let names: Vec<String> = plan.selections.by_gateway.keys().cloned().collect();
@@ -76,7 +80,7 @@ impl ClusterPlan {
                 None => select::PodGateways::default(),
             };
             for g in &before {
-                if let Some(sel) = self.selections.by_gateway.get_mut(g) {
+                if let Some(sel) = self.selections.by_gateway.get_mut(&**g) {
                     sel.pods.remove(key);
                     sel.lost.remove(key);
                 }
@@ -94,11 +98,11 @@ impl ClusterPlan {
                     after.insert(loser.clone());
                 }
             }
-            affected.extend(before);
-            affected.extend(after.iter().cloned());
+            affected.extend(before.iter().map(|g| g.to_string()));
             if !after.is_empty() {
-                self.memberships.insert(key.clone(), after);
+                self.memberships.insert(key.clone(), after.iter().map(|g| intern(g)).collect());
             }
+            affected.extend(after);
         }
         for g in &affected {
             self.rebuild_rollout(index, g);

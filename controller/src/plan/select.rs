@@ -113,9 +113,9 @@ impl<'a> Postings<'a> {
         let mut by_label: HashMap<(&str, &str), Vec<&Pod>> = HashMap::new();
         let mut by_namespace: HashMap<&str, Vec<&Pod>> = HashMap::new();
         for pod in index.pods.values().filter(|p| p.is_routable()) {
-            by_namespace.entry(pod.key.namespace.as_str()).or_default().push(pod);
-            for (k, v) in &pod.labels {
-                by_label.entry((k.as_str(), v.as_str())).or_default().push(pod);
+            by_namespace.entry(&*pod.key.namespace).or_default().push(pod);
+            for (k, v) in pod.labels.iter() {
+                by_label.entry((k, v)).or_default().push(pod);
             }
         }
         Self { by_label, by_namespace }
@@ -162,7 +162,7 @@ pub fn select_all(index: &ClusterIndex) -> Selections {
         if namespaces.is_empty() {
             continue;
         }
-        let check = |pod: &Pod| namespaces.contains(pod.key.namespace.as_str()) && spec.pod_selector.matches(&pod.labels);
+        let check = |pod: &Pod| namespaces.contains(&*pod.key.namespace) && spec.pod_selector.matches(&pod.labels);
         match postings.narrowest(&spec.pod_selector) {
             Some(candidates) => {
                 for pod in candidates.into_iter().filter(|p| check(p)) {

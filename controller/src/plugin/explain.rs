@@ -128,7 +128,7 @@ pub fn explain(
     }
     let mut out = Explanation {
         pod: pod.clone(),
-        node: p.node.clone(),
+        node: p.node.as_deref().map(str::to_string),
         ips: p.ips.clone(),
         not_routable,
         uses: Vec::new(),

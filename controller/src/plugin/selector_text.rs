@@ -1,8 +1,7 @@
 //! Label selectors in kubectl's words, and which of their requirements some labels fail.
 
-use std::collections::BTreeMap;
 
-use crate::api::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+use crate::api::{LabelLookup, LabelSelector, LabelSelectorRequirement, SelectorOperator};
 
 /// `app=invoicer,tier in (a,b)` (`{}`, selecting everything, prints as `<everything>`).
 pub fn describe(selector: &LabelSelector) -> String {
@@ -27,8 +26,8 @@ fn requirement(e: &LabelSelectorRequirement) -> String {
     }
 }
 
-fn has(labels: &BTreeMap<String, String>, key: &str) -> String {
-    match labels.get(key) {
+fn has<L: LabelLookup + ?Sized>(labels: &L, key: &str) -> String {
+    match labels.label(key) {
         Some(v) => format!("has {key}={v}"),
         None => format!("has no label {key}"),
     }
@@ -36,11 +35,11 @@ fn has(labels: &BTreeMap<String, String>, key: &str) -> String {
 
 /// Each requirement of `selector` that `labels` fail, with what the object has instead:
 /// `app=invoicer (has app=web)`. Empty when the selector matches.
-pub fn unmatched(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Vec<String> {
+pub fn unmatched<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> Vec<String> {
     let mut out: Vec<String> = selector
         .match_labels
         .iter()
-        .filter(|(k, v)| labels.get(*k) != Some(*v))
+        .filter(|(k, v)| labels.label(k) != Some(v.as_str()))
         .map(|(k, v)| format!("{k}={v} ({})", has(labels, k)))
         .collect();
     out.extend(
@@ -55,6 +54,8 @@ pub fn unmatched(selector: &LabelSelector, labels: &BTreeMap<String, String>) ->
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

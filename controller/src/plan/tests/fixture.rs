@@ -81,7 +81,7 @@ pub fn worker(name: &str, n: u8) -> Node {
 pub fn pod(ns: &str, name: &str, app: &str, node: &str, addr: &str) -> Pod {
     Pod {
         key: PodKey::new(ns, name),
-        labels: labels(&[("app", app)]),
+        labels: labels(&[("app", app)]).into(),
         node: Some(node.into()),
         ips: vec![ip(addr)],
         running: true,

@@ -108,7 +108,7 @@ fn cluster(gateways: Vec<Gateway>) -> (ClusterIndex, PodKey) {
         key.clone(),
         Pod {
             key: key.clone(),
-            labels: labels(&[("app", "invoicer")]),
+            labels: labels(&[("app", "invoicer")]).into(),
             node: Some("node-3".into()),
             ips: vec![ip("198.19.3.10")],
             running: true,

@@ -87,6 +87,8 @@ pub struct Agent {
 pub struct ScaleCluster {
     pub agents: BTreeMap<usize, Agent>,
     pub controller: Option<Child>,
+    /// The running controller's /metrics.
+    pub controller_metrics: Option<SocketAddr>,
     controllers_started: usize,
     // Drop order: processes (killed in Drop), then the testbed, then the control plane.
     pub tb: Testbed,
@@ -113,7 +115,7 @@ impl ScaleCluster {
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
-        Ok(Self { agents: BTreeMap::new(), controller: None, controllers_started: 0, tb, cp, bin, logs })
+        Ok(Self { agents: BTreeMap::new(), controller: None, controller_metrics: None, controllers_started: 0, tb, cp, bin, logs })
     }
 
     fn extra_args(var: &str) -> Vec<String> {
@@ -125,6 +127,7 @@ impl ScaleCluster {
     }
 
     pub fn start_controller(&mut self) -> Result<u32> {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let args = vec![
             "controller".into(),
             "--kubeconfig".into(),
@@ -135,13 +138,14 @@ impl ScaleCluster {
             "--identity".into(),
             "controller-0".into(),
             "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
+            metrics.to_string(),
         ];
         let args = [args, Self::extra_args("EGRESSGW_SIM_CONTROLLER_ARGS")].concat();
         let child = self.spawn(&format!("controller-{}.log", self.controllers_started), &args)?;
         self.controllers_started += 1;
         let pid = child.id();
         self.controller = Some(child);
+        self.controller_metrics = Some(metrics);
         Ok(pid)
     }
 
@@ -189,6 +193,11 @@ impl ScaleCluster {
     }
 
     /// The Prometheus text the agent of node `i` serves.
+    /// The controller's /metrics text (empty before it serves).
+    pub fn controller_metrics(&self) -> String {
+        self.controller_metrics.and_then(|a| egressgw_tests::sim::scrape_metrics(a).ok()).unwrap_or_default()
+    }
+
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
         egressgw_tests::sim::scrape_metrics(self.agents.get(&i).context("no agent on that node")?.metrics)
     }

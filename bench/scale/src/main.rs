@@ -39,6 +39,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const LATENCY: &str = "egressgw_agent_program_latency_seconds";
 const FENCES: &str = "egressgw_agent_fences";
 const RENEWALS: &str = "egressgw_agent_lease_renewal_duration_seconds";
+const RECONCILE: &str = "egressgw_controller_reconcile_duration_seconds";
+const STATUS_WRITE: &str = "egressgw_controller_status_write_duration_seconds";
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "egressgw scale benchmark (run as root)")]
@@ -232,6 +234,7 @@ struct Window {
     hist: Vec<(f64, f64)>,
     fences: f64,
     renewals: Vec<(f64, f64)>,
+    controller: String,
 }
 
 struct WindowResult {
@@ -244,6 +247,8 @@ struct WindowResult {
     agent_fences: f64,
     /// The agent's lease renewal round trips (histogram before, after).
     agent_renewals: (Vec<(f64, f64)>, Vec<(f64, f64)>),
+    /// The controller's /metrics at the start and the end of the window.
+    controller: (String, String),
     agent_pods: f64,
     agent_heap: f64,
     /// apiserver and etcd pids (their CPU is printed too).
@@ -276,6 +281,7 @@ async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Wi
         hist: histogram(&cl.agent_metrics(agent)?, LATENCY),
         fences: metric_value(&cl.agent_metrics(agent)?, FENCES).unwrap_or(0.0),
         renewals: histogram(&cl.agent_metrics(agent)?, RENEWALS),
+        controller: cl.controller_metrics(),
     })
 }
 
@@ -302,6 +308,7 @@ async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<Wind
         hist: (w.hist, histogram(&agent_text, LATENCY)),
         agent_fences: metric_value(&agent_text, FENCES).unwrap_or(0.0) - w.fences,
         agent_renewals: (w.renewals, histogram(&agent_text, RENEWALS)),
+        controller: (w.controller, cl.controller_metrics()),
         agent_pods: metric_value(&agent_text, "egressgw_agent_pods_held").unwrap_or(0.0),
         agent_heap: metric_value(&agent_text, "egressgw_agent_heap_bytes").unwrap_or(0.0),
         control_plane: cl.cp.pids(),
@@ -334,6 +341,11 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
         r.agent_heap / 1048576.0,
         r.agent_fences
     );
+    for (what, name) in [("reconcile (plan + status writes)", RECONCILE), ("one status write", STATUS_WRITE)] {
+        let (b, a) = (histogram(&r.controller.0, name), histogram(&r.controller.1, name));
+        let q = |p| histogram_quantile(&b, &a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
+        println!("controller {what} ({:.0}): p50 {}  p99 {}", histogram_count(&b, &a), q(0.5), q(0.99));
+    }
     let (b, a) = &r.agent_renewals;
     let q = |p| histogram_quantile(b, a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
     println!("agent lease renewal round trip ({:.0} renewals): p50 {}  p99 {}", histogram_count(b, a), q(0.5), q(0.99));

@@ -227,6 +227,7 @@ impl Reconciler {
 
     async fn write_status(&self, g: &EgressGateway, status: &EgressGatewayStatus) -> Result<(), ReconcileError> {
         let name = g.name_any();
+        let started = Instant::now();
         let patch = serde_json::json!({
             "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
             "kind": "EgressGateway",
@@ -237,6 +238,7 @@ impl Reconciler {
             .await
             .map_err(|source| ReconcileError::Status { gateway: name.clone(), source })?;
         self.metrics.status_writes.inc();
+        self.metrics.status_write_duration.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub struct ControllerMetrics {
     pub egress_ips_placed: Gauge,
     pub egress_ips_unplaced: Gauge,
     pub status_writes: Counter,
+    pub status_write_duration: Histogram,
     pub failovers: Counter,
     pub failover_duration: Histogram,
     pub is_leader: Gauge,
@@ -34,6 +35,7 @@ impl ControllerMetrics {
             egress_ips_placed: Gauge::default(),
             egress_ips_unplaced: Gauge::default(),
             status_writes: Counter::default(),
+            status_write_duration: latency_histogram(),
             failovers: Counter::default(),
             failover_duration: latency_histogram(),
             is_leader: Gauge::default(),
@@ -43,6 +45,7 @@ impl ControllerMetrics {
         r.register("egress_ips_placed", "Egress IPs hosted by a node", m.egress_ips_placed.clone());
         r.register("egress_ips_unplaced", "Egress IPs without an eligible node (their pods' traffic is dropped)", m.egress_ips_unplaced.clone());
         r.register("status_writes", "Gateway status updates written", m.status_writes.clone());
+        r.register("status_write_duration_seconds", "Round trip of one gateway status write", m.status_write_duration.clone());
         r.register("failovers", "Egress IPs moved away from a node whose agent stopped renewing its lease", m.failovers.clone());
         r.register(
             "failover_duration_seconds",

@@ -118,12 +118,12 @@ impl ClusterPlan {
     /// Nodes that must act for `gateway` (host one of its IPs or carry rules for it).
     pub fn nodes_for(&self, gateway: &str) -> BTreeSet<&str> {
         let Some(r) = self.rollouts.get(gateway) else { return BTreeSet::new() };
-        r.nodes.keys().map(String::as_str).chain(r.hosted.values().map(|(n, _)| n.as_str())).collect()
+        r.node_names().chain(r.hosted.values().map(|(n, _)| n.as_str())).collect()
     }
 
     /// The digest a node's agent reports once it has programmed `gateway` as planned.
     pub fn expected_digest(&self, gateway: &str, node: &str) -> u64 {
         let Some(r) = self.rollouts.get(gateway) else { return digest(None, []) };
-        digest(r.nodes.get(node), r.hosted.iter().filter(|(_, (n, _))| n == node).map(|(ip, (_, h))| (ip, h)))
+        digest(r.node_part(node).as_ref(), r.hosted.iter().filter(|(_, (n, _))| n == node).map(|(ip, (_, h))| (ip, h)))
     }
 }

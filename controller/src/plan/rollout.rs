@@ -5,21 +5,67 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::index::{ClusterIndex, GatewaySpec, PodKey};
+use ipnetwork::IpNetwork;
+
+use crate::index::{ClusterIndex, GatewaySpec, PodKey, Sym, intern};
 
 use super::assign::IpPlacement;
 use super::hash;
 use super::node_plan::{GatewayNodePlan, HostedIp, NodePlan};
 
 /// One gateway's work, spread over the nodes.
+///
+/// Held for every gateway at once, so kept compact: each node's share is sorted slices
+/// sized to fit, the destinations are stored once for all nodes, and
+/// [`GatewayRollout::node_part`] expands one node's share into a [`GatewayNodePlan`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GatewayRollout {
-    /// Node name to its share of the work.
-    pub nodes: BTreeMap<String, GatewayNodePlan>,
+    /// The gateway's destinations and exclusions (the same on every node).
+    destinations: Box<[IpNetwork]>,
+    excluded: Box<[IpNetwork]>,
+    /// Node name (interned) to its share of the work, sorted by name; no empty shares.
+    nodes: Box<[(Sym, NodeShare)]>,
     /// Egress IPs hosted, with the node hosting each.
     pub hosted: BTreeMap<IpAddr, (String, HostedIp)>,
     /// Which egress IP each selected pod uses (absent: none placed, the pod is blocked).
     pub pod_ip: BTreeMap<PodKey, IpAddr>,
+}
+
+/// One node's share of a gateway's work: [`GatewayNodePlan`] without the destinations, in
+/// sorted slices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NodeShare {
+    snat: Box<[(IpAddr, Box<[IpAddr]>)]>,
+    steer: Box<[(IpAddr, Box<[IpAddr]>)]>,
+    blocked: Box<[IpAddr]>,
+}
+
+fn compact(m: BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Box<[(IpAddr, Box<[IpAddr]>)]> {
+    m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+}
+
+fn expand(s: &[(IpAddr, Box<[IpAddr]>)]) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
+    s.iter().map(|(k, v)| (*k, v.iter().copied().collect())).collect()
+}
+
+impl GatewayRollout {
+    /// The nodes with work for this gateway (rules; hosting is in [`Self::hosted`]), by name.
+    pub fn node_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.nodes.iter().map(|(n, _)| &**n)
+    }
+
+    /// What `node` does for this gateway, if anything.
+    pub fn node_part(&self, node: &str) -> Option<GatewayNodePlan> {
+        let i = self.nodes.binary_search_by(|(n, _)| (**n).cmp(node)).ok()?;
+        let share = &self.nodes[i].1;
+        Some(GatewayNodePlan {
+            destinations: self.destinations.to_vec(),
+            excluded: self.excluded.to_vec(),
+            snat: expand(&share.snat),
+            steer: expand(&share.steer),
+            blocked: share.blocked.iter().copied().collect(),
+        })
+    }
 }
 
 /// Build one gateway's rollout.
@@ -30,12 +76,14 @@ pub fn rollout(
     pods: &BTreeSet<PodKey>,
     placements: &[IpPlacement],
 ) -> GatewayRollout {
-    let mut out = GatewayRollout::default();
-    let fresh = || GatewayNodePlan {
-        destinations: spec.destinations.clone(),
-        excluded: spec.excluded.clone(),
+    let mut out = GatewayRollout {
+        destinations: spec.destinations.as_slice().into(),
+        excluded: spec.excluded.as_slice().into(),
         ..Default::default()
     };
+    // Built with maps, then compacted.
+    let mut nodes: BTreeMap<String, GatewayNodePlan> = BTreeMap::new();
+    let fresh = GatewayNodePlan::default;
     let placed: Vec<(IpAddr, &super::assign::Placement)> =
         placements.iter().filter_map(|p| p.placement.as_ref().ok().map(|pl| (p.ip, pl))).collect();
     let placed_ips: Vec<IpAddr> = placed.iter().map(|(ip, _)| *ip).collect();
@@ -43,7 +91,7 @@ pub fn rollout(
         let hosted = HostedIp { gateway: gateway.to_string(), interface: pl.interface.clone() };
         out.hosted.insert(*ip, (pl.node.clone(), hosted));
         // The SNAT rule exists even before the first pod arrives, so that pod is one element.
-        out.nodes.entry(pl.node.clone()).or_insert_with(fresh).snat.entry(*ip).or_default();
+        nodes.entry(pl.node.clone()).or_insert_with(fresh).snat.entry(*ip).or_default();
     }
     for key in pods {
         let Some(pod) = index.pods.get(key) else { continue };
@@ -53,14 +101,14 @@ pub fn rollout(
             continue;
         }
         let Some(egress) = hash::choose(key, &placed_ips) else {
-            out.nodes.entry(pod_node.to_string()).or_insert_with(fresh).blocked.extend(ips);
+            nodes.entry(pod_node.to_string()).or_insert_with(fresh).blocked.extend(ips);
             continue;
         };
         out.pod_ip.insert(key.clone(), egress);
         let host = &placed.iter().find(|(ip, _)| *ip == egress).expect("chosen among placed").1.node;
-        out.nodes.entry(host.clone()).or_insert_with(fresh).snat.entry(egress).or_default().extend(ips.iter().copied());
+        nodes.entry(host.clone()).or_insert_with(fresh).snat.entry(egress).or_default().extend(ips.iter().copied());
         if host != pod_node {
-            let local = out.nodes.entry(pod_node.to_string()).or_insert_with(fresh);
+            let local = nodes.entry(pod_node.to_string()).or_insert_with(fresh);
             match index.nodes.get(host).and_then(|n| n.internal_ip) {
                 Some(next_hop) => local.steer.entry(next_hop).or_default().extend(ips),
                 // Without the host's address there is no way there: fail closed.
@@ -68,7 +116,15 @@ pub fn rollout(
             }
         }
     }
-    out.nodes.retain(|_, p| !p.is_empty());
+    out.nodes = nodes
+        .into_iter()
+        .filter(|(_, p)| !p.is_empty())
+        .map(|(n, p)| {
+            let share =
+                NodeShare { snat: compact(p.snat), steer: compact(p.steer), blocked: p.blocked.into_iter().collect() };
+            (intern(&n), share)
+        })
+        .collect();
     out
 }
 
@@ -76,8 +132,8 @@ pub fn rollout(
 pub fn node_plan<'a>(node: &str, rollouts: impl IntoIterator<Item = (&'a String, &'a GatewayRollout)>) -> NodePlan {
     let mut plan = NodePlan::empty(node);
     for (gateway, r) in rollouts {
-        if let Some(part) = r.nodes.get(node) {
-            plan.gateways.insert(gateway.clone(), part.clone());
+        if let Some(part) = r.node_part(node) {
+            plan.gateways.insert(gateway.clone(), part);
         }
         for (ip, (host, hosted)) in &r.hosted {
             if host == node {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
-use super::intern::{Sym, intern};
+use super::intern::{LabelSet, Sym, intern, intern_labels};
 use crate::api::LabelLookup;
 
 /// A pod's identity: namespace and name. Cloning it allocates nothing: the namespace is
@@ -22,9 +22,10 @@ impl PodKey {
     }
 }
 
-/// A pod's labels: sorted by key, keys and values interned (they repeat across pods).
+/// A pod's labels: sorted by key, interned as a whole (the pods of one workload share one
+/// copy), keys and values interned.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PodLabels(Box<[(Sym, Sym)]>);
+pub struct PodLabels(LabelSet);
 
 impl PodLabels {
     /// The value of `key`.
@@ -52,11 +53,15 @@ impl PodLabels {
     /// Set `key` to `value`.
     pub fn insert(&mut self, key: &str, value: &str) {
         match self.position(key) {
-            Ok(i) => self.0[i].1 = intern(value),
+            Ok(i) => {
+                let mut v = self.0.to_vec();
+                v[i].1 = intern(value);
+                self.0 = intern_labels(v);
+            }
             Err(i) => {
-                let mut v = std::mem::take(&mut self.0).into_vec();
+                let mut v = self.0.to_vec();
                 v.insert(i, (intern(key), intern(value)));
-                self.0 = v.into_boxed_slice();
+                self.0 = intern_labels(v);
             }
         }
     }
@@ -64,14 +69,14 @@ impl PodLabels {
     /// Remove `key`, returning whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
         let Ok(i) = self.position(key) else { return false };
-        let mut v = std::mem::take(&mut self.0).into_vec();
+        let mut v = self.0.to_vec();
         v.remove(i);
-        self.0 = v.into_boxed_slice();
+        self.0 = intern_labels(v);
         true
     }
 
     pub fn clear(&mut self) {
-        self.0 = Box::default();
+        self.0 = LabelSet::default();
     }
 
     /// As a map (for code that wants owned labels).
@@ -111,7 +116,7 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for PodLabels {
                 _ => out.push(kv),
             }
         }
-        Self(out.into_boxed_slice())
+        Self(intern_labels(out))
     }
 }
 

@@ -15,7 +15,7 @@ use crate::api::EgressGateway;
 use crate::index::{ClusterIndex, GatewayCache, Node, PodKey};
 use crate::k8s::watch::{Reflected, reflect, reflect_trimmed, trim_namespace, trim_node};
 
-use super::pod_watches::{PodWatches, Scope, scopes_for};
+use super::pod_watches::{Keep, PodWatches, Scope, merge_scopes, scopes_for};
 
 /// What changed since the last [`Inputs::refresh`].
 #[derive(Debug, PartialEq, Eq)]
@@ -122,18 +122,19 @@ impl Inputs {
     /// Pod watches for the gateways this node hosts under `epoch`, and for those it may host
     /// (its labels match their gatewayNodeSelector): a standby already holds the pods when an
     /// IP fails over to it, instead of listing them first.
-    fn scopes(&self, epoch: i32) -> BTreeSet<Scope> {
+    fn scopes(&self, epoch: i32) -> BTreeMap<Scope, Keep> {
         let empty = Default::default();
         let my_labels = self.index.nodes.get(&self.node).map_or(&empty, |n| &n.labels);
-        self.index
-            .gateways
-            .values()
-            .filter_map(|g| {
-                let spec = g.spec.as_ref().ok()?;
-                let hosting = g.recorded.values().any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
-                (hosting || spec.node_selector.matches(my_labels)).then(|| scopes_for(&self.index, spec))
-            })
-            .flatten()
-            .collect()
+        merge_scopes(
+            self.index
+                .gateways
+                .values()
+                .filter_map(|g| {
+                    let spec = g.spec.as_ref().ok()?;
+                    let hosting = g.recorded.values().any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
+                    (hosting || spec.node_selector.matches(my_labels)).then(|| scopes_for(&self.index, spec))
+                })
+                .flatten(),
+        )
     }
 }

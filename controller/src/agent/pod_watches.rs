@@ -40,20 +40,52 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// The watches a gateway's pods need.
-pub fn scopes_for(index: &ClusterIndex, spec: &GatewaySpec) -> Vec<Scope> {
+/// Which pods of a watch to keep: all, or only those of these namespaces.
+pub type Keep = Option<BTreeSet<String>>;
+
+/// The watches a gateway's pods need, each with the namespaces whose pods to keep: a
+/// cluster-wide watch (label selector only) delivers pods of every namespace, and those of
+/// namespaces the gateway does not select are dropped on arrival.
+pub fn scopes_for(index: &ClusterIndex, spec: &GatewaySpec) -> Vec<(Scope, Keep)> {
     let labels = spec.pod_selector.to_query();
-    let namespaces: Vec<&String> =
-        index.namespaces.iter().filter(|(_, l)| spec.namespace_selector.matches(l)).map(|(n, _)| n).collect();
-    if spec.namespace_selector.is_empty() || namespaces.len() > NAMESPACED_WATCHES_MAX {
-        return vec![Scope { namespace: None, labels }];
+    if spec.namespace_selector.is_empty() {
+        return vec![(Scope { namespace: None, labels }, None)];
     }
-    namespaces.into_iter().map(|n| Scope { namespace: Some(n.clone()), labels: labels.clone() }).collect()
+    let namespaces: BTreeSet<String> =
+        index.namespaces.iter().filter(|(_, l)| spec.namespace_selector.matches(l)).map(|(n, _)| n.clone()).collect();
+    if namespaces.len() > NAMESPACED_WATCHES_MAX {
+        return vec![(Scope { namespace: None, labels }, Some(namespaces))];
+    }
+    namespaces.into_iter().map(|n| (Scope { namespace: Some(n), labels: labels.clone() }, None)).collect()
+}
+
+/// Merge the scopes of several gateways: one watch per scope, keeping the union.
+pub fn merge_scopes(scopes: impl IntoIterator<Item = (Scope, Keep)>) -> BTreeMap<Scope, Keep> {
+    let mut out: BTreeMap<Scope, Keep> = BTreeMap::new();
+    for (scope, keep) in scopes {
+        match out.entry(scope) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(keep);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let merged = match (o.get_mut().take(), keep) {
+                    (Some(mut a), Some(b)) => {
+                        a.extend(b);
+                        Some(a)
+                    }
+                    _ => None,
+                };
+                *o.get_mut() = merged;
+            }
+        }
+    }
+    out
 }
 
 struct Watch {
     source: SourceId,
     task: JoinHandle<()>,
+    keep: Keep,
 }
 
 pub struct PodWatches {
@@ -76,24 +108,26 @@ impl PodWatches {
             LOCAL,
             notify.clone(),
             None,
+            None,
         );
         let lists = Arc::new(Semaphore::new(CONCURRENT_LISTS));
         Self { client, notify, store, local, by_scope: BTreeMap::new(), next_source: LOCAL + 1, lists }
     }
 
-    /// Make the gateway watches exactly `scopes` (start new ones, stop old ones).
-    pub fn set_scopes(&mut self, scopes: &BTreeSet<Scope>) {
+    /// Make the gateway watches exactly `scopes` (start new ones, stop old ones, restart
+    /// those whose namespace filter changed: a wider one needs a new list).
+    pub fn set_scopes(&mut self, scopes: &BTreeMap<Scope, Keep>) {
         let store = self.store.clone();
         self.by_scope.retain(|s, w| {
-            let keep = scopes.contains(s);
+            let keep = scopes.get(s).is_some_and(|k| *k == w.keep);
             if !keep {
-                info!(scope = %s, "stopping pod watch: no hosted or candidate gateway needs it");
+                info!(scope = %s, "stopping pod watch: no hosted or candidate gateway needs it as it is");
                 w.task.abort();
                 store.remove_source(w.source);
             }
             keep
         });
-        for s in scopes {
+        for (s, keep) in scopes {
             if self.by_scope.contains_key(s) {
                 continue;
             }
@@ -105,8 +139,9 @@ impl PodWatches {
             let cfg = if s.labels.is_empty() { watcher::Config::default() } else { watcher::Config::default().labels(&s.labels) };
             let source = self.next_source;
             self.next_source += 1;
-            let task = pod_store::feed(api, cfg, self.store.clone(), source, self.notify.clone(), Some(self.lists.clone()));
-            self.by_scope.insert(s.clone(), Watch { source, task });
+            let filter = keep.clone().map(Arc::new);
+            let task = pod_store::feed(api, cfg, self.store.clone(), source, self.notify.clone(), Some(self.lists.clone()), filter);
+            self.by_scope.insert(s.clone(), Watch { source, task, keep: keep.clone() });
         }
     }
 
@@ -169,11 +204,19 @@ mod tests {
         }
         let few = scopes_for(&index, &spec(sel("tier", "a"), sel("app", "x")));
         assert_eq!(few.len(), 3);
-        assert!(few.iter().all(|s| s.namespace.is_some() && s.labels == "app=x"));
+        assert!(few.iter().all(|(s, keep)| s.namespace.is_some() && s.labels == "app=x" && keep.is_none()));
         let many = scopes_for(&index, &spec(sel("tier", "b"), sel("app", "x")));
-        assert_eq!(many, vec![Scope { namespace: None, labels: "app=x".into() }]);
+        assert_eq!(many.len(), 1);
+        assert_eq!(many[0].0, Scope { namespace: None, labels: "app=x".into() });
+        assert_eq!(many[0].1.as_ref().map(BTreeSet::len), Some(37), "a cluster-wide watch keeps only the selected namespaces' pods");
         let all = scopes_for(&index, &spec(LabelSelector::default(), LabelSelector::default()));
-        assert_eq!(all, vec![Scope { namespace: None, labels: String::new() }]);
+        assert_eq!(all, vec![(Scope { namespace: None, labels: String::new() }, None)]);
         assert!(scopes_for(&index, &spec(sel("tier", "none"), sel("app", "x"))).is_empty());
+        // Two gateways on one cluster-wide watch keep the union; one keeping all keeps all.
+        let wide = |ns: &[&str]| (Scope { namespace: None, labels: "app=x".into() }, Some(ns.iter().map(|n| n.to_string()).collect()));
+        let merged = merge_scopes([wide(&["a"]), wide(&["b"])]);
+        assert_eq!(merged.values().next().unwrap().as_ref().unwrap().len(), 2);
+        let merged = merge_scopes([wide(&["a"]), (Scope { namespace: None, labels: "app=x".into() }, None)]);
+        assert_eq!(merged.values().next().unwrap(), &None);
     }
 }

@@ -93,7 +93,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
     let pods = PodStore::new();
     let _pod_watch =
-        pod_store::feed(Api::all(client.clone()), watcher::Config::default().page_size(POD_LIST_PAGE), pods.clone(), 0, notify.clone(), None);
+        pod_store::feed(Api::all(client.clone()), watcher::Config::default().page_size(POD_LIST_PAGE), pods.clone(), 0, notify.clone(), None, None);
     let namespaces =
         reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
     let lv = liveness.clone();

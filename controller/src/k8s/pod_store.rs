@@ -183,7 +183,8 @@ impl PodStore {
 ///
 /// With a `gate`, the watch's first list waits for a permit and holds it until it is done:
 /// an agent starting tens of watches at once then does not hold tens of list pages in
-/// memory at once.
+/// memory at once. With `namespaces`, pods of other namespaces are dropped as they arrive
+/// (a cluster-wide watch whose selector also matches pods no gateway selects).
 pub fn feed(
     api: Api<SlimPod>,
     config: watcher::Config,
@@ -191,7 +192,11 @@ pub fn feed(
     source: SourceId,
     notify: Arc<Notify>,
     gate: Option<Arc<Semaphore>>,
+    namespaces: Option<Arc<BTreeSet<String>>>,
 ) -> JoinHandle<()> {
+    let wanted = move |p: &SlimPod| {
+        namespaces.as_ref().is_none_or(|ns| p.metadata.namespace.as_ref().is_some_and(|n| ns.contains(n)))
+    };
     tokio::spawn(async move {
         let mut permit = match gate {
             Some(g) => g.acquire_owned().await.ok(),
@@ -202,7 +207,8 @@ pub fn feed(
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Init) => store.list_started(source),
-                Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => store.apply(source, &p),
+                Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) if wanted(&p) => store.apply(source, &p),
+                Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => continue,
                 Ok(watcher::Event::InitDone) => {
                     store.list_done(source);
                     permit.take();

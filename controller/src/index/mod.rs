@@ -13,7 +13,7 @@ pub use gateway::{Gateway, GatewaySpec, RecordedAssignment, SpecError};
 pub use gateway_cache::GatewayCache;
 pub use intern::{Sym, intern};
 pub use node::{Ineligible, Node, NodeInterface};
-pub use pod::{Pod, PodKey, PodLabels};
+pub use pod::{Pod, PodKey, PodLabels, PodName};
 
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;

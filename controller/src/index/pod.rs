@@ -2,23 +2,43 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
 use super::intern::{LabelSet, Sym, intern, intern_labels};
 use crate::api::LabelLookup;
 
-/// A pod's identity: namespace and name. Cloning it allocates nothing: the namespace is
-/// interned and the name is shared by every clone.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PodKey {
+/// A pod's identity: namespace and name (read as `key.namespace`, `key.name`). One pointer:
+/// every clone (selections, memberships, rollouts, stores) shares one allocation, and the
+/// namespace is interned.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey(Arc<PodName>);
+
+/// The fields of a [`PodKey`]. Ordered by namespace, then name.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodName {
     pub namespace: Sym,
-    pub name: Sym,
+    pub name: Box<str>,
 }
 
 impl PodKey {
     pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        Self { namespace: intern(namespace.as_ref()), name: Sym::from(name.as_ref()) }
+        Self(Arc::new(PodName { namespace: intern(namespace.as_ref()), name: name.as_ref().into() }))
+    }
+}
+
+impl std::ops::Deref for PodKey {
+    type Target = PodName;
+
+    fn deref(&self) -> &PodName {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PodKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodKey").field("namespace", &self.namespace).field("name", &self.name).finish()
     }
 }
 

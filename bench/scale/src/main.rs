@@ -235,6 +235,8 @@ struct Window {
     fences: f64,
     renewals: Vec<(f64, f64)>,
     controller: String,
+    /// Fences of every real agent at the start.
+    all_fences: BTreeMap<usize, f64>,
 }
 
 struct WindowResult {
@@ -249,10 +251,18 @@ struct WindowResult {
     agent_renewals: (Vec<(f64, f64)>, Vec<(f64, f64)>),
     /// The controller's /metrics at the start and the end of the window.
     controller: (String, String),
+    /// Fences per real node in the window (the measured agent sits behind the counting
+    /// proxy, the others talk to the apiserver directly).
+    all_fences: BTreeMap<usize, f64>,
     agent_pods: f64,
     agent_heap: f64,
     /// apiserver and etcd pids (their CPU is printed too).
     control_plane: (Option<u32>, Option<u32>),
+}
+
+/// Each real agent's fence counter now.
+fn all_fences(cl: &ScaleCluster) -> BTreeMap<usize, f64> {
+    cl.agents.keys().filter_map(|i| Some((*i, metric_value(&cl.agent_metrics(*i).ok()?, FENCES)?))).collect()
 }
 
 async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Window> {
@@ -282,6 +292,7 @@ async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Wi
         fences: metric_value(&cl.agent_metrics(agent)?, FENCES).unwrap_or(0.0),
         renewals: histogram(&cl.agent_metrics(agent)?, RENEWALS),
         controller: cl.controller_metrics(),
+        all_fences: all_fences(cl),
     })
 }
 
@@ -309,6 +320,7 @@ async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<Wind
         agent_fences: metric_value(&agent_text, FENCES).unwrap_or(0.0) - w.fences,
         agent_renewals: (w.renewals, histogram(&agent_text, RENEWALS)),
         controller: (w.controller, cl.controller_metrics()),
+        all_fences: all_fences(cl).into_iter().map(|(i, f)| (i, f - w.all_fences.get(&i).copied().unwrap_or(0.0))).collect(),
         agent_pods: metric_value(&agent_text, "egressgw_agent_pods_held").unwrap_or(0.0),
         agent_heap: metric_value(&agent_text, "egressgw_agent_heap_bytes").unwrap_or(0.0),
         control_plane: cl.cp.pids(),
@@ -341,7 +353,11 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
         r.agent_heap / 1048576.0,
         r.agent_fences
     );
-    for (what, name) in [("reconcile (plan + status writes)", RECONCILE), ("one status write", STATUS_WRITE)] {
+    println!(
+        "fences per real agent: {}",
+        r.all_fences.iter().map(|(i, f)| format!("node-{i} {f:.0}")).collect::<Vec<_>>().join(", ")
+    );
+    for (what, name) in [("reconcile (plan, statuses handed to the writer)", RECONCILE), ("one status write", STATUS_WRITE)] {
         let (b, a) = (histogram(&r.controller.0, name), histogram(&r.controller.1, name));
         let q = |p| histogram_quantile(&b, &a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
         println!("controller {what} ({:.0}): p50 {}  p99 {}", histogram_count(&b, &a), q(0.5), q(0.99));

@@ -5,6 +5,7 @@
 pub mod liveness;
 pub mod notices;
 pub mod reconciler;
+pub mod status_writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ use crate::telemetry::metrics::ControllerMetrics;
 
 use liveness::AgentLiveness;
 use reconciler::{Reconciler, Stores};
+use status_writer::StatusWriter;
 
 /// An agent is dead when its Lease has not changed for this long (controller's clock). Must
 /// exceed the agent's fencing bound (see `agent::fence`).
@@ -176,8 +178,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         stores,
         view: Mutex::default(),
         liveness: liveness.clone(),
-        api: Api::all(client.clone()),
-        recorder: Recorder::new(client.clone(), reporter),
+        writer: StatusWriter::new(Api::all(client.clone()), Recorder::new(client.clone(), reporter), metrics.clone(), notify.clone()),
         metrics: metrics.clone(),
     };
     tokio::select! {

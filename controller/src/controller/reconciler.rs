@@ -5,28 +5,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Api, Resource, ResourceExt};
+use kube::ResourceExt;
 use thiserror::Error;
-use tracing::{info, info_span, warn};
+use tracing::{info, info_span};
 
 use crate::api::{EgressGateway, EgressGatewayStatus};
 use crate::index::{ClusterIndex, Gateway, GatewayCache, Labels, Node, PodKey};
 use crate::k8s::pod_store::PodStore;
 use crate::k8s::lease::AgentReport;
-use crate::k8s::names::FIELD_MANAGER_CONTROLLER;
 use crate::plan::{self, ClusterPlan};
 use crate::status::{self, Programming};
 use crate::telemetry::metrics::ControllerMetrics;
 
 use super::liveness::AgentLiveness;
-use super::notices::notices;
+use super::status_writer::StatusWriter;
 
 #[derive(Debug, Error)]
 pub enum ReconcileError {
@@ -43,8 +39,6 @@ pub struct Stores {
     pub leases: Store<Lease>,
 }
 
-/// Status writes in flight at once.
-pub const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
 /// What the last successful reconcile planned from (its pods are the view's).
 pub struct PlanCache {
@@ -76,8 +70,7 @@ pub struct Reconciler {
     /// The index and the last plan, for incremental reconciles (no plan: plan in full).
     pub view: Mutex<View>,
     pub liveness: Arc<Mutex<AgentLiveness>>,
-    pub api: Api<EgressGateway>,
-    pub recorder: Recorder,
+    pub writer: Arc<StatusWriter>,
     pub metrics: ControllerMetrics,
 }
 
@@ -118,13 +111,14 @@ impl Reconciler {
         Programming { pending }
     }
 
-    /// Plan and write every status that changed. Returns the number of writes.
+    /// Plan, and hand every status that changed to the [`StatusWriter`]. Returns the number
+    /// handed over.
     ///
     /// Incremental unless `full`: when gateways, nodes (liveness included) and namespaces are
     /// as in the last reconcile, only the pods that changed are re-planned
     /// ([`ClusterPlan::update_pod`]) and, when the agents' reports are unchanged too, only the
     /// statuses of the gateways those pods touch are recomputed. Status writes go out
-    /// concurrently.
+    /// concurrently, in the background; after a failed one the next reconcile is full.
     pub async fn reconcile(&self, full: bool) -> Result<usize, ReconcileError> {
         let started = Instant::now();
         let span = info_span!("reconcile");
@@ -135,6 +129,7 @@ impl Reconciler {
         self.refresh(&mut guard, started, &reports);
         let view = &mut *guard;
         let index = &view.index;
+        let full = self.writer.take_failed() || full;
         let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match view.cache.take() {
             Some(c) if !full && c.gateways == index.gateways && c.nodes == index.nodes && c.namespaces == index.namespaces => {
                 let mut plan = c.plan;
@@ -156,14 +151,15 @@ impl Reconciler {
             }
             let Some(gw) = view.index.gateways.get(&name) else { continue };
             let programming = self.programming(&plan, &gw.name, &reports);
-            let desired = status::gateway_status(gw, &plan, &programming, g.status.as_ref(), now);
+            let current = self.writer.current(&g);
+            let desired = status::gateway_status(gw, &plan, &programming, current.as_ref(), now);
             for a in &desired.assignments {
                 if a.node.is_some() { placed += 1 } else { unplaced += 1 }
             }
-            if g.status.as_ref() == Some(&desired) {
+            if !self.writer.needs_write(&g, &desired) {
                 continue;
             }
-            self.count_failovers(g.status.as_ref(), &desired, started);
+            self.count_failovers(current.as_ref(), &desired, started);
             changes.push((g, desired));
         }
         let cache = PlanCache {
@@ -173,35 +169,14 @@ impl Reconciler {
             plan,
             reports,
         };
+        view.cache = Some(cache);
         drop(guard);
-        let results: Vec<Result<(), ReconcileError>> = futures::stream::iter(changes)
-            .map(|(g, desired)| async move {
-                self.write_status(&g, &desired).await?;
-                for n in notices(g.status.as_ref(), &desired) {
-                    let ev = Event {
-                        type_: if n.warning { EventType::Warning } else { EventType::Normal },
-                        reason: n.reason.to_string(),
-                        note: Some(n.note.clone()),
-                        action: n.action.to_string(),
-                        secondary: None,
-                    };
-                    info!(gateway = %g.name_any(), reason = n.reason, note = %n.note, "event");
-                    if let Err(e) = self.recorder.publish(&ev, &g.object_ref(&())).await {
-                        warn!(gateway = %g.name_any(), error = %e, "cannot publish event");
-                    }
-                }
-                Ok(())
-            })
-            .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
-            .collect()
-            .await;
-        let writes = results.iter().filter(|r| r.is_ok()).count();
-        if let Some(e) = results.into_iter().find_map(Result::err) {
-            // The cache stays empty: the next reconcile plans and compares everything.
-            return Err(e);
+        let writes = changes.len();
+        for (g, desired) in changes {
+            self.writer.submit(g, desired);
         }
-        self.view.lock().expect("view lock").cache = Some(cache);
         if only.is_none() {
+            self.writer.retain(&self.stores.gateways.state().iter().map(|g| g.name_any()).collect());
             self.metrics.egress_ips_placed.set(placed);
             self.metrics.egress_ips_unplaced.set(unplaced);
         }
@@ -223,22 +198,5 @@ impl Reconciler {
                 info!(ip = %a.egress_ip, from, to = ?a.node, "failover: egress IP leaves a node whose agent is dead");
             }
         }
-    }
-
-    async fn write_status(&self, g: &EgressGateway, status: &EgressGatewayStatus) -> Result<(), ReconcileError> {
-        let name = g.name_any();
-        let started = Instant::now();
-        let patch = serde_json::json!({
-            "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
-            "kind": "EgressGateway",
-            "status": status,
-        });
-        self.api
-            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER_CONTROLLER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(|source| ReconcileError::Status { gateway: name.clone(), source })?;
-        self.metrics.status_writes.inc();
-        self.metrics.status_write_duration.observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 }

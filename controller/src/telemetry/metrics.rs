@@ -41,7 +41,7 @@ impl ControllerMetrics {
             is_leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_controller");
-        r.register("reconcile_duration_seconds", "Time to plan the cluster and write changed statuses", m.reconcile_duration.clone());
+        r.register("reconcile_duration_seconds", "Time to plan the cluster and hand changed statuses to the writer", m.reconcile_duration.clone());
         r.register("egress_ips_placed", "Egress IPs hosted by a node", m.egress_ips_placed.clone());
         r.register("egress_ips_unplaced", "Egress IPs without an eligible node (their pods' traffic is dropped)", m.egress_ips_unplaced.clone());
         r.register("status_writes", "Gateway status updates written", m.status_writes.clone());

@@ -1,0 +1,181 @@
+//! Gateway status writes, pipelined and coalesced per gateway.
+//!
+//! A reconcile hands each changed status over and goes on; it does not wait for a batch of
+//! writes to return before it may plan the next pod change. Writes of one gateway stay in
+//! order (one in flight at a time); a newer status handed over while one is in flight
+//! replaces any older one still queued, so under churn a gateway gets at most one write per
+//! round trip, and the last one is always the newest plan. At most
+//! [`STATUS_WRITES_IN_FLIGHT`] writes are in flight overall.
+//!
+//! The writer also remembers the last status handed over per gateway: the watch may not have
+//! delivered a write yet, so "the watch shows the desired status" alone would skip a write
+//! that undoes one still in flight.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{info, warn};
+
+use crate::api::{EgressGateway, EgressGatewayStatus};
+use crate::k8s::names::FIELD_MANAGER_CONTROLLER;
+use crate::telemetry::metrics::ControllerMetrics;
+
+use super::notices::notices;
+use super::reconciler::ReconcileError;
+
+/// Status writes in flight at once.
+pub const STATUS_WRITES_IN_FLIGHT: usize = 16;
+
+struct Job {
+    gateway: Arc<EgressGateway>,
+    /// The status before this one (for events).
+    old: Option<EgressGatewayStatus>,
+    desired: EgressGatewayStatus,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last status handed over per gateway (queued, in flight or written).
+    sent: HashMap<String, EgressGatewayStatus>,
+    /// The next write per gateway, behind the one in flight.
+    queued: HashMap<String, Job>,
+    in_flight: HashSet<String>,
+}
+
+pub struct StatusWriter {
+    api: Api<EgressGateway>,
+    recorder: Recorder,
+    metrics: ControllerMetrics,
+    /// Woken after a failed write: the next reconcile plans and compares everything.
+    wake: Arc<Notify>,
+    failed: AtomicBool,
+    permits: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+impl StatusWriter {
+    pub fn new(api: Api<EgressGateway>, recorder: Recorder, metrics: ControllerMetrics, wake: Arc<Notify>) -> Arc<Self> {
+        Arc::new(Self {
+            api,
+            recorder,
+            metrics,
+            wake,
+            failed: AtomicBool::new(false),
+            permits: Arc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
+            state: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("status writer lock")
+    }
+
+    /// The newest status of `gateway`: the last one handed over, else what the watch shows.
+    pub fn current(&self, gateway: &EgressGateway) -> Option<EgressGatewayStatus> {
+        self.lock().sent.get(&gateway.name_any()).cloned().or_else(|| gateway.status.clone())
+    }
+
+    /// Whether `desired` must be written: the watch shows something else, or the last status
+    /// handed over (maybe still in flight, or not yet seen by the watch) differs.
+    pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
+        gateway.status.as_ref() != Some(desired) || self.lock().sent.get(&gateway.name_any()).is_some_and(|s| s != desired)
+    }
+
+    /// Whether a write failed since the last call.
+    pub fn take_failed(&self) -> bool {
+        self.failed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Forget gateways that no longer exist.
+    pub fn retain(&self, names: &BTreeSet<String>) {
+        self.lock().sent.retain(|n, _| names.contains(n));
+    }
+
+    /// Hand `desired` over for `gateway`; returns at once.
+    pub fn submit(self: &Arc<Self>, gateway: Arc<EgressGateway>, desired: EgressGatewayStatus) {
+        let name = gateway.name_any();
+        let mut st = self.lock();
+        let old = st.sent.insert(name.clone(), desired.clone()).or_else(|| gateway.status.clone());
+        if st.in_flight.contains(&name) {
+            match st.queued.get_mut(&name) {
+                // Coalesce: the queued write now carries the newest status; its `old` stays
+                // the status before it (the one in flight), so events describe the whole step.
+                Some(q) => {
+                    q.gateway = gateway;
+                    q.desired = desired;
+                }
+                None => {
+                    st.queued.insert(name, Job { gateway, old, desired });
+                }
+            }
+            return;
+        }
+        st.in_flight.insert(name.clone());
+        drop(st);
+        let me = self.clone();
+        tokio::spawn(async move { me.run(name, Job { gateway, old, desired }).await });
+    }
+
+    async fn run(self: Arc<Self>, name: String, mut job: Job) {
+        loop {
+            let permit = self.permits.clone().acquire_owned().await;
+            let result = self.write(&job).await;
+            drop(permit);
+            let mut st = self.lock();
+            if let Err(e) = result {
+                warn!(gateway = %name, error = %e, "status write failed; the next reconcile plans and compares everything");
+                st.sent.remove(&name);
+                st.queued.remove(&name);
+                st.in_flight.remove(&name);
+                drop(st);
+                self.failed.store(true, Ordering::Release);
+                self.wake.notify_one();
+                return;
+            }
+            match st.queued.remove(&name) {
+                Some(next) => job = next,
+                None => {
+                    st.in_flight.remove(&name);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn write(&self, job: &Job) -> Result<(), ReconcileError> {
+        let g = &job.gateway;
+        let name = g.name_any();
+        let started = Instant::now();
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+            "kind": "EgressGateway",
+            "status": job.desired,
+        });
+        self.api
+            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER_CONTROLLER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|source| ReconcileError::Status { gateway: name.clone(), source })?;
+        self.metrics.status_writes.inc();
+        self.metrics.status_write_duration.observe(started.elapsed().as_secs_f64());
+        for n in notices(job.old.as_ref(), &job.desired) {
+            let ev = Event {
+                type_: if n.warning { EventType::Warning } else { EventType::Normal },
+                reason: n.reason.to_string(),
+                note: Some(n.note.clone()),
+                action: n.action.to_string(),
+                secondary: None,
+            };
+            info!(gateway = %name, reason = n.reason, note = %n.note, "event");
+            if let Err(e) = self.recorder.publish(&ev, &g.object_ref(&())).await {
+                warn!(gateway = %name, error = %e, "cannot publish event");
+            }
+        }
+        Ok(())
+    }
+}

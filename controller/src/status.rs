@@ -46,7 +46,9 @@ pub struct Programming {
     pub pending: Vec<String>,
 }
 
-/// Compute a gateway's status.
+/// Compute a gateway's status. Times are cut to whole seconds, the precision the API keeps
+/// (`metav1.Time`): a status written and read back then compares equal to the next one
+/// computed from it, instead of differing in its sub-second digits forever.
 pub fn gateway_status(
     gateway: &Gateway,
     plan: &ClusterPlan,
@@ -54,6 +56,7 @@ pub fn gateway_status(
     previous: Option<&EgressGatewayStatus>,
     now: Timestamp,
 ) -> EgressGatewayStatus {
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let generation = gateway.generation;
     let cond = |type_: &str, status: bool, reason: &str, message: String| Condition {
         type_: type_.to_string(),

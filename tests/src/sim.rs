@@ -21,6 +21,9 @@ use crate::testbed::Testbed;
 /// Label that makes a node a gateway candidate in the examples.
 pub const GATEWAY_LABEL: (&str, &str) = ("egressgw.io/gateway", "true");
 
+/// How long one test connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// The `egressgw` binary built next to the test executable (`make test` builds it first).
 pub fn egressgw_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("EGRESSGW_BIN") {
@@ -228,6 +231,34 @@ impl SimCluster {
                 bail!("gateway {name} did not reach the expected state in {timeout:?}; last: {:?}", api.get_opt(name).await?.and_then(|g| g.status));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One TCP connection from the testbed's pod `(node, k)` to `dst`: the source address the
+    /// server saw, `None` when the connection failed.
+    pub async fn source_seen(&self, node: usize, k: usize, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let ns = self.tb.pod(node, k).netns().path();
+        tokio::task::spawn_blocking(move || {
+            crate::testbed::client::connect_once(ns, std::net::SocketAddrV4::new(dst, crate::testbed::topology::SERVER_PORT), CONNECT_TIMEOUT)
+        })
+        .await
+        .expect("join")
+        .expect("client")
+        .ok()
+        .map(|a| *a.ip())
+    }
+
+    /// Connect from pod `(node, k)` to `dst` until the server sees `want` (`None`: until the
+    /// connection fails); panics after `timeout`. Returns how long it took.
+    pub async fn wait_source(&self, node: usize, k: usize, dst: Ipv4Addr, want: Option<Ipv4Addr>, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let seen = self.source_seen(node, k, dst).await;
+            if seen == want {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "pod ({node},{k}) -> {dst}: never saw {want:?} within {timeout:?} (last {seen:?})");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

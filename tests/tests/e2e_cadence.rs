@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use egressgw::k8s::names::{ANNOTATION_CADENCE, ANNOTATION_RENEW_INTERVAL, SYSTEM_NAMESPACE, agent_lease};
 use egressgw_tests::sim::{SimCluster, status};
-use egressgw_tests::testbed::topology::{PROTECTED_SERVER, SERVER_PORT};
+use egressgw_tests::testbed::topology::PROTECTED_SERVER;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
@@ -65,22 +65,5 @@ async fn a_worker_renews_at_the_idle_cadence_and_hosts_once_labelled() {
     sim.kill_agent(2).unwrap();
     sim.kill_agent(3).unwrap();
     sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.200").as_deref() == Some(worker.as_str())).await.unwrap();
-    let pod = sim.tb.pod(1, 0).netns().path();
-    let start = Instant::now();
-    loop {
-        let ns = pod.clone();
-        let seen = tokio::task::spawn_blocking(move || {
-            egressgw_tests::testbed::client::connect_once(ns, std::net::SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), Duration::from_millis(800))
-        })
-        .await
-        .expect("join")
-        .expect("client")
-        .ok()
-        .map(|a| *a.ip());
-        if seen == Some(EGRESS_IP) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "pod (1,0) never reached {PROTECTED_SERVER} from {EGRESS_IP}: last {seen:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sim.wait_source(1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(10)).await;
 }

@@ -13,28 +13,12 @@ const GATEWAY: &str = "billing-to-mainframe";
 const CONVERGE: Duration = Duration::from_secs(20);
 
 async fn connect(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-    let pod = sim.tb.pod(node, k);
-    let ns = pod.netns().path();
-    tokio::task::spawn_blocking(move || {
-        egressgw_tests::testbed::client::connect_once(ns, std::net::SocketAddrV4::new(dst, egressgw_tests::testbed::topology::SERVER_PORT), Duration::from_millis(800))
-    })
-    .await
-    .expect("join")
-    .expect("client")
-    .ok()
-    .map(|a| *a.ip())
+    sim.source_seen(node, k, dst).await
 }
 
 /// Wait until pod (node, k) reaches `dst` from `want`.
 async fn wait_seen(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr, want: Ipv4Addr, timeout: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        if connect(sim, node, k, dst).await == Some(want) {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "pod ({node},{k}) never reached {dst} from {want} within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sim.wait_source(node, k, dst, Some(want), timeout).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,12 @@
 //! apiserver, the controller leader dies, gateways conflict or cannot be placed, specs change.
 //! Real apiserver, real controller and agents, real kernel, real TCP.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use egressgw::api::EgressGateway;
 use egressgw_tests::sim::{SimCluster, status};
-use egressgw_tests::testbed::client::connect_once;
-use egressgw_tests::testbed::topology::{OTHER_SERVER, PROTECTED_SERVER, SERVER_PORT};
+use egressgw_tests::testbed::topology::{OTHER_SERVER, PROTECTED_SERVER};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
@@ -20,24 +19,11 @@ const CONVERGE: Duration = Duration::from_secs(20);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn connect(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr) -> Option<Ipv4Addr> {
-    let ns = sim.tb.pod(node, k).netns().path();
-    tokio::task::spawn_blocking(move || connect_once(ns, SocketAddrV4::new(dst, SERVER_PORT), Duration::from_millis(800)))
-        .await
-        .expect("join")
-        .expect("client")
-        .ok()
-        .map(|a| *a.ip())
+    sim.source_seen(node, k, dst).await
 }
 
 async fn wait_seen(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr, want: Option<Ipv4Addr>, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        if connect(sim, node, k, dst).await == want {
-            return;
-        }
-        assert!(start.elapsed() < timeout, "pod ({node},{k}) -> {dst}: never saw {want:?} within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    sim.wait_source(node, k, dst, want, timeout).await;
 }
 
 /// A cluster with node 1 a worker and nodes 2, 3 gateway candidates, invoicer-0 on node 1,

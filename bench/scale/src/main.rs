@@ -394,8 +394,30 @@ fn probe_connect(cl: &ScaleCluster, allowed: &[Ipv4Addr]) -> Result<bool> {
     Ok(connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), Duration::from_millis(300))?.ok().is_some_and(|a| allowed.contains(a.ip())))
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+/// After the run (its cluster already torn down), background tasks get this long to stop
+/// before the process exits regardless: a benchmark left spinning would skew the next run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run());
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let mut args = Args::parse();
     if args.baseline {
         (args.sim_nodes, args.pods, args.sim_gateways, args.churn_secs, args.restart_changes) = (0, 0, 0, 0, 1);

@@ -104,3 +104,17 @@ fn pending_nodes_keep_programmed_false_and_transition_times_survive() {
     assert_eq!(cond(&second, condition::READY).last_transition_time.0, now(), "unchanged: time kept");
     assert_eq!(second.assignments[0].since.as_ref().unwrap().0, now(), "the IP did not move");
 }
+
+#[test]
+fn a_status_read_back_from_the_api_computes_to_itself() {
+    let mut c = Cluster::new();
+    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    let plan = c.plan();
+    let sub_second = |ms: i64| Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap();
+    let written = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, sub_second(250));
+    // The API keeps whole seconds; what comes back is what was computed.
+    let read_back: crate::api::EgressGatewayStatus = serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
+    assert_eq!(read_back, written);
+    let next = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), Some(&written), sub_second(700));
+    assert_eq!(next, read_back, "nothing changed: no write");
+}

@@ -118,7 +118,7 @@ impl Reconciler {
     /// as in the last reconcile, only the pods that changed are re-planned
     /// ([`ClusterPlan::update_pod`]) and, when the agents' reports are unchanged too, only the
     /// statuses of the gateways those pods touch are recomputed. Status writes go out
-    /// concurrently, in the background; after a failed one the next reconcile is full.
+    /// concurrently and are waited for; after a failed one the next reconcile is full.
     pub async fn reconcile(&self, full: bool) -> Result<usize, ReconcileError> {
         let started = Instant::now();
         let span = info_span!("reconcile");
@@ -175,6 +175,7 @@ impl Reconciler {
         for (g, desired) in changes {
             self.writer.submit(g, desired);
         }
+        self.writer.flushed().await;
         if only.is_none() {
             self.writer.retain(&self.stores.gateways.state().iter().map(|g| g.name_any()).collect());
             self.metrics.egress_ips_placed.set(placed);

@@ -1,15 +1,16 @@
-//! Gateway status writes, pipelined and coalesced per gateway.
+//! Gateway status writes: concurrent, in order per gateway, coalesced.
 //!
-//! A reconcile hands each changed status over and goes on; it does not wait for a batch of
-//! writes to return before it may plan the next pod change. Writes of one gateway stay in
-//! order (one in flight at a time); a newer status handed over while one is in flight
-//! replaces any older one still queued, so under churn a gateway gets at most one write per
-//! round trip, and the last one is always the newest plan. At most
-//! [`STATUS_WRITES_IN_FLIGHT`] writes are in flight overall.
+//! Writes of one gateway stay in order (one in flight at a time); a newer status handed over
+//! while one is in flight replaces any older one still queued. At most
+//! [`STATUS_WRITES_IN_FLIGHT`] writes are in flight overall. The reconcile waits for its
+//! batch ([`StatusWriter::flushed`]) before it plans again: on a busy apiserver the pod
+//! changes that arrive meanwhile then go out in the next batch, one write per gateway, where
+//! handing writes over without waiting doubled the write rate under churn (bench-scale:
+//! 36 -> 69 status writes/s at 49 pod changes/s, status latency p50 1.9 -> 3.3 s).
 //!
 //! The writer also remembers the last status handed over per gateway: the watch may not have
 //! delivered a write yet, so "the watch shows the desired status" alone would skip a write
-//! that undoes one still in flight.
+//! that undoes one just made.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,8 @@ pub struct StatusWriter {
     failed: AtomicBool,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
+    /// Woken whenever a gateway's writes are all done.
+    drained: Notify,
 }
 
 impl StatusWriter {
@@ -69,6 +72,7 @@ impl StatusWriter {
             failed: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
             state: Mutex::default(),
+            drained: Notify::new(),
         })
     }
 
@@ -85,6 +89,17 @@ impl StatusWriter {
     /// handed over (maybe still in flight, or not yet seen by the watch) differs.
     pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
         gateway.status.as_ref() != Some(desired) || self.lock().sent.get(&gateway.name_any()).is_some_and(|s| s != desired)
+    }
+
+    /// Wait until every status handed over has been written (or has failed).
+    pub async fn flushed(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.lock().in_flight.is_empty() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Whether a write failed since the last call.
@@ -136,12 +151,15 @@ impl StatusWriter {
                 drop(st);
                 self.failed.store(true, Ordering::Release);
                 self.wake.notify_one();
+                self.drained.notify_waiters();
                 return;
             }
             match st.queued.remove(&name) {
                 Some(next) => job = next,
                 None => {
                     st.in_flight.remove(&name);
+                    drop(st);
+                    self.drained.notify_waiters();
                     return;
                 }
             }

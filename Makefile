@@ -24,10 +24,11 @@ deps:
 build: deps
 	$(CARGO) build --workspace
 
-## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~8 min)
+## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~6 min, then the 3-node baseline)
 bench-scale: deps control-plane
 	$(CARGO) build --release -p egressgw --bin egressgw -p egressgw-bench-scale
 	$${CARGO_TARGET_DIR:-target}/release/bench-scale
+	$${CARGO_TARGET_DIR:-target}/release/bench-scale --baseline
 
 ## bench-plan: the planner benchmark (10k pods, 500 gateways, 100 nodes)
 bench-plan:

@@ -5,8 +5,9 @@
 //! [`STATUS_WRITES_IN_FLIGHT`] writes are in flight overall. The reconcile waits for its
 //! batch ([`StatusWriter::flushed`]) before it plans again: on a busy apiserver the pod
 //! changes that arrive meanwhile then go out in the next batch, one write per gateway, where
-//! handing writes over without waiting doubled the write rate under churn (bench-scale:
-//! 36 -> 69 status writes/s at 49 pod changes/s, status latency p50 1.9 -> 3.3 s).
+//! handing writes over without waiting was measured worse on a saturated apiserver
+//! (bench-scale: 69 status writes/s at 49 pod changes/s and status p50 3.3 s, against 62/s at
+//! 77 changes/s and p50 0.9 s when waiting).
 //!
 //! The writer also remembers the last status handed over per gateway: the watch may not have
 //! delivered a write yet, so "the watch shows the desired status" alone would skip a write

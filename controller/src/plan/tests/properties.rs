@@ -90,6 +90,19 @@ fn cluster_strategy() -> impl Strategy<Value = (Vec<NodeGen>, Vec<GwGen>, Vec<Po
     (prop::collection::vec(node_gen(), 1..6), prop::collection::vec(gw_gen(), 1..7), prop::collection::vec(pod_gen(), 0..30))
 }
 
+/// Replace (or, with `None`, delete) pod `p{i}` in the index; returns its key.
+fn change_pod(c: &mut Cluster, nodes: usize, (i, change): (usize, Option<PodGen>)) -> PodKey {
+    let key = PodKey::new(TEAMS[i % 3], format!("p{i}"));
+    c.index.pods.remove(&key);
+    if let Some(p) = change {
+        let node = format!("n{}", p.node % nodes);
+        let mut new = pod(TEAMS[i % 3], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 100 + i));
+        new.key = key.clone();
+        c.pod(new);
+    }
+    key
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -184,15 +197,8 @@ proptest! {
     ) {
         let mut c = build(&nodes, &gws, &pods);
         let mut plan = c.plan();
-        for (i, change) in changes {
-            let key = PodKey::new(TEAMS[i % 3], format!("p{i}"));
-            c.index.pods.remove(&key);
-            if let Some(p) = change {
-                let node = format!("n{}", p.node % nodes.len());
-                let mut new = pod(TEAMS[i % 3], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 100 + i));
-                new.key = key.clone();
-                c.pod(new);
-            }
+        for change in changes {
+            let key = change_pod(&mut c, nodes.len(), change);
             plan.update_pod(&c.index, &key);
         }
         prop_assert_eq!(plan, c.plan());
@@ -205,18 +211,7 @@ proptest! {
     ) {
         let mut c = build(&nodes, &gws, &pods);
         let mut plan = c.plan();
-        let mut keys = Vec::new();
-        for (i, change) in changes {
-            let key = PodKey::new(TEAMS[i % 3], format!("p{i}"));
-            c.index.pods.remove(&key);
-            if let Some(p) = change {
-                let node = format!("n{}", p.node % nodes.len());
-                let mut new = pod(TEAMS[i % 3], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 100 + i));
-                new.key = key.clone();
-                c.pod(new);
-            }
-            keys.push(key);
-        }
+        let keys: Vec<PodKey> = changes.into_iter().map(|change| change_pod(&mut c, nodes.len(), change)).collect();
         plan.update_pods(&c.index, &keys);
         prop_assert_eq!(plan, c.plan());
     }

@@ -27,6 +27,9 @@ pub mod reason {
     pub const EGRESS_IPS_PLACED: &str = "EgressIPsPlaced";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NO_ELIGIBLE_NODE: &str = "NoEligibleNode";
+    /// Every node that could host the IP has an agent still at the idle cadence (it switches
+    /// within about a second of seeing a gateway select its node): transient, no warning.
+    pub const WAITING_FOR_AGENTS: &str = "WaitingForAgents";
     pub const EGRESS_IP_CONFLICT: &str = "EgressIPConflict";
     pub const POD_SELECTION_CONFLICT: &str = "PodSelectionConflict";
     pub const NO_CONFLICT: &str = "NoConflict";
@@ -84,6 +87,7 @@ pub fn gateway_status(
             let mut nodes = Vec::with_capacity(placements.len());
             let mut claimed = Vec::new();
             let mut homeless = Vec::new();
+            let mut all_waiting = true;
             for p in &placements {
                 let ip = p.ip.to_string();
                 let (node, interface, epoch) = match &p.placement {
@@ -93,6 +97,11 @@ pub fn gateway_status(
                         (None, None, None)
                     }
                     Err(Unplaced::NoEligibleNode(why)) => {
+                        let only_idle = why.contains_key(&Ineligible::AgentIdle)
+                            && why.keys().all(|k| matches!(k, Ineligible::AgentIdle | Ineligible::SelectorMismatch));
+                        if !only_idle {
+                            all_waiting = false;
+                        }
                         homeless.push(format!("{ip} has no eligible node ({})", explain(why)));
                         (None, None, None)
                     }
@@ -107,13 +116,14 @@ pub fn gateway_status(
             }
             status.gateway_nodes = Some(nodes.join(","));
             let placed = placements.iter().filter(|p| p.placement.is_ok()).count();
+            let homeless_reason = if all_waiting { reason::WAITING_FOR_AGENTS } else { reason::NO_ELIGIBLE_NODE };
 
             let ready = if placed > 0 {
                 let msg = format!("{placed} of {} egress IPs placed; {} pods selected", placements.len(), selection.pods.len());
                 cond(condition::READY, true, reason::EGRESS_IPS_PLACED, msg)
             } else if !homeless.is_empty() {
                 let msg = format!("traffic of the selected pods to the destinations is dropped: {}", homeless.join("; "));
-                cond(condition::READY, false, reason::NO_ELIGIBLE_NODE, msg)
+                cond(condition::READY, false, homeless_reason, msg)
             } else {
                 let msg = format!("traffic of the selected pods to the destinations is dropped: {}", claimed.join("; "));
                 cond(condition::READY, false, reason::EGRESS_IP_CONFLICT, msg)
@@ -143,7 +153,7 @@ pub fn gateway_status(
             let degraded = if homeless.is_empty() {
                 cond(condition::DEGRADED, false, reason::ALL_PLACED, String::new())
             } else {
-                cond(condition::DEGRADED, true, reason::NO_ELIGIBLE_NODE, homeless.join("; "))
+                cond(condition::DEGRADED, true, homeless_reason, homeless.join("; "))
             };
 
             let programmed = if programming.pending.is_empty() {

@@ -59,7 +59,9 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
         n.map(|c| (&c.status, &c.reason, &c.message)) != o.map(|c| (&c.status, &c.reason, &c.message))
     };
     if let Some(r) = cond(Some(new), condition::READY).filter(|_| changed(condition::READY)) {
-        if r.status == "False" {
+        // Waiting for agents to leave the idle cadence is transient (about a second): the
+        // condition says so; no warning.
+        if r.status == "False" && r.reason != reason::WAITING_FOR_AGENTS {
             let reason = match r.reason.as_str() {
                 reason::INVALID_SPEC => event_reason::INVALID_SPEC,
                 reason::NO_ELIGIBLE_NODE => event_reason::NO_ELIGIBLE_NODE,

@@ -118,3 +118,22 @@ fn a_status_read_back_from_the_api_computes_to_itself() {
     let next = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), Some(&written), sub_second(700));
     assert_eq!(next, read_back, "nothing changed: no write");
 }
+
+#[test]
+fn idle_agents_make_the_gateway_wait_not_warn() {
+    let mut c = Cluster::new();
+    let mut n = gw_node("n1", 11);
+    n.agent_idle = true;
+    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(n);
+    let plan = c.plan();
+    let s = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, now());
+    let ready = cond(&s, condition::READY);
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::WAITING_FOR_AGENTS));
+    assert!(ready.message.contains("idle cadence"), "{}", ready.message);
+    assert!(crate::controller::notices::notices(None, &s).iter().all(|n| !n.warning), "no warning while agents switch");
+    // A dead agent is a real problem: warned about.
+    c.index.nodes.get_mut("n1").unwrap().agent_alive = false;
+    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    assert_eq!(cond(&s, condition::READY).reason, reason::NO_ELIGIBLE_NODE);
+    assert!(crate::controller::notices::notices(None, &s).iter().any(|n| n.warning));
+}

@@ -276,7 +276,7 @@ impl SimCluster {
 
     /// The testbed index (from 1) of node `name`.
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.tb.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+        self.tb.node_index(name)
     }
 
     /// Where the logs of the processes are.

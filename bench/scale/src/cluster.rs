@@ -203,7 +203,7 @@ impl ScaleCluster {
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.tb.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+        self.tb.node_index(name)
     }
 
     pub fn logs(&self) -> &std::path::Path {

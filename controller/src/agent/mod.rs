@@ -168,7 +168,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let metrics = AgentMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let (dp2, m2) = (dp.clone(), metrics.clone());
-    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || refresh_counters(&dp2, &m2));
+    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        refresh_counters(&dp2, &m2);
+        if let Some(b) = crate::telemetry::memory::heap_in_use() {
+            m2.heap_bytes.set(b as i64);
+        }
+    });
     let health = Health { ready: ready.clone(), registry: Arc::new(Mutex::new(registry)), refresh: Some(refresh) };
     let metrics_addr = args.metrics_addr;
     tokio::spawn(async move {
@@ -236,7 +241,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let Some(change) = inputs.refresh(epoch) else {
             continue; // a watch of a newly hosted gateway is listing; its sync wakes us
         };
-        if let Some(idle_renew) = idle_renew {
+        let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
+        let everything = change == Change::Everything;
+        // Whether the node may host changes only with gateways or nodes: a full change.
+        if let (true, Some(idle_renew)) = (everything, idle_renew) {
             let want_idle = !inputs.may_host();
             if want_idle != idle {
                 set_cadence(&shared, &node, want_idle, timing, idle_renew);
@@ -246,8 +254,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 dirty_since.get_or_insert(now);
             }
         }
-        let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
-        let everything = change == Change::Everything;
         let plan_now = match (change, cluster.as_mut()) {
             (Change::Pods(keys), Some(plan)) => {
                 if !keys.is_empty() {
@@ -305,9 +311,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         last_fenced = fenced;
         metrics.pods_held.set(inputs.pods.store.len() as i64);
         metrics.pod_watches.set(inputs.pods.watches() as i64);
-        if let Some(b) = crate::telemetry::memory::heap_in_use() {
-            metrics.heap_bytes.set(b as i64);
-        }
         let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
         {
             let mut s = shared.lock().expect("agent state lock");

@@ -399,6 +399,11 @@ impl Testbed {
         &self.nodes[index - 1]
     }
 
+    /// The index (from 1) of node `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+    }
+
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }

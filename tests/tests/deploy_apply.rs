@@ -212,37 +212,36 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
     })
     .await;
     let gateways: Api<EgressGateway> = Api::all(cp.client());
-    // The namespace has no IP on node-1's interfaces (an empty netns), so the status says so.
-    let g = wait_for("the controller to write status", async || {
-        let g = gateways.get("billing-to-mainframe").await.ok()?;
-        g.status
-            .as_ref()?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready")
-            .then_some(g)
-    })
-    .await;
-    let ready = g
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NoEligibleNode"),
-        "{}",
-        ready.message
-    );
-    assert!(
-        ready
-            .message
-            .contains("node-1: has no interface for the IP's subnet"),
-        "{}",
-        ready.message
-    );
+    // The namespace has no IP on node-1's interfaces (an empty netns), so the status says so
+    // once the controller has seen the agent's Lease renewed. The two start together, so a
+    // first status may still say the agent is not live; wait for the settled one.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ready = gateways
+            .get("billing-to-mainframe")
+            .await
+            .ok()
+            .and_then(|g| {
+                g.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+            });
+        let settled = ready.as_ref().is_some_and(|r| {
+            r.status == "False"
+                && r.reason == "NoEligibleNode"
+                && r.message
+                    .contains("node-1: has no interface for the IP's subnet")
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Ready condition never said node-1 has no interface for the IP's subnet; last: {ready:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
     let events: Api<Event> = Api::namespaced(cp.client(), "default");
     wait_for("the controller's event in namespace default", async || {
         let list = events.list(&ListParams::default()).await.ok()?;

@@ -209,6 +209,24 @@ impl SimCluster {
         Ok(())
     }
 
+    /// SIGTERM controller replica `i` and wait (at most `timeout`) for it to exit.
+    pub fn stop_controller(&mut self, i: usize, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.controllers.get_mut(i).context("no such controller")?;
+        let pid = libc::pid_t::try_from(child.id())?;
+        // SAFETY: kill(2) on our own child's PID; no memory is shared.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "controller {i} still running {timeout:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Create pod `name` in `namespace` on node `node`, with the IP of the testbed's pod
     /// `(node, k)`, and make it Running.
     pub async fn add_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)], node: usize, k: usize) -> Result<()> {

@@ -166,6 +166,42 @@ async fn the_standby_controller_takes_over_and_nothing_moves() {
     assert_eq!(status::node_of(&g, "198.18.0.201").as_deref(), Some(sim.tb.node(other_gateway(host)).name()), "spread over both gateway nodes");
 }
 
+/// A rolling update SIGTERMs the leader: it finishes its reconcile, releases the leader Lease,
+/// exits 0, and the standby (watching the Lease) leads at once, not a lease duration later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn a_stopped_leader_hands_over_to_the_standby_at_once() {
+    let _serial = SERIAL.lock().await;
+    let (mut sim, host) = cluster(2).await;
+    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
+    let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let leader = holder(&leases.get("egressgw-controller").await.unwrap());
+    let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
+    let standby = format!("controller-{}", 1 - idx);
+    sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    let stopped = Instant::now();
+    let exit = sim.stop_controller(idx, Duration::from_secs(10)).unwrap();
+    assert!(exit.success(), "the leader exits cleanly on SIGTERM: {exit}");
+    let lease_duration = Duration::from_secs(4);
+    loop {
+        if holder(&leases.get("egressgw-controller").await.unwrap()) == standby {
+            break;
+        }
+        assert!(stopped.elapsed() < lease_duration, "the standby did not take the released Lease before it would have expired anyway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("standby leading {:?} after SIGTERM to the leader", stopped.elapsed());
+    assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host], "nothing moves");
+    // The new leader acts: an extra egress IP is placed and programmed.
+    let out = sim
+        .cp
+        .kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)).await.unwrap();
+}
+
 fn gateway_yaml(name: &str, ip: &str, dst: &str, node_selector: &str) -> String {
     format!(
         "apiVersion: egressgw.io/v1alpha1\nkind: EgressGateway\nmetadata: {{ name: {name} }}\nspec:\n  namespaceSelector: {{ matchLabels: {{ team: billing }} }}\n  podSelector: {{ matchLabels: {{ app: invoicer }} }}\n  destinationCIDRs: [{dst}]\n  egressIPs: [{ip}]\n  gatewayNodeSelector: {{ matchLabels: {{ {node_selector} }} }}\n"

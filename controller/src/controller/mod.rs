@@ -73,8 +73,10 @@ pub struct ControllerArgs {
 /// lists every pod before it may write, and each page is one more round trip.
 pub const POD_LIST_PAGE: u32 = 5000;
 
-/// Run the controller until leadership is lost or a fatal error.
+/// Run the controller until leadership is lost, a fatal error, or SIGTERM/SIGINT (then a
+/// leader finishes its reconcile, releases the leader Lease for the standby, and returns).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let mut stop = std::pin::pin!(stop_requested()?);
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let mut registry = Registry::default();
@@ -158,7 +160,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         ready.store(true, Ordering::Relaxed);
         anyhow::Ok(())
     };
-    let (synced, led) = tokio::join!(synced, elector.acquire());
+    let (synced, led) = tokio::select! {
+        r = async { tokio::join!(synced, elector.acquire()) } => r,
+        () = &mut stop => {
+            info!("stopping (not the leader)");
+            return Ok(());
+        }
+    };
     synced?;
     led?;
     // Agents seen before we led were judged by nothing yet: give each a full takeover window
@@ -186,11 +194,34 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             metrics.is_leader.set(0);
             Err(anyhow::anyhow!("stepping down: {lost}"))
         }
-        r = control_loop(&reconciler, notify) => r,
+        r = control_loop(&reconciler, notify, stop) => {
+            r?;
+            // The loop stopped between reconciles with its status writes done: nothing of
+            // ours is in flight when the standby takes over.
+            metrics.is_leader.set(0);
+            elector.release().await?;
+            Ok(())
+        }
     }
 }
 
-async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::Result<()> {
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed now, so a signal that
+/// arrives while the watches sync is not lost.
+fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "stop requested"),
+        }
+    })
+}
+
+/// Reconcile until `stop` resolves; it is only looked at between reconciles, so the loop
+/// returns with no status write in flight.
+async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>, mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> anyhow::Result<()> {
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
     let mut dirty = true;
@@ -229,6 +260,10 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>) -> anyhow::R
                 dirty = true;
             }
             _ = tokio::time::sleep(wake) => {}
+            () = &mut stop => {
+                info!("stopping: leaving leadership to the standby");
+                return Ok(());
+            }
         }
     }
 }

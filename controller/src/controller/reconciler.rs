@@ -28,6 +28,8 @@ use super::status_writer::StatusWriter;
 pub enum ReconcileError {
     #[error("writing the status of EgressGateway {gateway}: {source}")]
     Status { gateway: String, source: kube::Error },
+    #[error("encoding the status of EgressGateway {gateway}: {source}")]
+    Encode { gateway: String, source: serde_json::Error },
 }
 
 /// The watch stores the controller plans from.

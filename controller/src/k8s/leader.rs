@@ -4,14 +4,21 @@
 //! with its monotonic clock, so no two clocks must agree); the leader steps down when it
 //! could not renew for `renew_deadline` < `lease_duration`. Every write is a compare-and-swap
 //! on `resourceVersion`, so two candidates can never both win.
+//!
+//! A leader that is told to stop releases the Lease (clears the holder); a standby watches
+//! the Lease and takes a released one at once, so a rolling update hands leadership over in
+//! one round trip instead of a lease duration.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
+use futures::StreamExt;
 use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::Notify;
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -54,6 +61,9 @@ impl Observation {
     }
 }
 
+/// Compare-and-swap attempts to release the Lease (each retry follows a conflicting write).
+const RELEASE_ATTEMPTS: usize = 3;
+
 pub struct LeaderElector {
     api: Api<Lease>,
     cfg: LeaderConfig,
@@ -81,20 +91,72 @@ impl LeaderElector {
         }
     }
 
-    /// Wait until this candidate holds the Lease.
+    /// Wait until this candidate holds the Lease. Tries every `retry_period`, and at once
+    /// whenever the Lease changes (a leader released it).
     pub async fn acquire(&self) -> Result<(), LeaderError> {
-        let mut seen: Option<Observation> = None;
-        loop {
-            match self.try_acquire(&mut seen).await {
-                Ok(true) => {
-                    info!(lease = %self.cfg.name, identity = %self.cfg.identity, "became leader");
+        let changed = Notify::new();
+        let watch = async {
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", self.cfg.name));
+            let mut events = std::pin::pin!(watcher(self.api.clone(), config).default_backoff());
+            while let Some(event) = events.next().await {
+                if matches!(event, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) {
+                    changed.notify_one();
+                }
+            }
+            // Polling alone still elects.
+            std::future::pending::<()>().await;
+        };
+        let attempts = async {
+            let mut seen: Option<Observation> = None;
+            loop {
+                match self.try_acquire(&mut seen).await {
+                    Ok(true) => {
+                        info!(lease = %self.cfg.name, identity = %self.cfg.identity, "became leader");
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "leader election attempt failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.retry_period) => {}
+                    _ = changed.notified() => {}
+                }
+            }
+        };
+        tokio::select! {
+            r = attempts => r,
+            _ = watch => unreachable!("the lease watch never ends"),
+        }
+    }
+
+    /// Give the Lease up (only if this candidate still holds it), so a standby takes over at
+    /// once. The caller must have stopped acting as leader first.
+    pub async fn release(&self) -> Result<(), LeaderError> {
+        for _ in 0..RELEASE_ATTEMPTS {
+            let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))? else {
+                return Ok(());
+            };
+            let spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+                return Ok(());
+            }
+            lease.spec = Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                renew_time: Some(now_micro()),
+                ..spec
+            });
+            match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+                Ok(_) => {
+                    info!(lease = %self.cfg.name, identity = %self.cfg.identity, "released the leader lease");
                     return Ok(());
                 }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election attempt failed"),
+                // A renewal in flight when we stopped landed first: read again.
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(self.err(e)),
             }
-            tokio::time::sleep(self.cfg.retry_period).await;
         }
+        Err(LeaderError::Lost { name: self.cfg.name.clone(), why: format!("could not release it in {RELEASE_ATTEMPTS} attempts") })
     }
 
     async fn try_acquire(&self, seen: &mut Option<Observation>) -> Result<bool, LeaderError> {

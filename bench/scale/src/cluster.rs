@@ -3,16 +3,19 @@
 //! Node objects for the simulated nodes. Built from the harness's pieces like
 //! `egressgw_tests::sim::SimCluster`, but every agent talks to the apiserver through a
 //! loopback proxy that counts the bytes it receives, and the PIDs are known for /proc.
+//! A second controller replica can wait as a hot standby and take over when the leader is
+//! told to stop (SIGTERM), as in a rolling update of a 2-replica deployment.
 //! Drop kills the processes it started (by PID), then the testbed goes, then the control plane.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use egressgw::k8s::names::SYSTEM_NAMESPACE;
 use egressgw_tests::control_plane::ControlPlane;
 use egressgw_tests::sim::egressgw_binary;
@@ -84,11 +87,25 @@ pub struct Agent {
     kubeconfig: PathBuf,
 }
 
+/// Leader-election identity of the controller `start_controller` starts (and restarts).
+pub const LEADER_IDENTITY: &str = "controller-0";
+
+/// A second controller replica, started while the leader leads.
+struct Standby {
+    child: Child,
+    metrics: SocketAddr,
+}
+
 pub struct ScaleCluster {
     pub agents: BTreeMap<usize, Agent>,
+    /// THE controller: the leader (after a handover, the former standby).
     pub controller: Option<Child>,
     /// The running controller's /metrics.
     pub controller_metrics: Option<SocketAddr>,
+    /// A hot standby replica (`start_standby`), until `stop_leader` makes it THE controller.
+    standby: Option<Standby>,
+    /// A leader told to stop (SIGTERM) and not reaped yet.
+    retiring: Option<Child>,
     controllers_started: usize,
     // Drop order: processes (killed in Drop), then the testbed, then the control plane.
     pub tb: Testbed,
@@ -115,7 +132,18 @@ impl ScaleCluster {
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
-        Ok(Self { agents: BTreeMap::new(), controller: None, controller_metrics: None, controllers_started: 0, tb, cp, bin, logs })
+        Ok(Self {
+            agents: BTreeMap::new(),
+            controller: None,
+            controller_metrics: None,
+            standby: None,
+            retiring: None,
+            controllers_started: 0,
+            tb,
+            cp,
+            bin,
+            logs,
+        })
     }
 
     fn extra_args(var: &str) -> Vec<String> {
@@ -126,27 +154,96 @@ impl ScaleCluster {
         egressgw_tests::sim::spawn_logged(&self.bin, &self.logs.join(log), args, "warn")
     }
 
-    pub fn start_controller(&mut self) -> Result<u32> {
+    /// An `egressgw controller` process with `identity`, logging to `log`; its /metrics address.
+    fn spawn_controller(&mut self, identity: &str, log: &str) -> Result<(Child, SocketAddr)> {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let args = vec![
             "controller".into(),
             "--kubeconfig".into(),
             self.cp.kubeconfig().display().to_string(),
-            // One identity across restarts (a container restarting in its pod): a restarted
-            // controller re-acquires its own leader Lease at once, so a restart measures the
-            // resync, not the leader-lease expiry.
             "--identity".into(),
-            "controller-0".into(),
+            identity.into(),
             "--metrics-addr".into(),
             metrics.to_string(),
         ];
         let args = [args, Self::extra_args("EGRESSGW_SIM_CONTROLLER_ARGS")].concat();
-        let child = self.spawn(&format!("controller-{}.log", self.controllers_started), &args)?;
+        let child = self.spawn(log, &args)?;
         self.controllers_started += 1;
+        Ok((child, metrics))
+    }
+
+    pub fn start_controller(&mut self) -> Result<u32> {
+        // One identity across restarts (a container restarting in its pod): a restarted
+        // controller re-acquires its own leader Lease at once, so a restart measures the
+        // resync, not the leader-lease expiry.
+        let log = format!("controller-{}.log", self.controllers_started);
+        let (child, metrics) = self.spawn_controller(LEADER_IDENTITY, &log)?;
         let pid = child.id();
         self.controller = Some(child);
         self.controller_metrics = Some(metrics);
         Ok(pid)
+    }
+
+    /// Start a second controller replica with `identity` (its own /metrics and log) while
+    /// the leader runs; it syncs its watches and waits for the leader Lease. Its pid and
+    /// /metrics address.
+    pub fn start_standby(&mut self, identity: &str) -> Result<(u32, SocketAddr)> {
+        ensure!(self.standby.is_none(), "a standby is already running");
+        let log = format!("standby-{identity}-{}.log", self.controllers_started);
+        let (child, metrics) = self.spawn_controller(identity, &log)?;
+        let pid = child.id();
+        self.standby = Some(Standby { child, metrics });
+        Ok((pid, metrics))
+    }
+
+    /// Kill the standby (if any) and reap it.
+    pub fn kill_standby(&mut self) -> Result<()> {
+        if let Some(mut s) = self.standby.take() {
+            s.child.kill()?;
+            s.child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Tell the leader to stop (SIGTERM to our own child, by PID), as a rolling update does,
+    /// and make the standby THE controller (its pid and /metrics from now on). The old
+    /// leader is reaped by `reap_retiring`. Returns the old leader's pid.
+    pub fn stop_leader(&mut self) -> Result<u32> {
+        ensure!(self.retiring.is_none(), "a former leader is still being reaped");
+        let standby = self.standby.take().context("no standby to hand over to")?;
+        let Some(leader) = self.controller.take() else {
+            self.standby = Some(standby);
+            bail!("no leader running");
+        };
+        let pid = leader.id();
+        let raw = libc::pid_t::try_from(pid).context("pid")?;
+        // SAFETY: kill(2) has no memory preconditions; `raw` is our own unreaped child, so
+        // the PID cannot have been reused by another process.
+        let rc = unsafe { libc::kill(raw, libc::SIGTERM) };
+        let err = std::io::Error::last_os_error();
+        self.retiring = Some(leader);
+        self.controller = Some(standby.child);
+        self.controller_metrics = Some(standby.metrics);
+        ensure!(rc == 0, "SIGTERM to the leader (pid {pid}): {err}");
+        Ok(pid)
+    }
+
+    /// Wait (polling) for the leader `stop_leader` signalled to exit: when it was seen gone
+    /// and its exit status. Not gone within `timeout`: SIGKILLed, reaped, and `None`.
+    pub async fn reap_retiring(&mut self, timeout: Duration) -> Result<Option<(Instant, ExitStatus)>> {
+        let mut child = self.retiring.take().context("no leader was told to stop")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some((Instant::now(), status)));
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     pub fn kill_controller(&mut self) -> Result<()> {
@@ -192,12 +289,12 @@ impl ScaleCluster {
         Ok(())
     }
 
-    /// The Prometheus text the agent of node `i` serves.
     /// The controller's /metrics text (empty before it serves).
     pub fn controller_metrics(&self) -> String {
         self.controller_metrics.and_then(|a| egressgw_tests::sim::scrape_metrics(a).ok()).unwrap_or_default()
     }
 
+    /// The Prometheus text the agent of node `i` serves.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
         egressgw_tests::sim::scrape_metrics(self.agents.get(&i).context("no agent on that node")?.metrics)
     }
@@ -217,9 +314,36 @@ impl Drop for ScaleCluster {
             let _ = a.child.kill();
             let _ = a.child.wait();
         }
-        if let Some(mut c) = self.controller.take() {
+        let standby = self.standby.take().map(|s| s.child);
+        for mut c in [self.controller.take(), standby, self.retiring.take()].into_iter().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// Poll `http://addr/readyz` until it answers 200 (the controller's watches have synced);
+/// when it did, or `None` after `timeout`.
+pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_status(addr, "/readyz").is_ok_and(|c| c == 200) {
+            return Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The status code of `GET path` on egressgw's tiny HTTP endpoint.
+fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut head = String::new();
+    s.read_to_string(&mut head)?;
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")
 }

@@ -3,7 +3,8 @@
 //! renewed every 500 ms by this program) — against a real kube-apiserver and the real
 //! controller. Measures controller and agent memory and CPU, status latency, the largest
 //! agent's watch traffic and input-to-kernel latency under pod churn, the apiserver load,
-//! the controller's resync after a restart, and failover at full size.
+//! the controller's resync after a cold restart, a leader handover to a hot standby, and
+//! failover at full size.
 //!
 //! Run (as root): `cargo build --release -p egressgw -p egressgw-bench-scale &&
 //! target/release/bench-scale` (`--help` for the sizes; `--baseline` is the 3-node run).
@@ -28,9 +29,10 @@ use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::Client;
 
-use cluster::ScaleCluster;
+use cluster::{LEADER_IDENTITY, ScaleCluster};
+use egressgw::k8s::names::{CONTROLLER_LEASE, SYSTEM_NAMESPACE};
 use leases::{SimAgent, SimAgents};
-use measure::{GatewayWatch, GwSeen, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile};
+use measure::{GatewayWatch, GwSeen, LeaseHolderWatch, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile};
 use pods::{Book, NodeDir, PodRec, SharedBook};
 use world::{Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gateways, sim_gateways, team_ns};
 
@@ -41,6 +43,13 @@ const FENCES: &str = "egressgw_agent_fences";
 const RENEWALS: &str = "egressgw_agent_lease_renewal_duration_seconds";
 const RECONCILE: &str = "egressgw_controller_reconcile_duration_seconds";
 const STATUS_WRITE: &str = "egressgw_controller_status_write_duration_seconds";
+const IS_LEADER: &str = "egressgw_controller_leader";
+/// Leader-election identity of the hot standby (the leader is `cluster::LEADER_IDENTITY`).
+const STANDBY_IDENTITY: &str = "controller-1";
+/// The standby lists every pod before /readyz says 200.
+const STANDBY_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the old leader may take to exit after SIGTERM, and the standby to lead.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "egressgw scale benchmark (run as root)")]
@@ -73,7 +82,8 @@ struct Args {
     /// Status-latency probes (pod added, then deleted) in steady state and during churn.
     #[arg(long, default_value_t = 20)]
     probes: usize,
-    /// Pod changes made while the controller is down, before the resync measurement.
+    /// Pod changes made while the controller is down, before the resync measurement (and
+    /// again right after the leader is told to stop, in the handover measurement).
     #[arg(long, default_value_t = 100)]
     restart_changes: usize,
     /// Data-path failover trials (a real gateway node dies).
@@ -389,6 +399,76 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
     println!("    by verb: {}", by_verb.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", "));
 }
 
+/// A second replica starts and syncs while the leader leads; the leader gets SIGTERM and the
+/// cold restart's pod changes are made at once; time from the signal until every status is
+/// correct, with when the old leader exited and when the standby led. The standby is THE
+/// controller afterwards (`ScaleCluster::stop_leader`).
+async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
+    let watch = &ctx.watch;
+    if watch.wait(Duration::from_secs(30), |s| ctx.all_correct(s, None)).await.is_none() {
+        println!("leader handover: statuses not settled before it (continuing): {:?}", ctx.wrong(None));
+    }
+    let lease = LeaseHolderWatch::start(ctx.client.clone(), SYSTEM_NAMESPACE, CONTROLLER_LEASE).await;
+    let t_start = Instant::now();
+    let (standby_pid, standby_metrics) = cl.start_standby(STANDBY_IDENTITY)?;
+    let Some(ready) = cluster::wait_ready(standby_metrics, STANDBY_READY_TIMEOUT).await else {
+        println!("\nleader handover: SKIPPED, standby {STANDBY_IDENTITY} (pid {standby_pid}) not ready within {STANDBY_READY_TIMEOUT:?}");
+        return cl.kill_standby();
+    };
+    let holder = lease.holder();
+    println!(
+        "\nhot standby {STANDBY_IDENTITY} (pid {standby_pid}): /readyz 200 (watches synced) {} after it started; leader Lease held by {holder:?}",
+        ms(ready - t_start)
+    );
+    if holder != LEADER_IDENTITY {
+        println!("leader handover: the leader Lease is not held by {LEADER_IDENTITY} before the handover");
+    }
+
+    let changes = ctx.args.restart_changes.div_ceil(2);
+    let t0 = Instant::now();
+    let old_pid = cl.stop_leader()?;
+    let statuses = async {
+        if ctx.args.pods > 0 {
+            ctx.burst(changes).await?;
+        } else {
+            // Baseline: one pod of real-0's.
+            ctx.add_pod(&team_ns(3), 0, false, 2, "handover", true).await?;
+        }
+        anyhow::Ok(watch.wait(Duration::from_secs(120), |s| ctx.all_correct(s, None)).await)
+    };
+    let leading = lease.wait(t0, HANDOVER_TIMEOUT, |h| h == STANDBY_IDENTITY);
+    let (correct, exited, leading) = tokio::join!(statuses, cl.reap_retiring(HANDOVER_TIMEOUT), leading);
+    let (correct, exited) = (correct?, exited?);
+    let released = lease.first_since(t0, str::is_empty);
+    let new_rss = proc_sample(standby_pid).map(|s| s.rss_kib).unwrap_or(0);
+    let gauge = metric_value(&cl.controller_metrics(), IS_LEADER);
+    let after = |t: Option<Instant>| t.map_or(format!("NOT within {HANDOVER_TIMEOUT:?}"), |t| ms(t - t0));
+    match correct {
+        Some(t) => println!(
+            "leader handover: {} pod changes; every status correct {} after SIGTERM to the leader (old leader exited after {}, standby leading after {})",
+            ctx.args.restart_changes,
+            ms(t - t0),
+            after(exited.map(|e| e.0)),
+            after(leading)
+        ),
+        None => println!(
+            "leader handover: {} pod changes; statuses NOT correct 120 s after SIGTERM to the leader (old leader exited after {}, standby leading after {}): {:?}",
+            ctx.args.restart_changes,
+            after(exited.map(|e| e.0)),
+            after(leading),
+            ctx.wrong(None)
+        ),
+    }
+    println!(
+        "leader handover: old leader (pid {old_pid}) {}; leader Lease {}; new leader (pid {standby_pid}) RSS {}, {IS_LEADER} {}",
+        exited.map_or(format!("still running {HANDOVER_TIMEOUT:?} after SIGTERM, SIGKILLed"), |e| e.1.to_string()),
+        released.map_or("never seen released (taken over at expiry)".into(), |t| format!("seen released after {}", ms(t - t0))),
+        mib(new_rss),
+        gauge.map_or("-".into(), |v| format!("{v:.0}"))
+    );
+    Ok(())
+}
+
 fn probe_connect(cl: &ScaleCluster, allowed: &[Ipv4Addr]) -> Result<bool> {
     let ns = cl.tb.pod(1, 0).netns().path();
     Ok(connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), Duration::from_millis(300))?.ok().is_some_and(|a| allowed.contains(a.ip())))
@@ -640,7 +720,8 @@ async fn run() -> Result<()> {
         }
     }
 
-    // Controller restart: changes while it is down, then time to every status correct.
+    // Cold restart of a single replica (no standby): changes while it is down, then time to
+    // every status correct.
     cl.kill_controller()?;
     let changes = args.restart_changes.div_ceil(2);
     if args.pods > 0 {
@@ -655,13 +736,16 @@ async fn run() -> Result<()> {
     let resync_rss = proc_sample(new_pid).map(|s| s.rss_kib).unwrap_or(0);
     match resync {
         Some(d) => println!(
-            "\ncontroller restart: {} pod changes while down; every status correct {} after the new process started (its RSS then {})",
+            "\ncontroller cold restart (single replica, no standby): {} pod changes while down; every status correct {} after the new process started (its RSS then {})",
             args.restart_changes,
             ms(d),
             mib(resync_rss)
         ),
-        None => println!("\ncontroller restart: statuses NOT correct 120 s after the restart: {:?}", ctx.wrong(None)),
+        None => println!("\ncontroller cold restart (single replica, no standby): statuses NOT correct 120 s after the restart: {:?}", ctx.wrong(None)),
     }
+
+    // Leader handover to a hot standby (a rolling update of the 2-replica deployment).
+    leader_handover(&mut cl, &ctx).await?;
 
     // Failover of a simulated gateway node (control plane only: status moves its IPs).
     if !sims.is_empty() {

@@ -1,5 +1,6 @@
 //! Measurements: /proc of a process, the apiserver's own request counters, the agent's
-//! latency histogram, and the gateways' statuses as a watch delivers them.
+//! latency histogram, and the gateways' statuses and the leader Lease's holder as watches
+//! deliver them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use egressgw::api::EgressGateway;
 use futures::StreamExt;
-use kube::runtime::watcher;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
@@ -181,6 +183,80 @@ impl GatewayWatch {
             let left = deadline.checked_duration_since(Instant::now())?;
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
         }
+    }
+}
+
+/// The holder of one Lease as a watch delivers it: every change of `holderIdentity` (an
+/// empty string when released or absent) with when the watch showed it.
+pub struct LeaseHolderWatch {
+    changes: Arc<Mutex<Vec<(String, Instant)>>>,
+    changed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseHolderWatch {
+    /// Watch Lease `ns/name`; returns once the watch's first list is in (or after 30 s).
+    pub async fn start(client: Client, ns: &str, name: &str) -> Self {
+        let changes: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let changed = Arc::new(Notify::new());
+        let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
+        let (c, n) = (changes.clone(), changed.clone());
+        let api: Api<Lease> = Api::namespaced(client, ns);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let task = tokio::spawn(async move {
+            let mut listed = Some(listed_tx);
+            let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+            while let Some(ev) = stream.next().await {
+                let holder = match ev {
+                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => l.spec.and_then(|s| s.holder_identity).unwrap_or_default(),
+                    Ok(watcher::Event::Delete(_)) => String::new(),
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = listed.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let mut v = c.lock().expect("lease watch");
+                if v.last().is_none_or(|(h, _)| *h != holder) {
+                    v.push((holder, Instant::now()));
+                    drop(v);
+                    n.notify_waiters();
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), listed_rx).await;
+        Self { changes, changed, task }
+    }
+
+    /// The holder now (empty: none, or not seen yet).
+    pub fn holder(&self) -> String {
+        self.changes.lock().expect("lease watch").last().map(|(h, _)| h.clone()).unwrap_or_default()
+    }
+
+    /// When the watch first showed a holder matching `check` at or after `since`.
+    pub fn first_since(&self, since: Instant, check: impl Fn(&str) -> bool) -> Option<Instant> {
+        self.changes.lock().expect("lease watch").iter().find(|(h, t)| *t >= since && check(h)).map(|(_, t)| *t)
+    }
+
+    /// Wait until the watch shows a holder matching `check` at or after `since`; when it did.
+    pub async fn wait(&self, since: Instant, timeout: Duration, check: impl Fn(&str) -> bool) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(t) = self.first_since(since, &check) {
+                return Some(t);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+        }
+    }
+}
+
+impl Drop for LeaseHolderWatch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -26,7 +26,8 @@ build: deps
 
 ## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~6 min, then the 3-node baseline)
 bench-scale: deps control-plane
-	$(CARGO) build --release -p egressgw --bin egressgw -p egressgw-bench-scale
+	$(CARGO) build --release -p egressgw --bin egressgw
+	$(CARGO) build --release -p egressgw-bench-scale
 	$${CARGO_TARGET_DIR:-target}/release/bench-scale
 	$${CARGO_TARGET_DIR:-target}/release/bench-scale --baseline
 

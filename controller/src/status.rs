@@ -114,6 +114,7 @@ pub fn gateway_status(
                 };
                 status.assignments.push(IpAssignment { egress_ip: ip, node, interface, epoch, since });
             }
+            status.egress_ip_list = Some(status.assignments.iter().map(|a| a.egress_ip.as_str()).collect::<Vec<_>>().join(","));
             status.gateway_nodes = Some(nodes.join(","));
             let placed = placements.iter().filter(|p| p.placement.is_ok()).count();
             let homeless_reason = if all_waiting { reason::WAITING_FOR_AGENTS } else { reason::NO_ELIGIBLE_NODE };

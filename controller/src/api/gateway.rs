@@ -30,7 +30,7 @@ pub const VERSION: &str = "v1alpha1";
     shortname = "egw",
     category = "egressgw",
     status = "EgressGatewayStatus",
-    printcolumn = r#"{"name":"Egress IPs","type":"string","jsonPath":".spec.egressIPs","description":"The stable source IPs that firewalls allowlist"}"#,
+    printcolumn = r#"{"name":"Egress IPs","type":"string","jsonPath":".status.egressIPList","description":"The stable source IPs that firewalls allowlist"}"#,
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.gatewayNodes","description":"Nodes hosting the egress IPs now, in the order of the egress IPs"}"#,
     printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods","description":"Running pods with IPs whose traffic uses this gateway"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -93,6 +93,10 @@ pub struct EgressGatewayStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["egressIP"]))]
     pub assignments: Vec<IpAssignment>,
+    /// `spec.egressIPs` comma-separated, for `kubectl get egw` (a printer column shows an
+    /// array as JSON).
+    #[serde(default, rename = "egressIPList", skip_serializing_if = "Option::is_none")]
+    pub egress_ip_list: Option<String>,
     /// The nodes of `assignments`, comma-separated in the order of `spec.egressIPs`
     /// (`<none>` for an IP without a node), for `kubectl get egw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -240,6 +240,7 @@ mod tests {
                     since: Some(Time(Timestamp::from_second(1_700_000_000).unwrap())),
                 })
                 .collect(),
+            egress_ip_list: None,
             gateway_nodes: None,
             selected_pods: Some(3),
             conditions: vec![Condition {

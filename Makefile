@@ -66,7 +66,7 @@ unit: deps
 ## test: every test on a fresh machine, as root
 # Tests that need root, network namespaces or the real control plane carry
 # #[ignore = "<why>"]; plain `cargo test` skips them, `make test` runs them all.
-test: deps check-crds control-plane checkov
+test: deps check-crds lint control-plane checkov
 	$(CARGO) build -p egressgw --bins
 	$(CARGO) test --workspace --lib --bins --tests -- --include-ignored --test-threads=$${TEST_THREADS:-4}
 	$(CARGO) test --workspace --benches --no-run

@@ -21,9 +21,25 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     let index = cluster();
     let plan = egressgw::plan::plan(&index);
-    let selected: usize = plan.selections.by_gateway.values().map(|s| s.pods.len()).sum();
-    let lost: usize = plan.selections.by_gateway.values().map(|s| s.lost.len()).sum();
-    let placed = plan.assignments.by_gateway.values().flatten().filter(|p| p.placement.is_ok()).count();
+    let selected: usize = plan
+        .selections
+        .by_gateway
+        .values()
+        .map(|s| s.pods.len())
+        .sum();
+    let lost: usize = plan
+        .selections
+        .by_gateway
+        .values()
+        .map(|s| s.lost.len())
+        .sum();
+    let placed = plan
+        .assignments
+        .by_gateway
+        .values()
+        .flatten()
+        .filter(|p| p.placement.is_ok())
+        .count();
     println!(
         "cluster: {PODS} pods, {GATEWAYS} gateways, {NODES} nodes; {selected} gateway-pod selections, {lost} lost to conflicts, {placed} egress IPs placed"
     );
@@ -36,7 +52,11 @@ fn main() {
         })
         .collect();
     full.sort();
-    println!("full plan:            median {:>9.3?}  p99 {:>9.3?}  ({FULL_RUNS} runs)", percentile(&full, 0.5), percentile(&full, 0.99));
+    println!(
+        "full plan:            median {:>9.3?}  p99 {:>9.3?}  ({FULL_RUNS} runs)",
+        percentile(&full, 0.5),
+        percentile(&full, 0.99)
+    );
 
     let mut node_plans: Vec<Duration> = (0..NODES)
         .map(|n| {
@@ -46,7 +66,11 @@ fn main() {
         })
         .collect();
     node_plans.sort();
-    println!("one node's plan:      median {:>9.3?}  p99 {:>9.3?}  ({NODES} nodes)", percentile(&node_plans, 0.5), percentile(&node_plans, 0.99));
+    println!(
+        "one node's plan:      median {:>9.3?}  p99 {:>9.3?}  ({NODES} nodes)",
+        percentile(&node_plans, 0.5),
+        percentile(&node_plans, 0.99)
+    );
 
     // Incremental: relabel one pod at a time (it joins or leaves gateways), then update.
     let mut index = index;
@@ -69,6 +93,10 @@ fn main() {
         percentile(&inc, 0.99),
         med_full.as_secs_f64() / med_inc.as_secs_f64()
     );
-    assert_eq!(plan, egressgw::plan::plan(&index), "incremental result must equal a full plan");
+    assert_eq!(
+        plan,
+        egressgw::plan::plan(&index),
+        "incremental result must equal a full plan"
+    );
     println!("check: incremental plan equals a full plan after {INCREMENTAL_RUNS} changes");
 }

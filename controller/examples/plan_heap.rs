@@ -42,7 +42,11 @@ fn main() {
     let mut plan = egressgw::plan::plan(&index);
     m.step("plan::plan");
     let gateway_node = format!("node-{:03}", 0);
-    assert!(index.nodes[&gateway_node].labels.contains_key("egressgw.io/gateway"));
+    assert!(
+        index.nodes[&gateway_node]
+            .labels
+            .contains_key("egressgw.io/gateway")
+    );
     let node_plan = plan.node_plan(&gateway_node);
     m.step(&format!("node_plan({gateway_node}) [gateway node]"));
     let worker_node = format!("node-{:03}", NODES - 1);

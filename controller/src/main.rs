@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use egressgw::telemetry::logging::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "egressgw", version, about = "Kubernetes egress gateway: stable egress IPs for selected pods")]
+#[command(
+    name = "egressgw",
+    version,
+    about = "Kubernetes egress gateway: stable egress IPs for selected pods"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -29,7 +33,9 @@ fn main() -> ExitCode {
     egressgw::telemetry::memory::limit_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd => egressgw::api::crd::yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
+        Command::Crd => egressgw::api::crd::yaml()
+            .map(|y| print!("{y}"))
+            .map_err(anyhow::Error::from),
         Command::Controller(args) => {
             logging::init(cli.log_format);
             runtime().and_then(|rt| rt.block_on(egressgw::controller::run(args)))
@@ -49,5 +55,8 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }

@@ -69,20 +69,43 @@ pub fn gateway_status(
         observed_generation: Some(generation),
         last_transition_time: Time(now),
     };
-    let mut status = EgressGatewayStatus { observed_generation: Some(generation), ..Default::default() };
+    let mut status = EgressGatewayStatus {
+        observed_generation: Some(generation),
+        ..Default::default()
+    };
     let conditions = match &gateway.spec {
         Err(e) => {
             let msg = e.to_string();
             vec![
                 cond(condition::READY, false, reason::INVALID_SPEC, msg.clone()),
-                cond(condition::PROGRAMMED, false, reason::INVALID_SPEC, "nothing is programmed for an invalid spec".into()),
-                cond(condition::CONFLICTED, false, reason::NO_CONFLICT, String::new()),
+                cond(
+                    condition::PROGRAMMED,
+                    false,
+                    reason::INVALID_SPEC,
+                    "nothing is programmed for an invalid spec".into(),
+                ),
+                cond(
+                    condition::CONFLICTED,
+                    false,
+                    reason::NO_CONFLICT,
+                    String::new(),
+                ),
                 cond(condition::DEGRADED, true, reason::INVALID_SPEC, msg),
             ]
         }
         Ok(_) => {
-            let placements = plan.assignments.by_gateway.get(&gateway.name).cloned().unwrap_or_default();
-            let selection = plan.selections.by_gateway.get(&gateway.name).cloned().unwrap_or_default();
+            let placements = plan
+                .assignments
+                .by_gateway
+                .get(&gateway.name)
+                .cloned()
+                .unwrap_or_default();
+            let selection = plan
+                .selections
+                .by_gateway
+                .get(&gateway.name)
+                .cloned()
+                .unwrap_or_default();
             status.selected_pods = Some(selection.pods.len() as i64);
             let mut nodes = Vec::with_capacity(placements.len());
             let mut claimed = Vec::new();
@@ -91,14 +114,20 @@ pub fn gateway_status(
             for p in &placements {
                 let ip = p.ip.to_string();
                 let (node, interface, epoch) = match &p.placement {
-                    Ok(pl) => (Some(pl.node.clone()), Some(pl.interface.clone()), Some(pl.epoch)),
+                    Ok(pl) => (
+                        Some(pl.node.clone()),
+                        Some(pl.interface.clone()),
+                        Some(pl.epoch),
+                    ),
                     Err(Unplaced::ClaimedBy(w)) => {
                         claimed.push(format!("{ip} is claimed by older gateway {w}"));
                         (None, None, None)
                     }
                     Err(Unplaced::NoEligibleNode(why)) => {
                         let only_idle = why.contains_key(&Ineligible::AgentIdle)
-                            && why.keys().all(|k| matches!(k, Ineligible::AgentIdle | Ineligible::SelectorMismatch));
+                            && why.keys().all(|k| {
+                                matches!(k, Ineligible::AgentIdle | Ineligible::SelectorMismatch)
+                            });
                         if !only_idle {
                             all_waiting = false;
                         }
@@ -112,21 +141,48 @@ pub fn gateway_status(
                     Some(a) if a.node == node => a.since.clone().or(Some(Time(now))),
                     _ => Some(Time(now)),
                 };
-                status.assignments.push(IpAssignment { egress_ip: ip, node, interface, epoch, since });
+                status.assignments.push(IpAssignment {
+                    egress_ip: ip,
+                    node,
+                    interface,
+                    epoch,
+                    since,
+                });
             }
-            status.egress_ip_list = Some(status.assignments.iter().map(|a| a.egress_ip.as_str()).collect::<Vec<_>>().join(","));
+            status.egress_ip_list = Some(
+                status
+                    .assignments
+                    .iter()
+                    .map(|a| a.egress_ip.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
             status.gateway_nodes = Some(nodes.join(","));
             let placed = placements.iter().filter(|p| p.placement.is_ok()).count();
-            let homeless_reason = if all_waiting { reason::WAITING_FOR_AGENTS } else { reason::NO_ELIGIBLE_NODE };
+            let homeless_reason = if all_waiting {
+                reason::WAITING_FOR_AGENTS
+            } else {
+                reason::NO_ELIGIBLE_NODE
+            };
 
             let ready = if placed > 0 {
-                let msg = format!("{placed} of {} egress IPs placed; {} pods selected", placements.len(), selection.pods.len());
+                let msg = format!(
+                    "{placed} of {} egress IPs placed; {} pods selected",
+                    placements.len(),
+                    selection.pods.len()
+                );
                 cond(condition::READY, true, reason::EGRESS_IPS_PLACED, msg)
             } else if !homeless.is_empty() {
-                let msg = format!("traffic of the selected pods to the destinations is dropped: {}", homeless.join("; "));
+                let msg = format!(
+                    "traffic of the selected pods to the destinations is dropped: {}",
+                    homeless.join("; ")
+                );
                 cond(condition::READY, false, homeless_reason, msg)
             } else {
-                let msg = format!("traffic of the selected pods to the destinations is dropped: {}", claimed.join("; "));
+                let msg = format!(
+                    "traffic of the selected pods to the destinations is dropped: {}",
+                    claimed.join("; ")
+                );
                 cond(condition::READY, false, reason::EGRESS_IP_CONFLICT, msg)
             };
 
@@ -145,22 +201,49 @@ pub fn gateway_status(
                 }
             }
             let conflicted = if conflicts.is_empty() {
-                cond(condition::CONFLICTED, false, reason::NO_CONFLICT, String::new())
+                cond(
+                    condition::CONFLICTED,
+                    false,
+                    reason::NO_CONFLICT,
+                    String::new(),
+                )
             } else {
-                let reason = if claimed.is_empty() { reason::POD_SELECTION_CONFLICT } else { reason::EGRESS_IP_CONFLICT };
+                let reason = if claimed.is_empty() {
+                    reason::POD_SELECTION_CONFLICT
+                } else {
+                    reason::EGRESS_IP_CONFLICT
+                };
                 cond(condition::CONFLICTED, true, reason, conflicts.join("; "))
             };
 
             let degraded = if homeless.is_empty() {
-                cond(condition::DEGRADED, false, reason::ALL_PLACED, String::new())
+                cond(
+                    condition::DEGRADED,
+                    false,
+                    reason::ALL_PLACED,
+                    String::new(),
+                )
             } else {
-                cond(condition::DEGRADED, true, homeless_reason, homeless.join("; "))
+                cond(
+                    condition::DEGRADED,
+                    true,
+                    homeless_reason,
+                    homeless.join("; "),
+                )
             };
 
             let programmed = if programming.pending.is_empty() {
-                cond(condition::PROGRAMMED, true, reason::PROGRAMMED, "every node that acts for this gateway has programmed it".into())
+                cond(
+                    condition::PROGRAMMED,
+                    true,
+                    reason::PROGRAMMED,
+                    "every node that acts for this gateway has programmed it".into(),
+                )
             } else {
-                let msg = format!("waiting for nodes to program the current plan: {}", list(&programming.pending));
+                let msg = format!(
+                    "waiting for nodes to program the current plan: {}",
+                    list(&programming.pending)
+                );
                 cond(condition::PROGRAMMED, false, reason::PENDING, msg)
             };
             vec![ready, programmed, conflicted, degraded]
@@ -184,13 +267,20 @@ fn explain(why: &BTreeMap<Ineligible, Vec<String>>) -> String {
     if why.is_empty() {
         return "no nodes known".to_string();
     }
-    why.iter().map(|(reason, nodes)| format!("{}: {reason}", list(nodes))).collect::<Vec<_>>().join("; ")
+    why.iter()
+        .map(|(reason, nodes)| format!("{}: {reason}", list(nodes)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn list(names: &[String]) -> String {
     if names.len() <= MAX_NAMES_IN_MESSAGE {
         names.join(", ")
     } else {
-        format!("{} and {} more", names[..MAX_NAMES_IN_MESSAGE].join(", "), names.len() - MAX_NAMES_IN_MESSAGE)
+        format!(
+            "{} and {} more",
+            names[..MAX_NAMES_IN_MESSAGE].join(", "),
+            names.len() - MAX_NAMES_IN_MESSAGE
+        )
     }
 }

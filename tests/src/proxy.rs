@@ -40,7 +40,12 @@ impl CuttableProxy {
                 v.push(task);
             }
         });
-        Ok(Self { addr, cut, conns, accept })
+        Ok(Self {
+            addr,
+            cut,
+            conns,
+            accept,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

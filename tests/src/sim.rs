@@ -30,13 +30,19 @@ pub fn egressgw_binary() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("test executable has no folder")?.to_path_buf();
+    let mut dir = exe
+        .parent()
+        .context("test executable has no folder")?
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
     let bin = dir.join("egressgw");
     if !bin.exists() {
-        bail!("{} not found: run `cargo build -p egressgw` first (make test does)", bin.display());
+        bail!(
+            "{} not found: run `cargo build -p egressgw` first (make test does)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -44,17 +50,27 @@ pub fn egressgw_binary() -> Result<PathBuf> {
 /// Extra arguments for every controller or agent, from `EGRESSGW_SIM_CONTROLLER_ARGS` /
 /// `EGRESSGW_SIM_AGENT_ARGS` (whitespace-separated), e.g. to benchmark other timings.
 pub fn extra_args(var: &str) -> Vec<String> {
-    std::env::var(var).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+    std::env::var(var)
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 /// Start `bin` with `args`, stdout and stderr to `log`, `RUST_LOG` from `EGRESSGW_LOG` or
 /// `default_filter`.
-pub fn spawn_logged(bin: &std::path::Path, log: &std::path::Path, args: &[String], default_filter: &str) -> Result<Child> {
+pub fn spawn_logged(
+    bin: &std::path::Path,
+    log: &std::path::Path,
+    args: &[String],
+    default_filter: &str,
+) -> Result<Child> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
     Command::new(bin)
         .args(args)
-        .env("RUST_LOG", std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| default_filter.into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("EGRESSGW_LOG").unwrap_or_else(|_| default_filter.into()),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -70,7 +86,10 @@ pub fn scrape_metrics(addr: SocketAddr) -> Result<String> {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 pub struct SimCluster {
@@ -92,7 +111,12 @@ impl SimCluster {
     /// numbered from 1 as in the testbed), Node objects (nodes in `gateways` labelled as
     /// gateway candidates), `controllers` controller
     /// replicas and one agent per node.
-    pub async fn start(nodes: usize, gateways: &[usize], allow: &[Ipv4Addr], controllers: usize) -> Result<Self> {
+    pub async fn start(
+        nodes: usize,
+        gateways: &[usize],
+        allow: &[Ipv4Addr],
+        controllers: usize,
+    ) -> Result<Self> {
         let bin = egressgw_binary()?;
         let cp = ControlPlane::start_with_crds().await?;
         cp.create_namespace(SYSTEM_NAMESPACE, &[]).await?;
@@ -102,21 +126,43 @@ impl SimCluster {
         }
         let tb = b.build()?;
         for (i, n) in tb.nodes().iter().enumerate().map(|(i, n)| (i + 1, n)) {
-            let labels: Vec<(&str, &str)> = if gateways.contains(&i) { vec![GATEWAY_LABEL] } else { vec![] };
-            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true).await?;
+            let labels: Vec<(&str, &str)> = if gateways.contains(&i) {
+                vec![GATEWAY_LABEL]
+            } else {
+                vec![]
+            };
+            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true)
+                .await?;
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
-        let mut sim = Self { agents: BTreeMap::new(), proxies: BTreeMap::new(), agent_metrics: BTreeMap::new(), controllers: Vec::new(), tb, cp, bin, logs };
+        let mut sim = Self {
+            agents: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            agent_metrics: BTreeMap::new(),
+            controllers: Vec::new(),
+            tb,
+            cp,
+            bin,
+            logs,
+        };
         for i in 0..controllers {
             sim.start_controller(i)?;
         }
-        let server: SocketAddr = sim.cp.server().trim_start_matches("https://").parse().context("apiserver address")?;
+        let server: SocketAddr = sim
+            .cp
+            .server()
+            .trim_start_matches("https://")
+            .parse()
+            .context("apiserver address")?;
         let kubeconfig = std::fs::read_to_string(sim.cp.kubeconfig())?;
         for i in 1..=nodes {
             let proxy = CuttableProxy::start(server).await?;
             let path = sim.logs.join(format!("kubeconfig-agent-{i}"));
-            std::fs::write(&path, kubeconfig.replace(sim.cp.server(), &format!("https://{}", proxy.addr())))?;
+            std::fs::write(
+                &path,
+                kubeconfig.replace(sim.cp.server(), &format!("https://{}", proxy.addr())),
+            )?;
             sim.proxies.insert(i, (proxy, path));
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             sim.agent_metrics.insert(i, port);
@@ -147,7 +193,10 @@ impl SimCluster {
             "127.0.0.1:0".into(),
         ];
         let args = [args, Self::extra_args("EGRESSGW_SIM_CONTROLLER_ARGS")].concat();
-        let child = self.spawn(&format!("controller-{i}-{}.log", self.controllers.len()), &args)?;
+        let child = self.spawn(
+            &format!("controller-{i}-{}.log", self.controllers.len()),
+            &args,
+        )?;
         self.controllers.push(child);
         Ok(())
     }
@@ -175,7 +224,10 @@ impl SimCluster {
 
     /// SIGKILL the agent of node `i` (its kernel state stays, as after a crash).
     pub fn kill_agent(&mut self, i: usize) -> Result<()> {
-        let mut child = self.agents.remove(&i).context("no agent running on that node")?;
+        let mut child = self
+            .agents
+            .remove(&i)
+            .context("no agent running on that node")?;
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -210,7 +262,11 @@ impl SimCluster {
     }
 
     /// SIGTERM controller replica `i` and wait (at most `timeout`) for it to exit.
-    pub fn stop_controller(&mut self, i: usize, timeout: Duration) -> Result<std::process::ExitStatus> {
+    pub fn stop_controller(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
         let child = self.controllers.get_mut(i).context("no such controller")?;
         let pid = libc::pid_t::try_from(child.id())?;
         // SAFETY: kill(2) on our own child's PID; no memory is shared.
@@ -222,22 +278,39 @@ impl SimCluster {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
-            anyhow::ensure!(Instant::now() < deadline, "controller {i} still running {timeout:?} after SIGTERM");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "controller {i} still running {timeout:?} after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Create pod `name` in `namespace` on node `node`, with the IP of the testbed's pod
     /// `(node, k)`, and make it Running.
-    pub async fn add_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)], node: usize, k: usize) -> Result<()> {
+    pub async fn add_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        node: usize,
+        k: usize,
+    ) -> Result<()> {
         let n = self.tb.node(node).name().to_string();
         self.cp.create_pod(namespace, name, labels, &n).await?;
-        self.cp.set_pod_ip(namespace, name, IpAddr::V4(self.tb.pod(node, k).ip())).await?;
+        self.cp
+            .set_pod_ip(namespace, name, IpAddr::V4(self.tb.pod(node, k).ip()))
+            .await?;
         Ok(())
     }
 
     /// Poll the gateway until `check` holds or `timeout` passes.
-    pub async fn wait_gateway(&self, name: &str, timeout: Duration, check: impl Fn(&EgressGateway) -> bool) -> Result<EgressGateway> {
+    pub async fn wait_gateway(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: impl Fn(&EgressGateway) -> bool,
+    ) -> Result<EgressGateway> {
         let api: Api<EgressGateway> = Api::all(self.cp.client());
         let deadline = Instant::now() + timeout;
         loop {
@@ -246,7 +319,10 @@ impl SimCluster {
                 return Ok(g);
             }
             if Instant::now() > deadline {
-                bail!("gateway {name} did not reach the expected state in {timeout:?}; last: {:?}", api.get_opt(name).await?.and_then(|g| g.status));
+                bail!(
+                    "gateway {name} did not reach the expected state in {timeout:?}; last: {:?}",
+                    api.get_opt(name).await?.and_then(|g| g.status)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -257,7 +333,11 @@ impl SimCluster {
     pub async fn source_seen(&self, node: usize, k: usize, dst: Ipv4Addr) -> Option<Ipv4Addr> {
         let ns = self.tb.pod(node, k).netns().path();
         tokio::task::spawn_blocking(move || {
-            crate::testbed::client::connect_once(ns, std::net::SocketAddrV4::new(dst, crate::testbed::topology::SERVER_PORT), CONNECT_TIMEOUT)
+            crate::testbed::client::connect_once(
+                ns,
+                std::net::SocketAddrV4::new(dst, crate::testbed::topology::SERVER_PORT),
+                CONNECT_TIMEOUT,
+            )
         })
         .await
         .expect("join")
@@ -268,14 +348,24 @@ impl SimCluster {
 
     /// Connect from pod `(node, k)` to `dst` until the server sees `want` (`None`: until the
     /// connection fails); panics after `timeout`. Returns how long it took.
-    pub async fn wait_source(&self, node: usize, k: usize, dst: Ipv4Addr, want: Option<Ipv4Addr>, timeout: Duration) -> Duration {
+    pub async fn wait_source(
+        &self,
+        node: usize,
+        k: usize,
+        dst: Ipv4Addr,
+        want: Option<Ipv4Addr>,
+        timeout: Duration,
+    ) -> Duration {
         let start = Instant::now();
         loop {
             let seen = self.source_seen(node, k, dst).await;
             if seen == want {
                 return start.elapsed();
             }
-            assert!(start.elapsed() < timeout, "pod ({node},{k}) -> {dst}: never saw {want:?} within {timeout:?} (last {seen:?})");
+            assert!(
+                start.elapsed() < timeout,
+                "pod ({node},{k}) -> {dst}: never saw {want:?} within {timeout:?} (last {seen:?})"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -322,17 +412,31 @@ pub mod status {
 
     /// The status of condition `type_`, if present.
     pub fn condition(g: &EgressGateway, type_: &str) -> Option<String> {
-        g.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+        g.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
     }
 
     /// The node status assigns `ip` to.
     pub fn node_of(g: &EgressGateway, ip: &str) -> Option<String> {
-        g.status.as_ref()?.assignments.iter().find(|a| a.egress_ip == ip)?.node.clone()
+        g.status
+            .as_ref()?
+            .assignments
+            .iter()
+            .find(|a| a.egress_ip == ip)?
+            .node
+            .clone()
     }
 
     /// Ready and Programmed are both True for the current generation.
     pub fn ready_and_programmed(g: &EgressGateway) -> bool {
-        let current = g.status.as_ref().and_then(|s| s.observed_generation) == g.metadata.generation;
-        current && condition(g, "Ready").as_deref() == Some("True") && condition(g, "Programmed").as_deref() == Some("True")
+        let current =
+            g.status.as_ref().and_then(|s| s.observed_generation) == g.metadata.generation;
+        current
+            && condition(g, "Ready").as_deref() == Some("True")
+            && condition(g, "Programmed").as_deref() == Some("True")
     }
 }

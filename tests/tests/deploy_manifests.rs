@@ -339,24 +339,49 @@ fn agent_heartbeats_go_to_the_node_heartbeat_priority_level() {
         .iter()
         .find(|o| o["kind"] == "DaemonSet" && name(o) == "egressgw-agent")
         .expect("agent DaemonSet rendered");
-    let account = daemonset["spec"]["template"]["spec"]["serviceAccountName"].as_str().expect("agent service account");
-    let namespace = daemonset["metadata"]["namespace"].as_str().expect("agent namespace");
+    let account = daemonset["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("agent service account");
+    let namespace = daemonset["metadata"]["namespace"]
+        .as_str()
+        .expect("agent namespace");
     let schema = objects
         .iter()
         .filter(|o| o["kind"] == "FlowSchema")
         .find(|o| {
-            o["spec"]["rules"].as_array().into_iter().flatten().any(|r| {
-                let subject = r["subjects"].as_array().into_iter().flatten().any(|s| {
-                    s["serviceAccount"]["name"] == account && s["serviceAccount"]["namespace"] == namespace
-                });
-                let leases = r["resourceRules"].as_array().into_iter().flatten().any(|rr| {
-                    let has = |k: &str, v: &str| rr[k].as_array().into_iter().flatten().any(|x| x == v);
-                    has("resources", "leases") && has("verbs", "update") && has("namespaces", namespace)
-                });
-                subject && leases
-            })
+            o["spec"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    let subject = r["subjects"].as_array().into_iter().flatten().any(|s| {
+                        s["serviceAccount"]["name"] == account
+                            && s["serviceAccount"]["namespace"] == namespace
+                    });
+                    let leases = r["resourceRules"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|rr| {
+                            let has = |k: &str, v: &str| {
+                                rr[k].as_array().into_iter().flatten().any(|x| x == v)
+                            };
+                            has("resources", "leases")
+                                && has("verbs", "update")
+                                && has("namespaces", namespace)
+                        });
+                    subject && leases
+                })
         })
         .expect("a FlowSchema for the agents' Lease updates");
-    assert_eq!(schema["spec"]["priorityLevelConfiguration"]["name"], "node-high");
-    assert!(schema["spec"]["matchingPrecedence"].as_i64().expect("precedence") < WORKLOAD_PRECEDENCE);
+    assert_eq!(
+        schema["spec"]["priorityLevelConfiguration"]["name"],
+        "node-high"
+    );
+    assert!(
+        schema["spec"]["matchingPrecedence"]
+            .as_i64()
+            .expect("precedence")
+            < WORKLOAD_PRECEDENCE
+    );
 }

@@ -22,30 +22,64 @@ async fn connect(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr) -> Opti
     sim.source_seen(node, k, dst).await
 }
 
-async fn wait_seen(sim: &SimCluster, node: usize, k: usize, dst: Ipv4Addr, want: Option<Ipv4Addr>, timeout: Duration) {
+async fn wait_seen(
+    sim: &SimCluster,
+    node: usize,
+    k: usize,
+    dst: Ipv4Addr,
+    want: Option<Ipv4Addr>,
+    timeout: Duration,
+) {
     sim.wait_source(node, k, dst, want, timeout).await;
 }
 
 /// A cluster with node 1 a worker and nodes 2, 3 gateway candidates, invoicer-0 on node 1,
 /// and `examples/01-one-ip.yaml` applied and programmed. Returns the host node's index.
 async fn cluster(controllers: usize) -> (SimCluster, usize) {
-    let sim = SimCluster::start(3, &[2, 3], &[EGRESS_IP], controllers).await.expect("simulated cluster");
-    sim.cp.create_namespace("billing", &[("team", "billing")]).await.unwrap();
-    sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0).await.unwrap();
+    let sim = SimCluster::start(3, &[2, 3], &[EGRESS_IP], controllers)
+        .await
+        .expect("simulated cluster");
+    sim.cp
+        .create_namespace("billing", &[("team", "billing")])
+        .await
+        .unwrap();
+    sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0)
+        .await
+        .unwrap();
     apply(&sim, "../examples/01-one-ip.yaml").await;
-    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
-    let host = sim.node_index(&status::node_of(&g, "198.18.0.200").unwrap()).unwrap();
-    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
+    let g = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    let host = sim
+        .node_index(&status::node_of(&g, "198.18.0.200").unwrap())
+        .unwrap();
+    wait_seen(
+        &sim,
+        1,
+        0,
+        PROTECTED_SERVER,
+        Some(EGRESS_IP),
+        Duration::from_secs(5),
+    )
+    .await;
     (sim, host)
 }
 
 async fn apply(sim: &SimCluster, file: &str) {
     let out = sim.cp.kubectl(["apply", "-f", file]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 async fn apply_yaml(sim: &SimCluster, yaml: &str) {
-    let path = sim.logs().join(format!("manifest-{}.yaml", Instant::now().elapsed().as_nanos()));
+    let path = sim.logs().join(format!(
+        "manifest-{}.yaml",
+        Instant::now().elapsed().as_nanos()
+    ));
     std::fs::write(&path, yaml).unwrap();
     apply(sim, path.to_str().unwrap()).await;
 }
@@ -59,30 +93,55 @@ fn other_gateway(host: usize) -> usize {
 async fn gateway_node_death_keeps_established_connections() {
     let _serial = SERIAL.lock().await;
     let (mut sim, host) = cluster(1).await;
-    let long = sim.tb.pod(1, 0).long_lived(PROTECTED_SERVER, Duration::from_millis(50)).unwrap();
+    let long = sim
+        .tb
+        .pod(1, 0)
+        .long_lived(PROTECTED_SERVER, Duration::from_millis(50))
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The node dies: its link goes down and its agent with it.
     let died = Instant::now();
     sim.tb.kill_node(host).unwrap();
     sim.kill_agent(host).unwrap();
     let new = other_gateway(host);
-    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name()))
-        .await
-        .unwrap();
-    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| {
+        status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name())
+    })
+    .await
+    .unwrap();
+    wait_seen(
+        &sim,
+        1,
+        0,
+        PROTECTED_SERVER,
+        Some(EGRESS_IP),
+        Duration::from_secs(5),
+    )
+    .await;
     let failover = died.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = long.finish();
-    eprintln!("node death: new connections from the egress IP after {failover:?}; established connection: {report:?}");
-    assert!(report.survived(), "the established connection must survive the gateway's death: {report:?}");
+    eprintln!(
+        "node death: new connections from the egress IP after {failover:?}; established connection: {report:?}"
+    );
+    assert!(
+        report.survived(),
+        "the established connection must survive the gateway's death: {report:?}"
+    );
     assert_eq!(report.seen.map(|s| *s.ip()), Some(EGRESS_IP));
 
     // The node and its agent come back: nothing moves back, one node holds the IP.
     sim.tb.revive_node(host).unwrap();
     sim.start_agent(host).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
-    assert_eq!(status::node_of(&g, "198.18.0.200").as_deref(), Some(sim.tb.node(new).name()));
+    let g = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    assert_eq!(
+        status::node_of(&g, "198.18.0.200").as_deref(),
+        Some(sim.tb.node(new).name())
+    );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![new]);
 }
 
@@ -96,7 +155,11 @@ async fn an_agent_cut_off_from_the_apiserver_keeps_steering_and_fences_its_ips()
     sim.cut_agent(1);
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        assert_eq!(connect(&sim, 1, 0, PROTECTED_SERVER).await, Some(EGRESS_IP), "the cut-off worker must keep steering");
+        assert_eq!(
+            connect(&sim, 1, 0, PROTECTED_SERVER).await,
+            Some(EGRESS_IP),
+            "the cut-off worker must keep steering"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     sim.restore_agent(1);
@@ -105,28 +168,53 @@ async fn an_agent_cut_off_from_the_apiserver_keeps_steering_and_fences_its_ips()
     let cut = Instant::now();
     sim.cut_agent(host);
     while sim.holders(EGRESS_IP).unwrap().contains(&host) {
-        assert!(cut.elapsed() < Duration::from_millis(1600), "the cut-off agent must fence before the takeover");
+        assert!(
+            cut.elapsed() < Duration::from_millis(1600),
+            "the cut-off agent must fence before the takeover"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fenced = cut.elapsed();
     let new = other_gateway(host);
-    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name()))
-        .await
-        .unwrap();
-    wait_seen(&sim, 1, 0, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(5)).await;
-    eprintln!("cut off: address dropped by the agent after {fenced:?}; service restored after {:?}", cut.elapsed());
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| {
+        status::node_of(g, "198.18.0.200").as_deref() == Some(sim.tb.node(new).name())
+    })
+    .await
+    .unwrap();
+    wait_seen(
+        &sim,
+        1,
+        0,
+        PROTECTED_SERVER,
+        Some(EGRESS_IP),
+        Duration::from_secs(5),
+    )
+    .await;
+    eprintln!(
+        "cut off: address dropped by the agent after {fenced:?}; service restored after {:?}",
+        cut.elapsed()
+    );
 
     // Reconnected, it comes back under a new epoch and takes nothing back.
     sim.restore_agent(host);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let g = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
-    assert_eq!(status::node_of(&g, "198.18.0.200").as_deref(), Some(sim.tb.node(new).name()));
+    let g = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    assert_eq!(
+        status::node_of(&g, "198.18.0.200").as_deref(),
+        Some(sim.tb.node(new).name())
+    );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![new]);
     let lease: Lease = Api::namespaced(sim.cp.client(), "egressgw-system")
         .get(&format!("egressgw-agent-{}", sim.tb.node(host).name()))
         .await
         .unwrap();
-    assert!(lease.spec.unwrap().lease_transitions.unwrap() >= 1, "a fenced agent returns under a new epoch");
+    assert!(
+        lease.spec.unwrap().lease_transitions.unwrap() >= 1,
+        "a fenced agent returns under a new epoch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +223,12 @@ async fn the_standby_controller_takes_over_and_nothing_moves() {
     let _serial = SERIAL.lock().await;
     let (mut sim, host) = cluster(2).await;
     let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
-    let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let holder = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
     let leader = holder(&leases.get("egressgw-controller").await.unwrap());
     let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
     let before = sim.wait_gateway(GATEWAY, CONVERGE, |_| true).await.unwrap();
@@ -146,24 +239,55 @@ async fn the_standby_controller_takes_over_and_nothing_moves() {
         if now != leader && !now.is_empty() {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(15), "the standby never took over");
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the standby never took over"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("standby leader after {:?}", killed.elapsed());
     // The new leader writes the same assignment (status is the record) ...
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
-    assert_eq!(before.status.as_ref().unwrap().assignments, after.status.as_ref().unwrap().assignments, "no assignment changes");
+    let after = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.status.as_ref().unwrap().assignments,
+        after.status.as_ref().unwrap().assignments,
+        "no assignment changes"
+    );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host]);
     // ... and acts: an extra egress IP is placed, on the other gateway node.
     let out = sim
         .cp
-        .kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#])
+        .kubectl([
+            "patch",
+            "egw",
+            GATEWAY,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#,
+        ])
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let g = sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)).await.unwrap();
-    assert_eq!(status::node_of(&g, "198.18.0.201").as_deref(), Some(sim.tb.node(other_gateway(host)).name()), "spread over both gateway nodes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = sim
+        .wait_gateway(GATEWAY, CONVERGE, |g| {
+            status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status::node_of(&g, "198.18.0.201").as_deref(),
+        Some(sim.tb.node(other_gateway(host)).name()),
+        "spread over both gateway nodes"
+    );
 }
 
 /// A rolling update SIGTERMs the leader: it finishes its reconcile, releases the leader Lease,
@@ -174,32 +298,64 @@ async fn a_stopped_leader_hands_over_to_the_standby_at_once() {
     let _serial = SERIAL.lock().await;
     let (mut sim, host) = cluster(2).await;
     let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
-    let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default();
+    let holder = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .unwrap_or_default()
+    };
     let leader = holder(&leases.get("egressgw-controller").await.unwrap());
     let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
     let standby = format!("controller-{}", 1 - idx);
-    sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed).await.unwrap();
+    sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
     let stopped = Instant::now();
     let exit = sim.stop_controller(idx, Duration::from_secs(10)).unwrap();
-    assert!(exit.success(), "the leader exits cleanly on SIGTERM: {exit}");
+    assert!(
+        exit.success(),
+        "the leader exits cleanly on SIGTERM: {exit}"
+    );
     let lease_duration = Duration::from_secs(4);
     loop {
         if holder(&leases.get("egressgw-controller").await.unwrap()) == standby {
             break;
         }
-        assert!(stopped.elapsed() < lease_duration, "the standby did not take the released Lease before it would have expired anyway");
+        assert!(
+            stopped.elapsed() < lease_duration,
+            "the standby did not take the released Lease before it would have expired anyway"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("standby leading {:?} after SIGTERM to the leader", stopped.elapsed());
+    eprintln!(
+        "standby leading {:?} after SIGTERM to the leader",
+        stopped.elapsed()
+    );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host], "nothing moves");
     // The new leader acts: an extra egress IP is placed and programmed.
     let out = sim
         .cp
-        .kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#])
+        .kubectl([
+            "patch",
+            "egw",
+            GATEWAY,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#,
+        ])
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    sim.wait_gateway(GATEWAY, CONVERGE, |g| status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sim.wait_gateway(GATEWAY, CONVERGE, |g| {
+        status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)
+    })
+    .await
+    .unwrap();
 }
 
 fn gateway_yaml(name: &str, ip: &str, dst: &str, node_selector: &str) -> String {
@@ -211,7 +367,15 @@ fn gateway_yaml(name: &str, ip: &str, dst: &str, node_selector: &str) -> String 
 async fn events_for(sim: &SimCluster, name: &str) -> String {
     let out = sim
         .cp
-        .kubectl(["get", "events", "-A", "--field-selector", &format!("involvedObject.name={name}"), "-o", "custom-columns=REASON:.reason,MESSAGE:.message"])
+        .kubectl([
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ])
         .await
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -223,39 +387,114 @@ async fn conflicts_and_unplaceable_ips_are_explained_and_fail_closed() {
     let _serial = SERIAL.lock().await;
     let (sim, _host) = cluster(1).await;
     let node1 = sim.tb.node(1).ip();
-    assert_eq!(connect(&sim, 1, 0, OTHER_SERVER).await, Some(node1), "unrelated network: the node's address");
+    assert_eq!(
+        connect(&sim, 1, 0, OTHER_SERVER).await,
+        Some(node1),
+        "unrelated network: the node's address"
+    );
 
     // A younger gateway claims the same egress IP for another destination: it loses the IP,
     // says so, and its pods' traffic to that destination is held back, not leaked.
-    apply_yaml(&sim, &gateway_yaml("partner-copycat", "198.18.0.200", "198.51.100.0/24", "egressgw.io/gateway: \"true\"")).await;
+    apply_yaml(
+        &sim,
+        &gateway_yaml(
+            "partner-copycat",
+            "198.18.0.200",
+            "198.51.100.0/24",
+            "egressgw.io/gateway: \"true\"",
+        ),
+    )
+    .await;
     let g = sim
-        .wait_gateway("partner-copycat", CONVERGE, |g| status::condition(g, "Conflicted").as_deref() == Some("True"))
+        .wait_gateway("partner-copycat", CONVERGE, |g| {
+            status::condition(g, "Conflicted").as_deref() == Some("True")
+        })
         .await
         .unwrap();
-    let c = g.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Conflicted").unwrap();
-    assert!(c.message.contains("198.18.0.200 is claimed by older gateway billing-to-mainframe"), "{}", c.message);
+    let c = g
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Conflicted")
+        .unwrap();
+    assert!(
+        c.message
+            .contains("198.18.0.200 is claimed by older gateway billing-to-mainframe"),
+        "{}",
+        c.message
+    );
     assert_eq!(status::condition(&g, "Ready").as_deref(), Some("False"));
     wait_seen(&sim, 1, 0, OTHER_SERVER, None, Duration::from_secs(5)).await;
-    assert_eq!(connect(&sim, 1, 0, PROTECTED_SERVER).await, Some(EGRESS_IP), "the older gateway is untouched");
+    assert_eq!(
+        connect(&sim, 1, 0, PROTECTED_SERVER).await,
+        Some(EGRESS_IP),
+        "the older gateway is untouched"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !events_for(&sim, "partner-copycat").await.contains("Conflict") {
-        assert!(Instant::now() < deadline, "no Conflict event: {}", events_for(&sim, "partner-copycat").await);
+    while !events_for(&sim, "partner-copycat")
+        .await
+        .contains("Conflict")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no Conflict event: {}",
+            events_for(&sim, "partner-copycat").await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // An egress IP no node may host: Ready=False with every node's reason, and an event.
-    apply_yaml(&sim, &gateway_yaml("nowhere", "198.18.0.240", "198.51.100.128/25", "egressgw.io/zone: mars")).await;
-    let g = sim.wait_gateway("nowhere", CONVERGE, |g| status::condition(g, "Ready").as_deref() == Some("False")).await.unwrap();
-    let ready = g.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().clone();
+    apply_yaml(
+        &sim,
+        &gateway_yaml(
+            "nowhere",
+            "198.18.0.240",
+            "198.51.100.128/25",
+            "egressgw.io/zone: mars",
+        ),
+    )
+    .await;
+    let g = sim
+        .wait_gateway("nowhere", CONVERGE, |g| {
+            status::condition(g, "Ready").as_deref() == Some("False")
+        })
+        .await
+        .unwrap();
+    let ready = g
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
     assert_eq!(ready.reason, "NoEligibleNode");
-    assert!(ready.message.contains("node-1, node-2, node-3: does not match gatewayNodeSelector"), "{}", ready.message);
+    assert!(
+        ready
+            .message
+            .contains("node-1, node-2, node-3: does not match gatewayNodeSelector"),
+        "{}",
+        ready.message
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !events_for(&sim, "nowhere").await.contains("NoEligibleNode") {
         assert!(Instant::now() < deadline, "no NoEligibleNode event");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let api: Api<EgressGateway> = Api::all(sim.cp.client());
-    assert_eq!(api.get("nowhere").await.unwrap().status.unwrap().gateway_nodes.as_deref(), Some("<none>"));
+    assert_eq!(
+        api.get("nowhere")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .gateway_nodes
+            .as_deref(),
+        Some("<none>")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,19 +502,57 @@ async fn conflicts_and_unplaceable_ips_are_explained_and_fail_closed() {
 async fn spec_changes_converge() {
     let _serial = SERIAL.lock().await;
     let (sim, _host) = cluster(1).await;
-    sim.add_pod("billing", "reporter-0", &[("app", "reporter")], 2, 1).await.unwrap();
-    assert_eq!(connect(&sim, 2, 1, PROTECTED_SERVER).await, None, "not selected yet");
+    sim.add_pod("billing", "reporter-0", &[("app", "reporter")], 2, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        connect(&sim, 2, 1, PROTECTED_SERVER).await,
+        None,
+        "not selected yet"
+    );
 
     // A new destination.
     let sim = &sim;
-    let patch = |p: &'static str| async move { sim.cp.kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", p]).await.unwrap() };
-    assert!(patch(r#"{"spec":{"destinationCIDRs":["203.0.113.0/24","198.51.100.0/24"]}}"#).await.status.success());
-    wait_seen(sim, 1, 0, OTHER_SERVER, Some(EGRESS_IP), Duration::from_secs(10)).await;
+    let patch = |p: &'static str| async move {
+        sim.cp
+            .kubectl(["patch", "egw", GATEWAY, "--type", "merge", "-p", p])
+            .await
+            .unwrap()
+    };
+    assert!(
+        patch(r#"{"spec":{"destinationCIDRs":["203.0.113.0/24","198.51.100.0/24"]}}"#)
+            .await
+            .status
+            .success()
+    );
+    wait_seen(
+        sim,
+        1,
+        0,
+        OTHER_SERVER,
+        Some(EGRESS_IP),
+        Duration::from_secs(10),
+    )
+    .await;
 
     // A selector change.
     assert!(patch(r#"{"spec":{"podSelector":{"matchLabels":null,"matchExpressions":[{"key":"app","operator":"In","values":["invoicer","reporter"]}]}}}"#).await.status.success());
-    wait_seen(sim, 2, 1, PROTECTED_SERVER, Some(EGRESS_IP), Duration::from_secs(10)).await;
-    let g = sim.wait_gateway(GATEWAY, CONVERGE, |g| g.status.as_ref().and_then(|s| s.selected_pods) == Some(2) && status::ready_and_programmed(g)).await.unwrap();
+    wait_seen(
+        sim,
+        2,
+        1,
+        PROTECTED_SERVER,
+        Some(EGRESS_IP),
+        Duration::from_secs(10),
+    )
+    .await;
+    let g = sim
+        .wait_gateway(GATEWAY, CONVERGE, |g| {
+            g.status.as_ref().and_then(|s| s.selected_pods) == Some(2)
+                && status::ready_and_programmed(g)
+        })
+        .await
+        .unwrap();
     assert_eq!(g.status.unwrap().observed_generation, g.metadata.generation);
 
     // Shrinking back: the pod that left the selection loses the egress IP.

@@ -34,7 +34,11 @@ pub struct CountingProxy {
     accept: JoinHandle<()>,
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, count: Arc<AtomicU64>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf).await {
@@ -60,14 +64,21 @@ impl CountingProxy {
             while let Ok((inbound, _)) = listener.accept().await {
                 let (d, u) = (d.clone(), u.clone());
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (ir, iw) = inbound.into_split();
                     let (or, ow) = outbound.into_split();
                     tokio::join!(pump(or, iw, d), pump(ir, ow, u));
                 });
             }
         });
-        Ok(Self { addr, down, up, accept })
+        Ok(Self {
+            addr,
+            down,
+            up,
+            accept,
+        })
     }
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -127,8 +138,13 @@ impl ScaleCluster {
         }
         let tb = b.build()?;
         for (i, n) in tb.nodes().iter().enumerate().map(|(i, n)| (i + 1, n)) {
-            let labels: Vec<(&str, &str)> = if i >= 2 { vec![crate::world::REAL_POOL] } else { vec![] };
-            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true).await?;
+            let labels: Vec<(&str, &str)> = if i >= 2 {
+                vec![crate::world::REAL_POOL]
+            } else {
+                vec![]
+            };
+            cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true)
+                .await?;
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
@@ -209,7 +225,10 @@ impl ScaleCluster {
     /// and make the standby THE controller (its pid and /metrics from now on). The old
     /// leader is reaped by `reap_retiring`. Returns the old leader's pid.
     pub fn stop_leader(&mut self) -> Result<u32> {
-        ensure!(self.retiring.is_none(), "a former leader is still being reaped");
+        ensure!(
+            self.retiring.is_none(),
+            "a former leader is still being reaped"
+        );
         let standby = self.standby.take().context("no standby to hand over to")?;
         let Some(leader) = self.controller.take() else {
             self.standby = Some(standby);
@@ -230,7 +249,10 @@ impl ScaleCluster {
 
     /// Wait (polling) for the leader `stop_leader` signalled to exit: when it was seen gone
     /// and its exit status. Not gone within `timeout`: SIGKILLed, reaped, and `None`.
-    pub async fn reap_retiring(&mut self, timeout: Duration) -> Result<Option<(Instant, ExitStatus)>> {
+    pub async fn reap_retiring(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(Instant, ExitStatus)>> {
         let mut child = self.retiring.take().context("no leader was told to stop")?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -256,11 +278,19 @@ impl ScaleCluster {
 
     /// Start the agent of real node `i` (from 1), behind a counting proxy.
     pub async fn start_agent(&mut self, i: usize) -> Result<()> {
-        let server: SocketAddr = self.cp.server().trim_start_matches("https://").parse().context("apiserver address")?;
+        let server: SocketAddr = self
+            .cp
+            .server()
+            .trim_start_matches("https://")
+            .parse()
+            .context("apiserver address")?;
         let proxy = CountingProxy::start(server).await?;
         let kubeconfig = self.logs.join(format!("kubeconfig-agent-{i}"));
         let text = std::fs::read_to_string(self.cp.kubeconfig())?;
-        std::fs::write(&kubeconfig, text.replace(self.cp.server(), &format!("https://{}", proxy.addr())))?;
+        std::fs::write(
+            &kubeconfig,
+            text.replace(self.cp.server(), &format!("https://{}", proxy.addr())),
+        )?;
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let node = self.tb.node(i);
         let args = vec![
@@ -275,8 +305,19 @@ impl ScaleCluster {
             metrics.to_string(),
         ];
         let args = [args, Self::extra_args("EGRESSGW_SIM_AGENT_ARGS")].concat();
-        let child = self.spawn(&format!("agent-{}-{}.log", node.name(), std::process::id()), &args)?;
-        self.agents.insert(i, Agent { child, proxy, metrics, kubeconfig });
+        let child = self.spawn(
+            &format!("agent-{}-{}.log", node.name(), std::process::id()),
+            &args,
+        )?;
+        self.agents.insert(
+            i,
+            Agent {
+                child,
+                proxy,
+                metrics,
+                kubeconfig,
+            },
+        );
         Ok(())
     }
 
@@ -291,12 +332,19 @@ impl ScaleCluster {
 
     /// The controller's /metrics text (empty before it serves).
     pub fn controller_metrics(&self) -> String {
-        self.controller_metrics.and_then(|a| egressgw_tests::sim::scrape_metrics(a).ok()).unwrap_or_default()
+        self.controller_metrics
+            .and_then(|a| egressgw_tests::sim::scrape_metrics(a).ok())
+            .unwrap_or_default()
     }
 
     /// The Prometheus text the agent of node `i` serves.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
-        egressgw_tests::sim::scrape_metrics(self.agents.get(&i).context("no agent on that node")?.metrics)
+        egressgw_tests::sim::scrape_metrics(
+            self.agents
+                .get(&i)
+                .context("no agent on that node")?
+                .metrics,
+        )
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
@@ -315,7 +363,10 @@ impl Drop for ScaleCluster {
             let _ = a.child.wait();
         }
         let standby = self.standby.take().map(|s| s.child);
-        for mut c in [self.controller.take(), standby, self.retiring.take()].into_iter().flatten() {
+        for mut c in [self.controller.take(), standby, self.retiring.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -342,8 +393,13 @@ fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut head = String::new();
     s.read_to_string(&mut head)?;
-    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status line")
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")
 }

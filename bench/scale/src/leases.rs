@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use egressgw::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease,
+    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE,
+    LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease,
 };
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -47,7 +48,15 @@ impl SimAgents {
         let errors = Arc::new(AtomicU64::new(0));
         let mut stop = BTreeMap::new();
         let mut tasks = Vec::new();
-        for (i, SimAgent { node, interfaces: ifaces, idle }) in nodes.iter().enumerate() {
+        for (
+            i,
+            SimAgent {
+                node,
+                interfaces: ifaces,
+                idle,
+            },
+        ) in nodes.iter().enumerate()
+        {
             let idle = *idle;
             let period = if idle { IDLE_RENEW } else { RENEW };
             let flag = Arc::new(AtomicBool::new(false));
@@ -68,15 +77,24 @@ impl SimAgents {
                     if flag.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut meta = current.as_ref().map(|l| l.metadata.clone()).unwrap_or_else(|| ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(SYSTEM_NAMESPACE.into()),
-                        ..Default::default()
-                    });
-                    meta.labels.get_or_insert_with(Default::default).insert(LABEL_AGENT_NODE.into(), node.clone());
+                    let mut meta =
+                        current
+                            .as_ref()
+                            .map(|l| l.metadata.clone())
+                            .unwrap_or_else(|| ObjectMeta {
+                                name: Some(name.clone()),
+                                namespace: Some(SYSTEM_NAMESPACE.into()),
+                                ..Default::default()
+                            });
+                    meta.labels
+                        .get_or_insert_with(Default::default)
+                        .insert(LABEL_AGENT_NODE.into(), node.clone());
                     let ann = meta.annotations.get_or_insert_with(Default::default);
                     ann.insert(ANNOTATION_INTERFACES.into(), ifaces.clone());
-                    ann.insert(ANNOTATION_RENEW_INTERVAL.into(), period.as_millis().to_string());
+                    ann.insert(
+                        ANNOTATION_RENEW_INTERVAL.into(),
+                        period.as_millis().to_string(),
+                    );
                     if idle {
                         ann.insert(ANNOTATION_CADENCE.into(), CADENCE_IDLE.into());
                     }
@@ -108,7 +126,12 @@ impl SimAgents {
                 }
             }));
         }
-        Self { stop, tasks, renewals, errors }
+        Self {
+            stop,
+            tasks,
+            renewals,
+            errors,
+        }
     }
 
     /// Stop renewing `node`'s Lease (the node's agent "dies").

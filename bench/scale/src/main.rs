@@ -26,15 +26,20 @@ use egressgw::api::EgressGateway;
 use egressgw_tests::testbed::client::connect_once;
 use egressgw_tests::testbed::topology::{PROTECTED_SERVER, SERVER_PORT};
 use futures::StreamExt;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 
 use cluster::{LEADER_IDENTITY, ScaleCluster};
 use egressgw::k8s::names::{CONTROLLER_LEASE, SYSTEM_NAMESPACE};
 use leases::{SimAgent, SimAgents};
-use measure::{GatewayWatch, GwSeen, LeaseHolderWatch, ProcSample, apiserver_requests, histogram, histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile};
+use measure::{
+    GatewayWatch, GwSeen, LeaseHolderWatch, ProcSample, apiserver_requests, histogram,
+    histogram_count, histogram_quantile, metric_value, mib, ms, proc_sample, quantile,
+};
 use pods::{Book, NodeDir, PodRec, SharedBook};
-use world::{Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gateways, sim_gateways, team_ns};
+use world::{
+    Oracle, PROBE_APPS, PROBE_TEAMS, namespaces, pod_labels, real_gateways, sim_gateways, team_ns,
+};
 
 /// A probe's status not correct after this long counts as this long (and as a miss).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,7 +121,9 @@ impl Ctx {
                 g.current
                     && g.selected == book.expected[i]
                     && !g.nodes.is_empty()
-                    && g.nodes.values().all(|v| v.as_deref().is_some_and(|node| Some(node) != avoid))
+                    && g.nodes
+                        .values()
+                        .all(|v| v.as_deref().is_some_and(|node| Some(node) != avoid))
             })
         })
     }
@@ -129,16 +136,39 @@ impl Ctx {
             .enumerate()
             .filter(|(i, n)| {
                 !seen.get(*n).is_some_and(|g| {
-                    g.current && g.selected == book.expected[*i] && g.nodes.values().all(|v| v.as_deref().is_some_and(|x| Some(x) != avoid))
+                    g.current
+                        && g.selected == book.expected[*i]
+                        && g.nodes
+                            .values()
+                            .all(|v| v.as_deref().is_some_and(|x| Some(x) != avoid))
                 })
             })
-            .map(|(i, n)| format!("{n}(want {} seen {:?})", book.expected[i], seen.get(n).map(|g| (g.selected, g.nodes.clone()))))
+            .map(|(i, n)| {
+                format!(
+                    "{n}(want {} seen {:?})",
+                    book.expected[i],
+                    seen.get(n).map(|g| (g.selected, g.nodes.clone()))
+                )
+            })
             .take(5)
             .collect()
     }
 
-    async fn add_pod(&self, ns: &str, app: usize, canary: bool, node: usize, prefix: &str, churnable: bool) -> Result<(PodRec, Vec<usize>)> {
-        let p = self.book.lock().expect("book").reserve(ns, pod_labels(app, canary), node, prefix, churnable).context("no free pod IP on the node")?;
+    async fn add_pod(
+        &self,
+        ns: &str,
+        app: usize,
+        canary: bool,
+        node: usize,
+        prefix: &str,
+        churnable: bool,
+    ) -> Result<(PodRec, Vec<usize>)> {
+        let p = self
+            .book
+            .lock()
+            .expect("book")
+            .reserve(ns, pod_labels(app, canary), node, prefix, churnable)
+            .context("no free pod IP on the node")?;
         if let Err(e) = pods::create(&self.client, &self.nodes, &p).await {
             self.book.lock().expect("book").release(&p);
             return Err(e);
@@ -162,7 +192,11 @@ impl Ctx {
                 break i;
             }
         };
-        let ns = if ns < world::TEAMS { team_ns(ns) } else { format!("shared-{}", ns - world::TEAMS) };
+        let ns = if ns < world::TEAMS {
+            team_ns(ns)
+        } else {
+            format!("shared-{}", ns - world::TEAMS)
+        };
         let app = b.rand(world::APPS);
         let canary = b.rand(7) == 0;
         let node = 1 + b.rand(self.nodes.len());
@@ -183,7 +217,9 @@ impl Ctx {
                 match op {
                     None => {
                         let (ns, app, canary, node) = self.random_churn_pod();
-                        self.add_pod(&ns, app, canary, node, "churn", true).await.map(|_| ())
+                        self.add_pod(&ns, app, canary, node, "churn", true)
+                            .await
+                            .map(|_| ())
                     }
                     Some(p) => self.delete_pod(&p).await.map(|_| ()),
                 }
@@ -206,23 +242,38 @@ impl Ctx {
     async fn probe(&self, i: usize) -> Result<(Duration, Duration)> {
         let (t, app) = probe_target(&self.book, i);
         let node = 1 + (i * 7) % self.nodes.len();
-        let (p, gs) = self.add_pod(&team_ns(t), app, false, node, "probe", false).await?;
+        let (p, gs) = self
+            .add_pod(&team_ns(t), app, false, node, "probe", false)
+            .await?;
         let t0 = Instant::now();
         // A status not correct within the timeout counts as the timeout (reported as such).
-        let add = self.wait_counts(&gs).await.map_or(PROBE_TIMEOUT, |t| t - t0);
+        let add = self
+            .wait_counts(&gs)
+            .await
+            .map_or(PROBE_TIMEOUT, |t| t - t0);
         self.book.lock().expect("book").remove_live(&p.name);
         let gs = self.delete_pod(&p).await?;
         let t1 = Instant::now();
-        let del = self.wait_counts(&gs).await.map_or(PROBE_TIMEOUT, |t| t - t1);
+        let del = self
+            .wait_counts(&gs)
+            .await
+            .map_or(PROBE_TIMEOUT, |t| t - t1);
         Ok((add, del))
     }
 
     async fn wait_counts(&self, gs: &[usize]) -> Option<Instant> {
         let want: Vec<(String, i64)> = {
             let b = self.book.lock().expect("book");
-            gs.iter().map(|i| (self.names[*i].clone(), b.expected[*i])).collect()
+            gs.iter()
+                .map(|i| (self.names[*i].clone(), b.expected[*i]))
+                .collect()
         };
-        self.watch.wait(PROBE_TIMEOUT, |seen| want.iter().all(|(n, c)| seen.get(n).is_some_and(|g| g.selected == *c))).await
+        self.watch
+            .wait(PROBE_TIMEOUT, |seen| {
+                want.iter()
+                    .all(|(n, c)| seen.get(n).is_some_and(|g| g.selected == *c))
+            })
+            .await
     }
 }
 
@@ -230,7 +281,15 @@ impl Ctx {
 fn probe_target(book: &SharedBook, i: usize) -> (usize, usize) {
     let b = book.lock().expect("book");
     let (t, k) = (PROBE_TEAMS[i % 2], PROBE_APPS[(i / 2) % 2]);
-    if !b.oracle.selecting(&team_ns(t), &pod_labels(k, false)).is_empty() { (t, k) } else { (0, 0) }
+    if !b
+        .oracle
+        .selecting(&team_ns(t), &pod_labels(k, false))
+        .is_empty()
+    {
+        (t, k)
+    } else {
+        (0, 0)
+    }
 }
 
 /// Samples a process's RSS (max) and CPU over a window.
@@ -249,16 +308,19 @@ struct Window {
     all_fences: BTreeMap<usize, f64>,
 }
 
+/// A histogram's cumulative buckets: (upper bound, count).
+type Buckets = Vec<(f64, f64)>;
+
 struct WindowResult {
     secs: f64,
     proc: HashMap<u32, (u64, u64, Duration)>, // pid -> (rss at end, max rss, cpu used)
     api: BTreeMap<(String, String), f64>,
     agent_bytes: u64,
-    hist: (Vec<(f64, f64)>, Vec<(f64, f64)>),
+    hist: (Buckets, Buckets),
     /// Times the agent fenced itself in the window; pods it held and its live heap at the end.
     agent_fences: f64,
     /// The agent's lease renewal round trips (histogram before, after).
-    agent_renewals: (Vec<(f64, f64)>, Vec<(f64, f64)>),
+    agent_renewals: (Buckets, Buckets),
     /// The controller's /metrics at the start and the end of the window.
     controller: (String, String),
     /// Fences per real node in the window (the measured agent sits behind the counting
@@ -272,11 +334,17 @@ struct WindowResult {
 
 /// Each real agent's fence counter now.
 fn all_fences(cl: &ScaleCluster) -> BTreeMap<usize, f64> {
-    cl.agents.keys().filter_map(|i| Some((*i, metric_value(&cl.agent_metrics(*i).ok()?, FENCES)?))).collect()
+    cl.agents
+        .keys()
+        .filter_map(|i| Some((*i, metric_value(&cl.agent_metrics(*i).ok()?, FENCES)?)))
+        .collect()
 }
 
 async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Window> {
-    let first: HashMap<u32, ProcSample> = pids.iter().filter_map(|p| proc_sample(*p).ok().map(|s| (*p, s))).collect();
+    let first: HashMap<u32, ProcSample> = pids
+        .iter()
+        .filter_map(|p| proc_sample(*p).ok().map(|s| (*p, s)))
+        .collect();
     let max_rss: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
     let (m, ps) = (max_rss.clone(), pids.to_vec());
     let sampler = tokio::spawn(async move {
@@ -297,7 +365,10 @@ async fn open_window(cl: &ScaleCluster, pids: &[u32], agent: usize) -> Result<Wi
         max_rss,
         sampler,
         api: apiserver_requests(&cl.cp.client()).await?,
-        bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed),
+        bytes: cl.agents[&agent]
+            .proxy
+            .down
+            .load(std::sync::atomic::Ordering::Relaxed),
         hist: histogram(&cl.agent_metrics(agent)?, LATENCY),
         fences: metric_value(&cl.agent_metrics(agent)?, FENCES).unwrap_or(0.0),
         renewals: histogram(&cl.agent_metrics(agent)?, RENEWALS),
@@ -311,26 +382,44 @@ async fn close_window(cl: &ScaleCluster, w: Window, agent: usize) -> Result<Wind
     let secs = w.start.elapsed().as_secs_f64();
     let agent_text = cl.agent_metrics(agent)?;
     let api1 = apiserver_requests(&cl.cp.client()).await?;
-    let api = api1.iter().map(|(k, v)| (k.clone(), v - w.api.get(k).copied().unwrap_or(0.0))).filter(|(_, v)| *v > 0.0).collect();
+    let api = api1
+        .iter()
+        .map(|(k, v)| (k.clone(), v - w.api.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
     let max = w.max_rss.lock().expect("rss").clone();
     let proc = w
         .first
         .iter()
         .filter_map(|(p, s0)| {
             let s1 = proc_sample(*p).ok()?;
-            Some((*p, (s1.rss_kib, max.get(p).copied().unwrap_or(0).max(s1.rss_kib), s1.cpu.saturating_sub(s0.cpu))))
+            Some((
+                *p,
+                (
+                    s1.rss_kib,
+                    max.get(p).copied().unwrap_or(0).max(s1.rss_kib),
+                    s1.cpu.saturating_sub(s0.cpu),
+                ),
+            ))
         })
         .collect();
     Ok(WindowResult {
         secs,
         proc,
         api,
-        agent_bytes: cl.agents[&agent].proxy.down.load(std::sync::atomic::Ordering::Relaxed) - w.bytes,
+        agent_bytes: cl.agents[&agent]
+            .proxy
+            .down
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - w.bytes,
         hist: (w.hist, histogram(&agent_text, LATENCY)),
         agent_fences: metric_value(&agent_text, FENCES).unwrap_or(0.0) - w.fences,
         agent_renewals: (w.renewals, histogram(&agent_text, RENEWALS)),
         controller: (w.controller, cl.controller_metrics()),
-        all_fences: all_fences(cl).into_iter().map(|(i, f)| (i, f - w.all_fences.get(&i).copied().unwrap_or(0.0))).collect(),
+        all_fences: all_fences(cl)
+            .into_iter()
+            .map(|(i, f)| (i, f - w.all_fences.get(&i).copied().unwrap_or(0.0)))
+            .collect(),
         agent_pods: metric_value(&agent_text, "egressgw_agent_pods_held").unwrap_or(0.0),
         agent_heap: metric_value(&agent_text, "egressgw_agent_heap_bytes").unwrap_or(0.0),
         control_plane: cl.cp.pids(),
@@ -365,26 +454,60 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
     );
     println!(
         "fences per real agent: {}",
-        r.all_fences.iter().map(|(i, f)| format!("node-{i} {f:.0}")).collect::<Vec<_>>().join(", ")
+        r.all_fences
+            .iter()
+            .map(|(i, f)| format!("node-{i} {f:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    for (what, name) in [("reconcile (plan, statuses handed to the writer)", RECONCILE), ("one status write", STATUS_WRITE)] {
-        let (b, a) = (histogram(&r.controller.0, name), histogram(&r.controller.1, name));
-        let q = |p| histogram_quantile(&b, &a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
-        println!("controller {what} ({:.0}): p50 {}  p99 {}", histogram_count(&b, &a), q(0.5), q(0.99));
+    for (what, name) in [
+        ("reconcile (plan, statuses handed to the writer)", RECONCILE),
+        ("one status write", STATUS_WRITE),
+    ] {
+        let (b, a) = (
+            histogram(&r.controller.0, name),
+            histogram(&r.controller.1, name),
+        );
+        let q =
+            |p| histogram_quantile(&b, &a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
+        println!(
+            "controller {what} ({:.0}): p50 {}  p99 {}",
+            histogram_count(&b, &a),
+            q(0.5),
+            q(0.99)
+        );
     }
     let (b, a) = &r.agent_renewals;
     let q = |p| histogram_quantile(b, a, p).map_or("-".into(), |s| format!("{:.0} ms", s * 1e3));
-    println!("agent lease renewal round trip ({:.0} renewals): p50 {}  p99 {}", histogram_count(b, a), q(0.5), q(0.99));
-    for (what, pid) in [("apiserver", r.control_plane.0), ("etcd", r.control_plane.1)] {
+    println!(
+        "agent lease renewal round trip ({:.0} renewals): p50 {}  p99 {}",
+        histogram_count(b, a),
+        q(0.5),
+        q(0.99)
+    );
+    for (what, pid) in [
+        ("apiserver", r.control_plane.0),
+        ("etcd", r.control_plane.1),
+    ] {
         if let Some((_, _, cpu)) = pid.and_then(|p| r.proc.get(&p)) {
-            println!("{what}: CPU {:.1}% of a core", 100.0 * cpu.as_secs_f64() / r.secs);
+            println!(
+                "{what}: CPU {:.1}% of a core",
+                100.0 * cpu.as_secs_f64() / r.secs
+            );
         }
     }
-    println!("agent bytes from apiserver: {:.0} KiB/min", r.agent_bytes as f64 / 1024.0 * 60.0 / r.secs);
+    println!(
+        "agent bytes from apiserver: {:.0} KiB/min",
+        r.agent_bytes as f64 / 1024.0 * 60.0 / r.secs
+    );
     let (b, a) = &r.hist;
     let n = histogram_count(b, a);
     let q = |p| histogram_quantile(b, a, p).map_or("-".into(), |s| format!("{:.1} ms", s * 1e3));
-    println!("agent input-to-kernel ({n:.0} applies): p50 {}  p99 {}", q(0.5), q(0.99));
+    println!(
+        "agent input-to-kernel ({n:.0} applies): p50 {}  p99 {}",
+        q(0.5),
+        q(0.99)
+    );
     println!("apiserver requests/s (verb resource):");
     for ((verb, res), v) in &r.api {
         let rate = v / r.secs;
@@ -396,7 +519,14 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
     for ((verb, _), v) in &r.api {
         *by_verb.entry(verb).or_default() += v / r.secs;
     }
-    println!("    by verb: {}", by_verb.iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "    by verb: {}",
+        by_verb
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 /// A second replica starts and syncs while the leader leads; the leader gets SIGTERM and the
@@ -405,14 +535,24 @@ fn print_window(name: &str, r: &WindowResult, controller: u32, agent_pid: u32) {
 /// controller afterwards (`ScaleCluster::stop_leader`).
 async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
     let watch = &ctx.watch;
-    if watch.wait(Duration::from_secs(30), |s| ctx.all_correct(s, None)).await.is_none() {
-        println!("leader handover: statuses not settled before it (continuing): {:?}", ctx.wrong(None));
+    if watch
+        .wait(Duration::from_secs(30), |s| ctx.all_correct(s, None))
+        .await
+        .is_none()
+    {
+        println!(
+            "leader handover: statuses not settled before it (continuing): {:?}",
+            ctx.wrong(None)
+        );
     }
-    let lease = LeaseHolderWatch::start(ctx.client.clone(), SYSTEM_NAMESPACE, CONTROLLER_LEASE).await;
+    let lease =
+        LeaseHolderWatch::start(ctx.client.clone(), SYSTEM_NAMESPACE, CONTROLLER_LEASE).await;
     let t_start = Instant::now();
     let (standby_pid, standby_metrics) = cl.start_standby(STANDBY_IDENTITY)?;
     let Some(ready) = cluster::wait_ready(standby_metrics, STANDBY_READY_TIMEOUT).await else {
-        println!("\nleader handover: SKIPPED, standby {STANDBY_IDENTITY} (pid {standby_pid}) not ready within {STANDBY_READY_TIMEOUT:?}");
+        println!(
+            "\nleader handover: SKIPPED, standby {STANDBY_IDENTITY} (pid {standby_pid}) not ready within {STANDBY_READY_TIMEOUT:?}"
+        );
         return cl.kill_standby();
     };
     let holder = lease.holder();
@@ -421,7 +561,9 @@ async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
         ms(ready - t_start)
     );
     if holder != LEADER_IDENTITY {
-        println!("leader handover: the leader Lease is not held by {LEADER_IDENTITY} before the handover");
+        println!(
+            "leader handover: the leader Lease is not held by {LEADER_IDENTITY} before the handover"
+        );
     }
 
     let changes = ctx.args.restart_changes.div_ceil(2);
@@ -432,17 +574,24 @@ async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
             ctx.burst(changes).await?;
         } else {
             // Baseline: one pod of real-0's.
-            ctx.add_pod(&team_ns(3), 0, false, 2, "handover", true).await?;
+            ctx.add_pod(&team_ns(3), 0, false, 2, "handover", true)
+                .await?;
         }
-        anyhow::Ok(watch.wait(Duration::from_secs(120), |s| ctx.all_correct(s, None)).await)
+        anyhow::Ok(
+            watch
+                .wait(Duration::from_secs(120), |s| ctx.all_correct(s, None))
+                .await,
+        )
     };
     let leading = lease.wait(t0, HANDOVER_TIMEOUT, |h| h == STANDBY_IDENTITY);
-    let (correct, exited, leading) = tokio::join!(statuses, cl.reap_retiring(HANDOVER_TIMEOUT), leading);
+    let (correct, exited, leading) =
+        tokio::join!(statuses, cl.reap_retiring(HANDOVER_TIMEOUT), leading);
     let (correct, exited) = (correct?, exited?);
     let released = lease.first_since(t0, str::is_empty);
     let new_rss = proc_sample(standby_pid).map(|s| s.rss_kib).unwrap_or(0);
     let gauge = metric_value(&cl.controller_metrics(), IS_LEADER);
-    let after = |t: Option<Instant>| t.map_or(format!("NOT within {HANDOVER_TIMEOUT:?}"), |t| ms(t - t0));
+    let after =
+        |t: Option<Instant>| t.map_or(format!("NOT within {HANDOVER_TIMEOUT:?}"), |t| ms(t - t0));
     match correct {
         Some(t) => println!(
             "leader handover: {} pod changes; every status correct {} after SIGTERM to the leader (old leader exited after {}, standby leading after {})",
@@ -461,8 +610,14 @@ async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
     }
     println!(
         "leader handover: old leader (pid {old_pid}) {}; leader Lease {}; new leader (pid {standby_pid}) RSS {}, {IS_LEADER} {}",
-        exited.map_or(format!("still running {HANDOVER_TIMEOUT:?} after SIGTERM, SIGKILLed"), |e| e.1.to_string()),
-        released.map_or("never seen released (taken over at expiry)".into(), |t| format!("seen released after {}", ms(t - t0))),
+        exited.map_or(
+            format!("still running {HANDOVER_TIMEOUT:?} after SIGTERM, SIGKILLed"),
+            |e| e.1.to_string()
+        ),
+        released.map_or(
+            "never seen released (taken over at expiry)".into(),
+            |t| format!("seen released after {}", ms(t - t0))
+        ),
         mib(new_rss),
         gauge.map_or("-".into(), |v| format!("{v:.0}"))
     );
@@ -471,7 +626,13 @@ async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
 
 fn probe_connect(cl: &ScaleCluster, allowed: &[Ipv4Addr]) -> Result<bool> {
     let ns = cl.tb.pod(1, 0).netns().path();
-    Ok(connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), Duration::from_millis(300))?.ok().is_some_and(|a| allowed.contains(a.ip())))
+    Ok(connect_once(
+        ns,
+        SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT),
+        Duration::from_millis(300),
+    )?
+    .ok()
+    .is_some_and(|a| allowed.contains(a.ip())))
 }
 
 /// After the run (its cluster already torn down), background tasks get this long to stop
@@ -479,7 +640,11 @@ fn probe_connect(cl: &ScaleCluster, allowed: &[Ipv4Addr]) -> Result<bool> {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: tokio runtime: {e}");
@@ -500,11 +665,23 @@ fn main() -> std::process::ExitCode {
 async fn run() -> Result<()> {
     let mut args = Args::parse();
     if args.baseline {
-        (args.sim_nodes, args.pods, args.sim_gateways, args.churn_secs, args.restart_changes) = (0, 0, 0, 0, 1);
+        (
+            args.sim_nodes,
+            args.pods,
+            args.sim_gateways,
+            args.churn_secs,
+            args.restart_changes,
+        ) = (0, 0, 0, 0, 1);
         args.steady_secs = args.steady_secs.min(15);
     }
-    ensure!(args.real_nodes >= 3, "need node 1 for pods and two gateway candidates");
-    ensure!(args.real_nodes + args.sim_nodes <= 180, "node IPs must stay below the egress range");
+    ensure!(
+        args.real_nodes >= 3,
+        "need node 1 for pods and two gateway candidates"
+    );
+    ensure!(
+        args.real_nodes + args.sim_nodes <= 180,
+        "node IPs must stay below the egress range"
+    );
     let started = Instant::now();
     let reals = real_gateways();
     let allow: Vec<Ipv4Addr> = reals.iter().flat_map(|g| g.egress_ips.clone()).collect();
@@ -530,8 +707,15 @@ async fn run() -> Result<()> {
     futures::stream::iter(sims.iter().copied())
         .map(|n| {
             let (cp, nodes) = (&cl.cp, &nodes);
-            let pool: &[(&str, &str)] = if n - args.real_nodes <= args.sim_gateway_nodes { &[world::SIM_POOL] } else { &[] };
-            async move { cp.create_node(nodes.name(n), pool, IpAddr::V4(nodes.ip(n)), true).await }
+            let pool: &[(&str, &str)] = if n - args.real_nodes <= args.sim_gateway_nodes {
+                &[world::SIM_POOL]
+            } else {
+                &[]
+            };
+            async move {
+                cp.create_node(nodes.name(n), pool, IpAddr::V4(nodes.ip(n)), true)
+                    .await
+            }
         })
         .buffer_unordered(args.concurrency)
         .collect::<Vec<_>>()
@@ -558,13 +742,20 @@ async fn run() -> Result<()> {
     // Namespaces, gateways, pods.
     let nsdefs = namespaces();
     for ns in &nsdefs {
-        let labels: Vec<(&str, &str)> = ns.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let labels: Vec<(&str, &str)> = ns
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         cl.cp.create_namespace(&ns.name, &labels).await?;
     }
     let mut gws = reals.clone();
     gws.extend(sim_gateways(args.sim_gateways));
     let gw_names: Vec<String> = gws.iter().map(|g| g.name.clone()).collect();
-    let book: SharedBook = Arc::new(Mutex::new(Book::new(Oracle::new(&nsdefs, gws.clone()), total)));
+    let book: SharedBook = Arc::new(Mutex::new(Book::new(
+        Oracle::new(&nsdefs, gws.clone()),
+        total,
+    )));
     let watch = GatewayWatch::start(client.clone());
     let t_objects = Instant::now();
     let api: Api<EgressGateway> = Api::all(client.clone());
@@ -573,7 +764,9 @@ async fn run() -> Result<()> {
             let api = api.clone();
             async move {
                 let obj: EgressGateway = serde_json::from_value(g.to_json())?;
-                api.create(&PostParams::default(), &obj).await.with_context(|| format!("creating {}", g.name))?;
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .with_context(|| format!("creating {}", g.name))?;
                 anyhow::Ok(())
             }
         })
@@ -582,7 +775,14 @@ async fn run() -> Result<()> {
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
-    let ctx = Ctx { client: client.clone(), nodes: nodes.clone(), book: book.clone(), watch: watch.clone(), names: gw_names.clone(), args: args.clone() };
+    let ctx = Ctx {
+        client: client.clone(),
+        nodes: nodes.clone(),
+        book: book.clone(),
+        watch: watch.clone(),
+        names: gw_names.clone(),
+        args: args.clone(),
+    };
 
     // The failover probe pod: the testbed's pod on node 1, selected by real-0.
     {
@@ -594,8 +794,17 @@ async fn run() -> Result<()> {
             labels: pod_labels(0, false),
             churnable: false,
         };
-        cl.cp.create_pod(&p.ns, &p.name, &[("app", "app-0"), ("track", "stable")], nodes.name(1)).await?;
-        cl.cp.set_pod_ip(&p.ns, &p.name, IpAddr::V4(cl.tb.pod(1, 0).ip())).await?;
+        cl.cp
+            .create_pod(
+                &p.ns,
+                &p.name,
+                &[("app", "app-0"), ("track", "stable")],
+                nodes.name(1),
+            )
+            .await?;
+        cl.cp
+            .set_pod_ip(&p.ns, &p.name, IpAddr::V4(cl.tb.pod(1, 0).ip()))
+            .await?;
         book.lock().expect("book").added(p);
     }
 
@@ -603,7 +812,12 @@ async fn run() -> Result<()> {
     let specs: Vec<(String, usize, bool, usize)> = (0..args.pods)
         .map(|i| {
             let ns = &nsdefs[i % n_ns].name;
-            (ns.clone(), (i / n_ns) % world::APPS, i % 7 == 0, 1 + i % total)
+            (
+                ns.clone(),
+                (i / n_ns) % world::APPS,
+                i % 7 == 0,
+                1 + i % total,
+            )
         })
         .collect();
     let results = futures::stream::iter(specs)
@@ -611,7 +825,9 @@ async fn run() -> Result<()> {
             let ctx = &ctx;
             async move {
                 let churnable = !PROBE_TEAMS.iter().any(|t| team_ns(*t) == ns);
-                ctx.add_pod(&ns, app, canary, node, "p", churnable).await.map(|_| ())
+                ctx.add_pod(&ns, app, canary, node, "p", churnable)
+                    .await
+                    .map(|_| ())
             }
         })
         .buffer_unordered(args.concurrency)
@@ -629,17 +845,33 @@ async fn run() -> Result<()> {
         args.pods + 1,
         created.as_secs_f64()
     );
-    let Some(conv) = watch.wait(Duration::from_secs(300), |s| ctx.all_correct(s, None)).await else {
-        bail!("statuses did not converge within 300 s: {:?}", ctx.wrong(None));
+    let Some(conv) = watch
+        .wait(Duration::from_secs(300), |s| ctx.all_correct(s, None))
+        .await
+    else {
+        bail!(
+            "statuses did not converge within 300 s: {:?}",
+            ctx.wrong(None)
+        );
     };
-    println!("all statuses correct {:.1} s after the last object was created", (conv - t_objects - created).as_secs_f64());
+    println!(
+        "all statuses correct {:.1} s after the last object was created",
+        (conv - t_objects - created).as_secs_f64()
+    );
 
     // The agent holding the largest sets: the host of real-0's IP.
-    let host_name = watch.get("real-0").and_then(|g| g.nodes.values().next().cloned().flatten()).context("real-0 unplaced")?;
-    let agent = cl.node_index(&host_name).context("real-0 is not on a real node")?;
+    let host_name = watch
+        .get("real-0")
+        .and_then(|g| g.nodes.values().next().cloned().flatten())
+        .context("real-0 unplaced")?;
+    let agent = cl
+        .node_index(&host_name)
+        .context("real-0 is not on a real node")?;
     let agent_pid = cl.agents[&agent].child.id();
     let real0 = book.lock().expect("book").expected[0];
-    println!("largest sets: node {host_name} (agent pid {agent_pid}) hosts real-0 with {real0} pods");
+    println!(
+        "largest sets: node {host_name} (agent pid {agent_pid}) hosts real-0 with {real0} pods"
+    );
     let mut pids = vec![controller_pid, agent_pid];
     let (apiserver, etcd) = cl.cp.pids();
     pids.extend(apiserver.into_iter().chain(etcd));
@@ -700,7 +932,11 @@ async fn run() -> Result<()> {
         let mut churn_lat = p?;
         let r = close_window(&cl, w, agent).await?;
         print_window(
-            &format!("churn: {} pod changes/s target, {changes} done = {:.0}/s, {behind} bursts overran their second", args.churn_rate, changes as f64 / r.secs),
+            &format!(
+                "churn: {} pod changes/s target, {changes} done = {:.0}/s, {behind} bursts overran their second",
+                args.churn_rate,
+                changes as f64 / r.secs
+            ),
             &r,
             controller_pid,
             agent_pid,
@@ -714,9 +950,15 @@ async fn run() -> Result<()> {
             ms(quantile(&mut churn_lat, 1.0))
         );
         let t = Instant::now();
-        match watch.wait(Duration::from_secs(120), |s| ctx.all_correct(s, None)).await {
+        match watch
+            .wait(Duration::from_secs(120), |s| ctx.all_correct(s, None))
+            .await
+        {
             Some(at) => println!("every status correct {} after churn stopped", ms(at - t)),
-            None => bail!("statuses did not settle 120 s after churn: {:?}", ctx.wrong(None)),
+            None => bail!(
+                "statuses did not settle 120 s after churn: {:?}",
+                ctx.wrong(None)
+            ),
         }
     }
 
@@ -728,11 +970,15 @@ async fn run() -> Result<()> {
         ctx.burst(changes).await?;
     } else {
         // Baseline: one pod of real-0's.
-        ctx.add_pod(&team_ns(3), 0, false, 2, "restart", true).await?;
+        ctx.add_pod(&team_ns(3), 0, false, 2, "restart", true)
+            .await?;
     }
     let t_restart = Instant::now();
     let new_pid = cl.start_controller()?;
-    let resync = watch.wait(Duration::from_secs(120), |s| ctx.all_correct(s, None)).await.map(|t| t - t_restart);
+    let resync = watch
+        .wait(Duration::from_secs(120), |s| ctx.all_correct(s, None))
+        .await
+        .map(|t| t - t_restart);
     let resync_rss = proc_sample(new_pid).map(|s| s.rss_kib).unwrap_or(0);
     match resync {
         Some(d) => println!(
@@ -741,7 +987,10 @@ async fn run() -> Result<()> {
             ms(d),
             mib(resync_rss)
         ),
-        None => println!("\ncontroller cold restart (single replica, no standby): statuses NOT correct 120 s after the restart: {:?}", ctx.wrong(None)),
+        None => println!(
+            "\ncontroller cold restart (single replica, no standby): statuses NOT correct 120 s after the restart: {:?}",
+            ctx.wrong(None)
+        ),
     }
 
     // Leader handover to a hot standby (a rolling update of the 2-replica deployment).
@@ -755,17 +1004,31 @@ async fn run() -> Result<()> {
                 *count.entry(n.clone()).or_default() += 1;
             }
         }
-        let victim = count.iter().filter(|(n, _)| n.starts_with("sim-")).max_by_key(|(_, c)| **c).map(|(n, c)| (n.clone(), *c)).context("no sim host")?;
+        let victim = count
+            .iter()
+            .filter(|(n, _)| n.starts_with("sim-"))
+            .max_by_key(|(_, c)| **c)
+            .map(|(n, c)| (n.clone(), *c))
+            .context("no sim host")?;
         let t0 = Instant::now();
         sim_agents.fail(&victim.0);
-        match watch.wait(Duration::from_secs(30), |s| ctx.all_correct(s, Some(&victim.0))).await {
+        match watch
+            .wait(Duration::from_secs(30), |s| {
+                ctx.all_correct(s, Some(&victim.0))
+            })
+            .await
+        {
             Some(t) => println!(
                 "simulated gateway node {} (hosting {} egress IPs) stops renewing: all its IPs on other nodes in status after {}",
                 victim.0,
                 victim.1,
                 ms(t - t0)
             ),
-            None => println!("simulated gateway node {} failover NOT done in 30 s: {:?}", victim.0, ctx.wrong(Some(&victim.0))),
+            None => println!(
+                "simulated gateway node {} failover NOT done in 30 s: {:?}",
+                victim.0,
+                ctx.wrong(Some(&victim.0))
+            ),
         }
     }
 
@@ -774,10 +1037,16 @@ async fn run() -> Result<()> {
     let egress = reals[0].egress_ips[0];
     let mut failovers = Vec::new();
     for trial in 1..=args.failover_trials {
-        let Some(_) = watch.wait(Duration::from_secs(30), |s| ctx.all_correct(s, None)).await else {
+        let Some(_) = watch
+            .wait(Duration::from_secs(30), |s| ctx.all_correct(s, None))
+            .await
+        else {
             bail!("trial {trial}: statuses not settled: {:?}", ctx.wrong(None));
         };
-        let host = watch.get("real-0").and_then(|g| g.nodes.values().next().cloned().flatten()).context("real-0 unplaced")?;
+        let host = watch
+            .get("real-0")
+            .and_then(|g| g.nodes.values().next().cloned().flatten())
+            .context("real-0 unplaced")?;
         let host = cl.node_index(&host).context("real-0 not on a real node")?;
         let deadline = Instant::now() + Duration::from_secs(15);
         while !probe_connect(&cl, &[egress])? {
@@ -798,7 +1067,10 @@ async fn run() -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        println!("failover trial {trial}: node-{host} died; first connection from {egress} through the new host after {}", ms(took));
+        println!(
+            "failover trial {trial}: node-{host} died; first connection from {egress} through the new host after {}",
+            ms(took)
+        );
         failovers.push(took);
         cl.tb.revive_node(host)?;
         cl.start_agent(host).await?;
@@ -814,7 +1086,9 @@ async fn run() -> Result<()> {
     }
     println!(
         "\nsimulated lease renewals: {} ok, {} failed; total run {:.0} s",
-        sim_agents.renewals.load(std::sync::atomic::Ordering::Relaxed),
+        sim_agents
+            .renewals
+            .load(std::sync::atomic::Ordering::Relaxed),
         sim_agents.errors.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );

@@ -38,7 +38,10 @@ pub fn proc_sample(pid: u32) -> Result<ProcSample> {
         v if v > 0 => v as f64,
         _ => 100.0,
     };
-    Ok(ProcSample { rss_kib, cpu: Duration::from_secs_f64(ticks as f64 / hz) })
+    Ok(ProcSample {
+        rss_kib,
+        cpu: Duration::from_secs_f64(ticks as f64 / hz),
+    })
 }
 
 pub fn mib(kib: u64) -> String {
@@ -50,11 +53,21 @@ pub async fn apiserver_requests(client: &Client) -> Result<BTreeMap<(String, Str
     let req = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(req).await?;
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let get = |k: &str| {
             let pat = format!("{k}=\"");
-            labels.split(&pat).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string()
+            labels
+                .split(&pat)
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
         };
         let mut res = get("resource");
         let sub = get("subresource");
@@ -83,7 +96,11 @@ pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             let n: f64 = l.rsplit_once(' ')?.1.parse().ok()?;
             Some((le, n))
         })
@@ -95,8 +112,15 @@ pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
 /// The `q` quantile of the observations between two cumulative snapshots, linearly
 /// interpolated inside its bucket (as Prometheus' histogram_quantile does).
 pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
-    let d: Vec<(f64, f64)> =
-        after.iter().map(|(le, n)| (*le, n - before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1))).collect();
+    let d: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            (
+                *le,
+                n - before.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1),
+            )
+        })
+        .collect();
     let total = d.last()?.1;
     if total <= 0.0 {
         return None;
@@ -108,7 +132,11 @@ pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -
             if le.is_infinite() {
                 return Some(prev.0);
             }
-            let frac = if n > prev.1 { (rank - prev.1) / (n - prev.1) } else { 1.0 };
+            let frac = if n > prev.1 {
+                (rank - prev.1) / (n - prev.1)
+            } else {
+                1.0
+            };
             return Some(prev.0 + (le - prev.0) * frac);
         }
         prev = (le, n);
@@ -156,7 +184,11 @@ impl GatewayWatch {
                         g.name_any(),
                         GwSeen {
                             selected: st.selected_pods.unwrap_or(0),
-                            nodes: st.assignments.iter().map(|a| (a.egress_ip.clone(), a.node.clone())).collect(),
+                            nodes: st
+                                .assignments
+                                .iter()
+                                .map(|a| (a.egress_ip.clone(), a.node.clone()))
+                                .collect(),
                             current: st.observed_generation == g.metadata.generation,
                         },
                     );
@@ -173,7 +205,11 @@ impl GatewayWatch {
     }
 
     /// Wait until `check` holds for the whole map; returns when it was first seen holding.
-    pub async fn wait(&self, timeout: Duration, check: impl Fn(&HashMap<String, GwSeen>) -> bool) -> Option<Instant> {
+    pub async fn wait(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&HashMap<String, GwSeen>) -> bool,
+    ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -208,7 +244,9 @@ impl LeaseHolderWatch {
             let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
             while let Some(ev) = stream.next().await {
                 let holder = match ev {
-                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => l.spec.and_then(|s| s.holder_identity).unwrap_or_default(),
+                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => {
+                        l.spec.and_then(|s| s.holder_identity).unwrap_or_default()
+                    }
                     Ok(watcher::Event::Delete(_)) => String::new(),
                     Ok(watcher::Event::InitDone) => {
                         if let Some(tx) = listed.take() {
@@ -227,21 +265,40 @@ impl LeaseHolderWatch {
             }
         });
         let _ = tokio::time::timeout(Duration::from_secs(30), listed_rx).await;
-        Self { changes, changed, task }
+        Self {
+            changes,
+            changed,
+            task,
+        }
     }
 
     /// The holder now (empty: none, or not seen yet).
     pub fn holder(&self) -> String {
-        self.changes.lock().expect("lease watch").last().map(|(h, _)| h.clone()).unwrap_or_default()
+        self.changes
+            .lock()
+            .expect("lease watch")
+            .last()
+            .map(|(h, _)| h.clone())
+            .unwrap_or_default()
     }
 
     /// When the watch first showed a holder matching `check` at or after `since`.
     pub fn first_since(&self, since: Instant, check: impl Fn(&str) -> bool) -> Option<Instant> {
-        self.changes.lock().expect("lease watch").iter().find(|(h, t)| *t >= since && check(h)).map(|(_, t)| *t)
+        self.changes
+            .lock()
+            .expect("lease watch")
+            .iter()
+            .find(|(h, t)| *t >= since && check(h))
+            .map(|(_, t)| *t)
     }
 
     /// Wait until the watch shows a holder matching `check` at or after `since`; when it did.
-    pub async fn wait(&self, since: Instant, timeout: Duration, check: impl Fn(&str) -> bool) -> Option<Instant> {
+    pub async fn wait(
+        &self,
+        since: Instant,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> Option<Instant> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();

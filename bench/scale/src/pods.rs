@@ -89,10 +89,24 @@ impl Book {
     }
 
     /// Reserve a new pod (name and IP slot) on `node`.
-    pub fn reserve(&mut self, ns: &str, labels: Labels, node: usize, prefix: &str, churnable: bool) -> Option<PodRec> {
+    pub fn reserve(
+        &mut self,
+        ns: &str,
+        labels: Labels,
+        node: usize,
+        prefix: &str,
+        churnable: bool,
+    ) -> Option<PodRec> {
         let slot = self.free[node - 1].pop_front()?;
         self.counter += 1;
-        Some(PodRec { ns: ns.into(), name: format!("{prefix}-{}", self.counter), node, slot, labels, churnable })
+        Some(PodRec {
+            ns: ns.into(),
+            name: format!("{prefix}-{}", self.counter),
+            node,
+            slot,
+            labels,
+            churnable,
+        })
     }
 
     /// The pod is Running with its IP: the gateways selecting it count it.
@@ -152,7 +166,9 @@ pub async fn create(client: &Client, nodes: &NodeDir, p: &PodRec) -> Result<()> 
             "containers": [{ "name": "app", "image": egressgw_tests::control_plane::PAUSE_IMAGE }],
         }
     }))?;
-    api.create(&PostParams::default(), &pod).await.with_context(|| format!("creating pod {}/{}", p.ns, p.name))?;
+    api.create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {}/{}", p.ns, p.name))?;
     let ip = p.ip().to_string();
     let host = nodes.ip(p.node).to_string();
     let status = json!({ "status": {
@@ -170,7 +186,10 @@ pub async fn create(client: &Client, nodes: &NodeDir, p: &PodRec) -> Result<()> 
 /// Delete with grace period 0 (no kubelet confirms); the pod is gone when this returns.
 pub async fn delete(client: &Client, p: &PodRec) -> Result<()> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &p.ns);
-    let dp = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
     match api.delete(&p.name, &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -34,7 +34,9 @@ pub const PROBE_APPS: [usize; 2] = [8, 9];
 pub type Labels = BTreeMap<String, String>;
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// One requirement of a label selector.
@@ -54,7 +56,9 @@ pub struct Selector {
 
 impl Selector {
     fn eq(k: &str, v: &str) -> Self {
-        Self { reqs: vec![Req::Eq(k.into(), v.into())] }
+        Self {
+            reqs: vec![Req::Eq(k.into(), v.into())],
+        }
     }
     fn and(mut self, r: Req) -> Self {
         self.reqs.push(r);
@@ -137,9 +141,15 @@ pub struct NamespaceDef {
 
 pub fn namespaces() -> Vec<NamespaceDef> {
     let mut v: Vec<NamespaceDef> = (0..TEAMS)
-        .map(|t| NamespaceDef { name: team_ns(t), labels: labels(&[("team", &team_ns(t)), ("tier", TIERS[t % 3])]) })
+        .map(|t| NamespaceDef {
+            name: team_ns(t),
+            labels: labels(&[("team", &team_ns(t)), ("tier", TIERS[t % 3])]),
+        })
         .collect();
-    v.extend((0..SHARED).map(|s| NamespaceDef { name: format!("shared-{s}"), labels: labels(&[("kind", "shared")]) }));
+    v.extend((0..SHARED).map(|s| NamespaceDef {
+        name: format!("shared-{s}"),
+        labels: labels(&[("kind", "shared")]),
+    }));
     v
 }
 
@@ -150,12 +160,19 @@ pub fn team_ns(t: usize) -> String {
 /// The real gateways (their egress IPs are on the testbed LAN and allowlisted by its firewall).
 pub fn real_gateways() -> Vec<GatewayDef> {
     let ip = |d: u8| Ipv4Addr::new(198, 18, 0, d);
-    let tier = |ts: &[&str]| Selector { reqs: vec![Req::In("tier".into(), ts.iter().map(|s| s.to_string()).collect())] };
+    let tier = |ts: &[&str]| Selector {
+        reqs: vec![Req::In(
+            "tier".into(),
+            ts.iter().map(|s| s.to_string()).collect(),
+        )],
+    };
     vec![
         GatewayDef {
             name: "real-0".into(),
             namespaces: tier(&["prod", "staging"]),
-            pods: Selector { reqs: vec![Req::In("app".into(), apps(0..6))] },
+            pods: Selector {
+                reqs: vec![Req::In("app".into(), apps(0..6))],
+            },
             destinations: vec!["203.0.113.0/24".into()],
             excluded: vec![],
             egress_ips: vec![ip(200)],
@@ -164,7 +181,9 @@ pub fn real_gateways() -> Vec<GatewayDef> {
         GatewayDef {
             name: "real-1".into(),
             namespaces: Selector::eq("tier", "dev"),
-            pods: Selector { reqs: vec![Req::In("app".into(), apps(0..3))] },
+            pods: Selector {
+                reqs: vec![Req::In("app".into(), apps(0..3))],
+            },
             destinations: vec!["203.0.113.0/25".into()],
             excluded: vec![],
             egress_ips: vec![ip(201), ip(202)],
@@ -173,7 +192,12 @@ pub fn real_gateways() -> Vec<GatewayDef> {
         GatewayDef {
             name: "real-2".into(),
             namespaces: Selector::eq("tier", "dev"),
-            pods: Selector { reqs: vec![Req::In("app".into(), apps(3..6)), Req::NotIn("track".into(), vec!["canary".into()])] },
+            pods: Selector {
+                reqs: vec![
+                    Req::In("app".into(), apps(3..6)),
+                    Req::NotIn("track".into(), vec!["canary".into()]),
+                ],
+            },
             destinations: vec!["203.0.113.0/24".into()],
             excluded: vec!["203.0.113.192/26".into()],
             egress_ips: vec![ip(203), ip(204), ip(205)],
@@ -182,7 +206,9 @@ pub fn real_gateways() -> Vec<GatewayDef> {
         GatewayDef {
             name: "real-3".into(),
             namespaces: tier(&["prod", "staging"]),
-            pods: Selector { reqs: vec![Req::In("app".into(), apps(6..8))] },
+            pods: Selector {
+                reqs: vec![Req::In("app".into(), apps(6..8))],
+            },
             destinations: vec!["203.0.113.0/24".into()],
             excluded: vec![],
             egress_ips: vec![ip(206), ip(207), ip(208), ip(209)],
@@ -190,7 +216,12 @@ pub fn real_gateways() -> Vec<GatewayDef> {
         },
         GatewayDef {
             name: "real-4".into(),
-            namespaces: Selector { reqs: vec![Req::Exists("kind".into()), Req::In("kind".into(), vec!["shared".into()])] },
+            namespaces: Selector {
+                reqs: vec![
+                    Req::Exists("kind".into()),
+                    Req::In("kind".into(), vec!["shared".into()]),
+                ],
+            },
             pods: Selector::default(),
             destinations: vec!["203.0.113.128/25".into()],
             excluded: vec![],
@@ -209,7 +240,10 @@ pub fn sim_gateways(n: usize) -> Vec<GatewayDef> {
             let (t, k) = (g % TEAMS, g / TEAMS);
             let mut pods = Selector::eq("app", &format!("app-{k}"));
             if g % 4 == 3 {
-                pods = Selector { reqs: vec![Req::In("app".into(), vec![format!("app-{k}")])] }.and(Req::NotIn("track".into(), vec!["canary".into()]));
+                pods = Selector {
+                    reqs: vec![Req::In("app".into(), vec![format!("app-{k}")])],
+                }
+                .and(Req::NotIn("track".into(), vec!["canary".into()]));
             }
             let base = 16 * (g % 16);
             let ips = (0..1 + g % 4)
@@ -224,7 +258,11 @@ pub fn sim_gateways(n: usize) -> Vec<GatewayDef> {
                 namespaces: Selector::eq("team", &team_ns(t)),
                 pods,
                 destinations: vec![format!("198.51.100.{base}/28")],
-                excluded: if g % 5 == 0 { vec![format!("198.51.100.{}/30", base + 12)] } else { vec![] },
+                excluded: if g % 5 == 0 {
+                    vec![format!("198.51.100.{}/30", base + 12)]
+                } else {
+                    vec![]
+                },
                 egress_ips: ips,
                 real: false,
             }
@@ -234,7 +272,10 @@ pub fn sim_gateways(n: usize) -> Vec<GatewayDef> {
 
 /// A pod's labels.
 pub fn pod_labels(app: usize, canary: bool) -> Labels {
-    labels(&[("app", &format!("app-{app}")), ("track", if canary { "canary" } else { "stable" })])
+    labels(&[
+        ("app", &format!("app-{app}")),
+        ("track", if canary { "canary" } else { "stable" }),
+    ])
 }
 
 /// Which gateways select pods of each (namespace, labels): the oracle.
@@ -247,7 +288,10 @@ pub struct Oracle {
 impl Oracle {
     pub fn new(namespaces: &[NamespaceDef], gateways: Vec<GatewayDef>) -> Self {
         Self {
-            ns_labels: namespaces.iter().map(|n| (n.name.clone(), n.labels.clone())).collect(),
+            ns_labels: namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.labels.clone()))
+                .collect(),
             gateways,
             cache: Default::default(),
         }
@@ -263,8 +307,13 @@ impl Oracle {
         }
         let empty = Labels::new();
         let nl = self.ns_labels.get(ns).unwrap_or(&empty);
-        let v: Vec<usize> =
-            self.gateways.iter().enumerate().filter(|(_, g)| g.namespaces.matches(nl) && g.pods.matches(labels)).map(|(i, _)| i).collect();
+        let v: Vec<usize> = self
+            .gateways
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.namespaces.matches(nl) && g.pods.matches(labels))
+            .map(|(i, _)| i)
+            .collect();
         self.cache.lock().expect("oracle").insert(key, v.clone());
         v
     }

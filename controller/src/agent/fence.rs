@@ -45,7 +45,9 @@ impl Default for FenceTiming {
 impl FenceTiming {
     /// The latest an address can outlive the agent's last successful renewal send.
     pub fn kernel_bound(&self) -> Duration {
-        self.refresh_window + Duration::from_secs(u64::from(self.address_lifetime_secs)) + KERNEL_EXPIRY_SLACK
+        self.refresh_window
+            + Duration::from_secs(u64::from(self.address_lifetime_secs))
+            + KERNEL_EXPIRY_SLACK
     }
 
     /// Check against the controller's `takeover`; the message says which bound breaks.
@@ -54,10 +56,16 @@ impl FenceTiming {
             return Err("address lifetime must be at least 1 s".into());
         }
         if self.renew_interval >= self.fence_after {
-            return Err(format!("renew interval {:?} must be shorter than the fencing deadline {:?}", self.renew_interval, self.fence_after));
+            return Err(format!(
+                "renew interval {:?} must be shorter than the fencing deadline {:?}",
+                self.renew_interval, self.fence_after
+            ));
         }
         if self.fence_after >= takeover {
-            return Err(format!("fencing deadline {:?} must be shorter than the takeover {:?}", self.fence_after, takeover));
+            return Err(format!(
+                "fencing deadline {:?} must be shorter than the takeover {:?}",
+                self.fence_after, takeover
+            ));
         }
         if self.kernel_bound() >= takeover {
             return Err(format!(
@@ -90,7 +98,11 @@ pub struct FenceClock {
 impl FenceClock {
     /// A fresh agent is fenced until its first renewal succeeds.
     pub fn new(timing: FenceTiming) -> Self {
-        Self { timing, last_success_sent: None, fenced: true }
+        Self {
+            timing,
+            last_success_sent: None,
+            fenced: true,
+        }
     }
 
     pub fn timing(&self) -> FenceTiming {
@@ -111,7 +123,10 @@ impl FenceClock {
         if unfenced {
             self.fenced = false;
         }
-        Renewed { refresh_lifetimes: fresh && !self.fenced, unfenced }
+        Renewed {
+            refresh_lifetimes: fresh && !self.fenced,
+            unfenced,
+        }
     }
 
     /// Whether the agent must fence now (it is not fenced yet and the deadline passed).
@@ -120,7 +135,9 @@ impl FenceClock {
         if self.fenced {
             return false;
         }
-        let overdue = self.last_success_sent.is_none_or(|t| now.duration_since(t) >= self.timing.fence_after);
+        let overdue = self
+            .last_success_sent
+            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after);
         if overdue {
             self.fenced = true;
         }
@@ -136,10 +153,22 @@ mod tests {
 
     #[test]
     fn defaults_fit_the_default_takeover() {
-        FenceTiming::default().validate(crate::controller::DEFAULT_TAKEOVER).unwrap();
-        let slow = FenceTiming { address_lifetime_secs: 2, ..FenceTiming::default() };
-        assert!(slow.validate(crate::controller::DEFAULT_TAKEOVER).unwrap_err().contains("outlive"));
-        let late = FenceTiming { fence_after: MS(2000), ..FenceTiming::default() };
+        FenceTiming::default()
+            .validate(crate::controller::DEFAULT_TAKEOVER)
+            .unwrap();
+        let slow = FenceTiming {
+            address_lifetime_secs: 2,
+            ..FenceTiming::default()
+        };
+        assert!(
+            slow.validate(crate::controller::DEFAULT_TAKEOVER)
+                .unwrap_err()
+                .contains("outlive")
+        );
+        let late = FenceTiming {
+            fence_after: MS(2000),
+            ..FenceTiming::default()
+        };
         assert!(late.validate(crate::controller::DEFAULT_TAKEOVER).is_err());
     }
 
@@ -149,9 +178,18 @@ mod tests {
         let mut f = FenceClock::new(FenceTiming::default());
         assert!(f.is_fenced());
         let r = f.renewed(t0, t0 + MS(5));
-        assert_eq!(r, Renewed { refresh_lifetimes: true, unfenced: true });
+        assert_eq!(
+            r,
+            Renewed {
+                refresh_lifetimes: true,
+                unfenced: true
+            }
+        );
         assert!(!f.check(t0 + MS(999)));
-        assert!(f.check(t0 + MS(1000)), "no success sent in the last fence_after");
+        assert!(
+            f.check(t0 + MS(1000)),
+            "no success sent in the last fence_after"
+        );
         assert!(!f.check(t0 + MS(1100)), "fences once");
         assert!(f.is_fenced());
     }
@@ -162,11 +200,23 @@ mod tests {
         let mut f = FenceClock::new(FenceTiming::default());
         f.renewed(t0, t0 + MS(5));
         let r = f.renewed(t0 + MS(500), t0 + MS(900));
-        assert_eq!(r, Renewed { refresh_lifetimes: false, unfenced: false });
-        assert!(!f.check(t0 + MS(1400)), "the send at 500 ms counts for the deadline");
+        assert_eq!(
+            r,
+            Renewed {
+                refresh_lifetimes: false,
+                unfenced: false
+            }
+        );
+        assert!(
+            !f.check(t0 + MS(1400)),
+            "the send at 500 ms counts for the deadline"
+        );
         assert!(f.check(t0 + MS(1500)));
         // Recovery needs a fresh renewal, and comes back unfenced (new epoch).
-        assert!(!f.renewed(t0 + MS(2000), t0 + MS(2400)).unfenced, "too slow to trust");
+        assert!(
+            !f.renewed(t0 + MS(2000), t0 + MS(2400)).unfenced,
+            "too slow to trust"
+        );
         assert!(f.renewed(t0 + MS(2500), t0 + MS(2510)).unfenced);
     }
 }

@@ -14,13 +14,18 @@ use thiserror::Error;
 use crate::index::NodeInterface;
 use crate::k8s::lease::{encode_interfaces, encode_programmed};
 use crate::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
+    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL,
+    CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
 };
 
 #[derive(Debug, Error)]
 pub enum HeartbeatError {
     #[error("agent lease {namespace}/{name}: {source}")]
-    Api { namespace: String, name: String, source: kube::Error },
+    Api {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("agent lease {name} was changed by someone else; re-read it")]
     Conflict { name: String },
 }
@@ -53,13 +58,23 @@ impl Heartbeat {
     /// Read the Lease and decide the epoch: keep it when our last renewal (our own wall
     /// clock wrote it) is younger than `fence_after`, bump it otherwise — an agent that was
     /// away longer than its fencing deadline must not trust assignments from before.
-    pub async fn start(client: Client, namespace: &str, node: &str, fence_after: Duration, takeover: Duration) -> Result<Self, HeartbeatError> {
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        node: &str,
+        fence_after: Duration,
+        takeover: Duration,
+    ) -> Result<Self, HeartbeatError> {
         let name = agent_lease(node);
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let current = api
             .get_opt(&name)
             .await
-            .map_err(|source| HeartbeatError::Api { namespace: namespace.into(), name: name.clone(), source })?;
+            .map_err(|source| HeartbeatError::Api {
+                namespace: namespace.into(),
+                name: name.clone(),
+                source,
+            })?;
         let epoch = match current.as_ref().and_then(|l| l.spec.as_ref()) {
             None => 0,
             Some(spec) => {
@@ -83,16 +98,31 @@ impl Heartbeat {
     }
 
     fn desired(&self, report: &Report) -> Lease {
-        let mut meta = self.current.as_ref().map(|l| l.metadata.clone()).unwrap_or_else(|| ObjectMeta {
-            name: Some(self.name.clone()),
-            namespace: Some(self.namespace.clone()),
-            ..Default::default()
-        });
-        meta.labels.get_or_insert_with(Default::default).insert(LABEL_AGENT_NODE.into(), self.node.clone());
+        let mut meta = self
+            .current
+            .as_ref()
+            .map(|l| l.metadata.clone())
+            .unwrap_or_else(|| ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                ..Default::default()
+            });
+        meta.labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_AGENT_NODE.into(), self.node.clone());
         let ann = meta.annotations.get_or_insert_with(Default::default);
-        ann.insert(ANNOTATION_INTERFACES.into(), encode_interfaces(&report.interfaces));
-        ann.insert(ANNOTATION_PROGRAMMED.into(), encode_programmed(&report.programmed));
-        ann.insert(ANNOTATION_RENEW_INTERVAL.into(), report.renew_interval.as_millis().to_string());
+        ann.insert(
+            ANNOTATION_INTERFACES.into(),
+            encode_interfaces(&report.interfaces),
+        );
+        ann.insert(
+            ANNOTATION_PROGRAMMED.into(),
+            encode_programmed(&report.programmed),
+        );
+        ann.insert(
+            ANNOTATION_RENEW_INTERVAL.into(),
+            report.renew_interval.as_millis().to_string(),
+        );
         if report.idle {
             ann.insert(ANNOTATION_CADENCE.into(), CADENCE_IDLE.into());
         } else {
@@ -105,7 +135,11 @@ impl Heartbeat {
                 lease_duration_seconds: Some(self.lease_seconds),
                 renew_time: Some(MicroTime(Timestamp::now())),
                 lease_transitions: Some(self.epoch),
-                ..self.current.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default()
+                ..self
+                    .current
+                    .as_ref()
+                    .and_then(|l| l.spec.clone())
+                    .unwrap_or_default()
             }),
         }
     }
@@ -114,19 +148,32 @@ impl Heartbeat {
     pub async fn renew(&mut self, report: &Report) -> Result<Instant, HeartbeatError> {
         let lease = self.desired(report);
         let sent = Instant::now();
-        let err = |source| HeartbeatError::Api { namespace: self.namespace.clone(), name: self.name.clone(), source };
+        let err = |source| HeartbeatError::Api {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        };
         let written = if self.current.is_some() {
-            match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            match self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+            {
                 Ok(l) => l,
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                     // Someone else wrote it (or deleted it): re-read, renew next round.
                     self.current = self.api.get_opt(&self.name).await.map_err(err)?;
-                    return Err(HeartbeatError::Conflict { name: self.name.clone() });
+                    return Err(HeartbeatError::Conflict {
+                        name: self.name.clone(),
+                    });
                 }
                 Err(e) => return Err(err(e)),
             }
         } else {
-            self.api.create(&PostParams::default(), &lease).await.map_err(err)?
+            self.api
+                .create(&PostParams::default(), &lease)
+                .await
+                .map_err(err)?
         };
         self.current = Some(written);
         Ok(sent)

@@ -43,14 +43,39 @@ impl Inputs {
     /// Start every watch; returns once gateways, nodes, namespaces and the node's own pods
     /// have listed (an error when one of them stopped first).
     pub async fn start(client: Client, node: &str, notify: Arc<Notify>) -> anyhow::Result<Self> {
-        let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-        let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
-        let namespaces =
-            reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
+        let gateways = reflect(
+            Api::<EgressGateway>::all(client.clone()),
+            watcher::Config::default(),
+            notify.clone(),
+            |_| {},
+        );
+        let nodes = reflect_trimmed(
+            Api::<KubeNode>::all(client.clone()),
+            watcher::Config::default(),
+            notify.clone(),
+            |_| {},
+            trim_node,
+        );
+        let namespaces = reflect_trimmed(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            notify.clone(),
+            |_| {},
+            trim_namespace,
+        );
         let pods = PodWatches::new(client, node, notify);
-        anyhow::ensure!(gateways.store.wait_until_ready().await.is_ok(), "the EgressGateway watch stopped before it synced");
-        anyhow::ensure!(nodes.store.wait_until_ready().await.is_ok(), "the Node watch stopped before it synced");
-        anyhow::ensure!(namespaces.store.wait_until_ready().await.is_ok(), "the Namespace watch stopped before it synced");
+        anyhow::ensure!(
+            gateways.store.wait_until_ready().await.is_ok(),
+            "the EgressGateway watch stopped before it synced"
+        );
+        anyhow::ensure!(
+            nodes.store.wait_until_ready().await.is_ok(),
+            "the Node watch stopped before it synced"
+        );
+        anyhow::ensure!(
+            namespaces.store.wait_until_ready().await.is_ok(),
+            "the Namespace watch stopped before it synced"
+        );
         pods.wait_local().await;
         Ok(Self {
             node: node.to_string(),
@@ -78,16 +103,27 @@ impl Inputs {
             }
         }
         if self.nodes.take_changed() {
-            let nodes: BTreeMap<String, Node> =
-                self.nodes.store.state().iter().filter_map(|n| Node::from_kube(n)).map(|n| (n.name.clone(), n)).collect();
+            let nodes: BTreeMap<String, Node> = self
+                .nodes
+                .store
+                .state()
+                .iter()
+                .filter_map(|n| Node::from_kube(n))
+                .map(|n| (n.name.clone(), n))
+                .collect();
             if nodes != self.index.nodes {
                 self.index.nodes = nodes;
                 structural = true;
             }
         }
         if self.namespaces.take_changed() {
-            let namespaces: BTreeMap<String, _> =
-                self.namespaces.store.state().iter().map(|ns| (ns.name_any(), ns.labels().clone())).collect();
+            let namespaces: BTreeMap<String, _> = self
+                .namespaces
+                .store
+                .state()
+                .iter()
+                .map(|ns| (ns.name_any(), ns.labels().clone()))
+                .collect();
             if namespaces != self.index.namespaces {
                 self.index.namespaces = namespaces;
                 structural = true;
@@ -113,9 +149,16 @@ impl Inputs {
     /// at the idle cadence.
     pub fn may_host(&self) -> bool {
         let empty = Default::default();
-        let my_labels = self.index.nodes.get(&self.node).map_or(&empty, |n| &n.labels);
+        let my_labels = self
+            .index
+            .nodes
+            .get(&self.node)
+            .map_or(&empty, |n| &n.labels);
         self.index.gateways.values().any(|g| {
-            g.recorded.values().any(|r| r.node == self.node) || g.spec.as_ref().is_ok_and(|s| s.node_selector.matches(my_labels))
+            g.recorded.values().any(|r| r.node == self.node)
+                || g.spec
+                    .as_ref()
+                    .is_ok_and(|s| s.node_selector.matches(my_labels))
         })
     }
 
@@ -124,15 +167,23 @@ impl Inputs {
     /// IP fails over to it, instead of listing them first.
     fn scopes(&self, epoch: i32) -> BTreeMap<Scope, Keep> {
         let empty = Default::default();
-        let my_labels = self.index.nodes.get(&self.node).map_or(&empty, |n| &n.labels);
+        let my_labels = self
+            .index
+            .nodes
+            .get(&self.node)
+            .map_or(&empty, |n| &n.labels);
         merge_scopes(
             self.index
                 .gateways
                 .values()
                 .filter_map(|g| {
                     let spec = g.spec.as_ref().ok()?;
-                    let hosting = g.recorded.values().any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
-                    (hosting || spec.node_selector.matches(my_labels)).then(|| scopes_for(&self.index, spec))
+                    let hosting = g
+                        .recorded
+                        .values()
+                        .any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
+                    (hosting || spec.node_selector.matches(my_labels))
+                        .then(|| scopes_for(&self.index, spec))
                 })
                 .flatten(),
         )

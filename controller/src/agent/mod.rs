@@ -133,7 +133,10 @@ pub fn node_interfaces(routing: &RoutingState) -> Vec<NodeInterface> {
         .filter_map(|a| {
             let link = routing.link_by_index(a.link)?;
             let network = IpNetwork::new(a.ip.into(), a.prefix).ok()?;
-            Some(NodeInterface { name: link.name.clone(), network })
+            Some(NodeInterface {
+                name: link.name.clone(),
+                network,
+            })
         })
         .collect()
 }
@@ -147,7 +150,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ..FenceTiming::default()
     };
     let takeover = Duration::from_millis(args.takeover_ms);
-    timing.validate(takeover).map_err(|e| anyhow::anyhow!("unsafe timing: {e}"))?;
+    timing
+        .validate(takeover)
+        .map_err(|e| anyhow::anyhow!("unsafe timing: {e}"))?;
     let cfg = dataplane_config(&args, &timing);
     if args.cleanup {
         let mut dp = KernelDataplane::new(cfg)?;
@@ -160,7 +165,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let node = args.node_name.clone().expect("clap requires --node-name without --cleanup");
+    let node = args
+        .node_name
+        .clone()
+        .expect("clap requires --node-name without --cleanup");
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg)?));
 
@@ -174,7 +182,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             m2.heap_bytes.set(b as i64);
         }
     });
-    let health = Health { ready: ready.clone(), registry: Arc::new(Mutex::new(registry)), refresh: Some(refresh) };
+    let health = Health {
+        ready: ready.clone(),
+        registry: Arc::new(Mutex::new(registry)),
+        refresh: Some(refresh),
+    };
     let metrics_addr = args.metrics_addr;
     tokio::spawn(async move {
         if let Err(e) = serve(metrics_addr, health).await {
@@ -192,10 +204,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
-        report: Report { renew_interval: timing.renew_interval, ..Report::default() },
+        report: Report {
+            renew_interval: timing.renew_interval,
+            ..Report::default()
+        },
     }));
-    let wakes = Wakes { apply: notify.clone(), renew: renew_now.clone() };
-    let epoch = spawn_heartbeat(&args, &node, takeover, shared.clone(), dp.clone(), wakes, metrics.clone()).await?;
+    let wakes = Wakes {
+        apply: notify.clone(),
+        renew: renew_now.clone(),
+    };
+    let epoch = spawn_heartbeat(
+        &args,
+        &node,
+        takeover,
+        shared.clone(),
+        dp.clone(),
+        wakes,
+        metrics.clone(),
+    )
+    .await?;
     info!(node = %node, epoch, "agent starting");
 
     let mut inputs = Inputs::start(client.clone(), &node, notify.clone()).await?;
@@ -261,7 +288,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 plan
             }
-            _ => cluster.insert(plan_with(&inputs.index, assign::from_status(&inputs.index, Some((&node, i64::from(epoch)))))),
+            _ => cluster.insert(plan_with(
+                &inputs.index,
+                assign::from_status(&inputs.index, Some((&node, i64::from(epoch)))),
+            )),
         };
         if unchanged && fenced == last_fenced && last_plan.is_some() {
             dirty_since = None;
@@ -278,11 +308,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         if last_plan.as_ref() != Some(&plan) {
             let dp = dp.clone();
             let p = plan.clone();
-            let result = tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").apply(&p)).await?;
+            let result =
+                tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").apply(&p))
+                    .await?;
             match result {
                 Ok(r) => {
                     metrics.applies.get_or_create(&label("result", "ok")).inc();
-                    metrics.program_latency.observe(since.elapsed().as_secs_f64());
+                    metrics
+                        .program_latency
+                        .observe(since.elapsed().as_secs_f64());
                     metrics.garps_sent.inc_by(r.garps_sent as u64);
                     metrics.conntrack_deleted.inc_by(r.conntrack_deleted as u64);
                     if !r.is_noop() {
@@ -299,7 +333,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     record_sizes(&metrics, &plan);
                 }
                 Err(e) => {
-                    metrics.applies.get_or_create(&label("result", "error")).inc();
+                    metrics
+                        .applies
+                        .get_or_create(&label("result", "error"))
+                        .inc();
                     error!(error = %e, "applying the node plan failed; the previous state stays, retrying");
                     last_plan = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -311,7 +348,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         last_fenced = fenced;
         metrics.pods_held.set(inputs.pods.store.len() as i64);
         metrics.pod_watches.set(inputs.pods.watches() as i64);
-        let programmed: BTreeMap<String, u64> = plan.gateway_names().into_iter().map(|g| (g.to_string(), plan.gateway_digest(g))).collect();
+        let programmed: BTreeMap<String, u64> = plan
+            .gateway_names()
+            .into_iter()
+            .map(|g| (g.to_string(), plan.gateway_digest(g)))
+            .collect();
         {
             let mut s = shared.lock().expect("agent state lock");
             s.report.programmed = programmed;
@@ -329,12 +370,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// Switch between the hosting and the idle cadence. Either way the fencing clock starts over
 /// fenced: an idle agent hosts nothing, and one that may host again does so only after a
 /// fresh renewal under a new epoch, so no assignment recorded before it went idle is trusted.
-fn set_cadence(shared: &Mutex<Shared>, node: &str, idle: bool, timing: FenceTiming, idle_renew: Duration) {
+fn set_cadence(
+    shared: &Mutex<Shared>,
+    node: &str,
+    idle: bool,
+    timing: FenceTiming,
+    idle_renew: Duration,
+) {
     let mut s = shared.lock().expect("agent state lock");
     s.idle = idle;
     s.fence = FenceClock::new(timing);
     s.report.idle = idle;
-    s.report.renew_interval = if idle { idle_renew } else { timing.renew_interval };
+    s.report.renew_interval = if idle {
+        idle_renew
+    } else {
+        timing.renew_interval
+    };
     if idle {
         info!(node, renew_every = ?idle_renew, "the node matches no gatewayNodeSelector and hosts nothing: idle cadence");
     } else {
@@ -364,37 +415,60 @@ async fn spawn_heartbeat(
     metrics: AgentMetrics,
 ) -> anyhow::Result<i32> {
     let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<i32>>();
-    let (kubeconfig, namespace, node) = (args.kubeconfig.clone(), args.namespace.clone(), node.to_string());
-    let fence_after = shared.lock().expect("agent state lock").fence.timing().fence_after;
-    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                let _ = tx.send(Err(e.into()));
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let started = async {
-                let client = crate::k8s::client(kubeconfig.as_deref()).await?;
-                anyhow::Ok(Heartbeat::start(client, &namespace, &node, fence_after, takeover).await?)
-            };
-            match started.await {
-                Ok(hb) => {
-                    shared.lock().expect("agent state lock").epoch = hb.epoch;
-                    let _ = tx.send(Ok(hb.epoch));
-                    heartbeat_loop(hb, shared, dp, wakes, metrics).await;
-                }
+    let (kubeconfig, namespace, node) = (
+        args.kubeconfig.clone(),
+        args.namespace.clone(),
+        node.to_string(),
+    );
+    let fence_after = shared
+        .lock()
+        .expect("agent state lock")
+        .fence
+        .timing()
+        .fence_after;
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Err(e.into()));
+                    return;
                 }
-            }
-        });
-    })?;
-    rx.await.map_err(|_| anyhow::anyhow!("the heartbeat thread ended before its first read"))?
+            };
+            rt.block_on(async move {
+                let started = async {
+                    let client = crate::k8s::client(kubeconfig.as_deref()).await?;
+                    anyhow::Ok(
+                        Heartbeat::start(client, &namespace, &node, fence_after, takeover).await?,
+                    )
+                };
+                match started.await {
+                    Ok(hb) => {
+                        shared.lock().expect("agent state lock").epoch = hb.epoch;
+                        let _ = tx.send(Ok(hb.epoch));
+                        heartbeat_loop(hb, shared, dp, wakes, metrics).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the heartbeat thread ended before its first read"))?
 }
 
-async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: SharedDataplane, wakes: Wakes, metrics: AgentMetrics) {
+async fn heartbeat_loop(
+    mut hb: Heartbeat,
+    shared: Arc<Mutex<Shared>>,
+    dp: SharedDataplane,
+    wakes: Wakes,
+    metrics: AgentMetrics,
+) {
     let mut round: u32 = 0;
     let mut next = Instant::now();
     loop {
@@ -403,10 +477,15 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
             _ = wakes.renew.notified() => {}
         }
         let started = Instant::now();
-        if round % INTERFACES_EVERY == 0 {
+        if round.is_multiple_of(INTERFACES_EVERY) {
             let dp = dp.clone();
-            match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing()).await {
-                Ok(Ok(routing)) => shared.lock().expect("agent state lock").report.interfaces = node_interfaces(&routing),
+            match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing())
+                .await
+            {
+                Ok(Ok(routing)) => {
+                    shared.lock().expect("agent state lock").report.interfaces =
+                        node_interfaces(&routing)
+                }
                 Ok(Err(e)) => warn!(error = %e, "cannot read the node's interfaces"),
                 Err(e) => warn!(error = %e, "interface read task failed"),
             }
@@ -424,8 +503,13 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
         next = started + report.renew_interval;
         match hb.renew(&report).await {
             Ok(sent) => {
-                metrics.lease_renewals.get_or_create(&label("result", "ok")).inc();
-                metrics.lease_renewal_duration.observe(sent.elapsed().as_secs_f64());
+                metrics
+                    .lease_renewals
+                    .get_or_create(&label("result", "ok"))
+                    .inc();
+                metrics
+                    .lease_renewal_duration
+                    .observe(sent.elapsed().as_secs_f64());
                 let outcome = {
                     let mut s = shared.lock().expect("agent state lock");
                     s.epoch = hb.epoch;
@@ -434,12 +518,19 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
                 };
                 let Some(outcome) = outcome else { continue };
                 if outcome.unfenced {
-                    info!(epoch = hb.epoch, "lease renewed: hosting egress IPs again under this epoch");
+                    info!(
+                        epoch = hb.epoch,
+                        "lease renewed: hosting egress IPs again under this epoch"
+                    );
                     wakes.apply.notify_one();
                 }
                 if outcome.refresh_lifetimes {
                     let dp = dp.clone();
-                    match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").refresh_lifetimes()).await {
+                    match tokio::task::spawn_blocking(move || {
+                        dp.lock().expect("dataplane lock").refresh_lifetimes()
+                    })
+                    .await
+                    {
                         Ok(Ok(n)) => {
                             let mut s = shared.lock().expect("agent state lock");
                             if n < s.hosted_planned && !s.fence.is_fenced() {
@@ -453,7 +544,10 @@ async fn heartbeat_loop(mut hb: Heartbeat, shared: Arc<Mutex<Shared>>, dp: Share
                 }
             }
             Err(e) => {
-                metrics.lease_renewals.get_or_create(&label("result", "error")).inc();
+                metrics
+                    .lease_renewals
+                    .get_or_create(&label("result", "error"))
+                    .inc();
                 warn!(error = %e, "lease renewal failed");
             }
         }
@@ -465,7 +559,13 @@ fn record_sizes(metrics: &AgentMetrics, plan: &NodePlan) {
     metrics.set_entries.clear();
     for (g, p) in &plan.gateways {
         let put = |role: &str, n: usize| {
-            metrics.set_entries.get_or_create(&vec![("gateway".into(), g.clone()), ("role".into(), role.into())]).set(n as i64);
+            metrics
+                .set_entries
+                .get_or_create(&vec![
+                    ("gateway".into(), g.clone()),
+                    ("role".into(), role.into()),
+                ])
+                .set(n as i64);
         };
         put("snat", p.snat.values().map(BTreeSet::len).sum());
         put("steer", p.steer.values().map(BTreeSet::len).sum());
@@ -474,7 +574,13 @@ fn record_sizes(metrics: &AgentMetrics, plan: &NodePlan) {
 }
 
 fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
-    let Ok(counters) = dp.lock().map_err(|_| ()).and_then(|mut d| d.counters().map_err(|_| ())) else { return };
+    let Ok(counters) = dp
+        .lock()
+        .map_err(|_| ())
+        .and_then(|mut d| d.counters().map_err(|_| ()))
+    else {
+        return;
+    };
     let mut packets: BTreeMap<String, u64> = BTreeMap::new();
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
     for c in counters {
@@ -486,9 +592,15 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     metrics.snat_packets.clear();
     metrics.snat_bytes.clear();
     for (g, n) in packets {
-        metrics.snat_packets.get_or_create(&label("gateway", &g)).set(n as i64);
+        metrics
+            .snat_packets
+            .get_or_create(&label("gateway", &g))
+            .set(n as i64);
     }
     for (g, n) in bytes {
-        metrics.snat_bytes.get_or_create(&label("gateway", &g)).set(n as i64);
+        metrics
+            .snat_bytes
+            .get_or_create(&label("gateway", &g))
+            .set(n as i64);
     }
 }

@@ -36,7 +36,12 @@ pub struct Scope {
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{{{}}}", self.namespace.as_deref().unwrap_or("*"), self.labels)
+        write!(
+            f,
+            "{}:{{{}}}",
+            self.namespace.as_deref().unwrap_or("*"),
+            self.labels
+        )
     }
 }
 
@@ -49,14 +54,41 @@ pub type Keep = Option<BTreeSet<String>>;
 pub fn scopes_for(index: &ClusterIndex, spec: &GatewaySpec) -> Vec<(Scope, Keep)> {
     let labels = spec.pod_selector.to_query();
     if spec.namespace_selector.is_empty() {
-        return vec![(Scope { namespace: None, labels }, None)];
+        return vec![(
+            Scope {
+                namespace: None,
+                labels,
+            },
+            None,
+        )];
     }
-    let namespaces: BTreeSet<String> =
-        index.namespaces.iter().filter(|(_, l)| spec.namespace_selector.matches(l)).map(|(n, _)| n.clone()).collect();
+    let namespaces: BTreeSet<String> = index
+        .namespaces
+        .iter()
+        .filter(|(_, l)| spec.namespace_selector.matches(l))
+        .map(|(n, _)| n.clone())
+        .collect();
     if namespaces.len() > NAMESPACED_WATCHES_MAX {
-        return vec![(Scope { namespace: None, labels }, Some(namespaces))];
+        return vec![(
+            Scope {
+                namespace: None,
+                labels,
+            },
+            Some(namespaces),
+        )];
     }
-    namespaces.into_iter().map(|n| (Scope { namespace: Some(n), labels: labels.clone() }, None)).collect()
+    namespaces
+        .into_iter()
+        .map(|n| {
+            (
+                Scope {
+                    namespace: Some(n),
+                    labels: labels.clone(),
+                },
+                None,
+            )
+        })
+        .collect()
 }
 
 /// Merge the scopes of several gateways: one watch per scope, keeping the union.
@@ -111,7 +143,15 @@ impl PodWatches {
             None,
         );
         let lists = Arc::new(Semaphore::new(CONCURRENT_LISTS));
-        Self { client, notify, store, local, by_scope: BTreeMap::new(), next_source: LOCAL + 1, lists }
+        Self {
+            client,
+            notify,
+            store,
+            local,
+            by_scope: BTreeMap::new(),
+            next_source: LOCAL + 1,
+            lists,
+        }
     }
 
     /// Make the gateway watches exactly `scopes` (start new ones, stop old ones, restart
@@ -136,18 +176,41 @@ impl PodWatches {
                 Some(ns) => Api::namespaced(self.client.clone(), ns),
                 None => Api::all(self.client.clone()),
             };
-            let cfg = if s.labels.is_empty() { watcher::Config::default() } else { watcher::Config::default().labels(&s.labels) };
+            let cfg = if s.labels.is_empty() {
+                watcher::Config::default()
+            } else {
+                watcher::Config::default().labels(&s.labels)
+            };
             let source = self.next_source;
             self.next_source += 1;
             let filter = keep.clone().map(Arc::new);
-            let task = pod_store::feed(api, cfg, self.store.clone(), source, self.notify.clone(), Some(self.lists.clone()), filter);
-            self.by_scope.insert(s.clone(), Watch { source, task, keep: keep.clone() });
+            let task = pod_store::feed(
+                api,
+                cfg,
+                self.store.clone(),
+                source,
+                self.notify.clone(),
+                Some(self.lists.clone()),
+                filter,
+            );
+            self.by_scope.insert(
+                s.clone(),
+                Watch {
+                    source,
+                    task,
+                    keep: keep.clone(),
+                },
+            );
         }
     }
 
     /// Whether every watch has listed once.
     pub fn synced(&self) -> bool {
-        self.store.is_synced(LOCAL) && self.by_scope.values().all(|w| self.store.is_synced(w.source))
+        self.store.is_synced(LOCAL)
+            && self
+                .by_scope
+                .values()
+                .all(|w| self.store.is_synced(w.source))
     }
 
     /// Wait for the local watch's first list.
@@ -192,7 +255,10 @@ mod tests {
     }
 
     fn sel(k: &str, v: &str) -> LabelSelector {
-        LabelSelector { match_labels: Labels::from([(k.into(), v.into())]), ..Default::default() }
+        LabelSelector {
+            match_labels: Labels::from([(k.into(), v.into())]),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -200,23 +266,68 @@ mod tests {
         let mut index = ClusterIndex::default();
         for i in 0..40 {
             let tier = if i < 3 { "a" } else { "b" };
-            index.namespaces.insert(format!("ns-{i:02}"), Labels::from([("tier".into(), tier.into())]));
+            index.namespaces.insert(
+                format!("ns-{i:02}"),
+                Labels::from([("tier".into(), tier.into())]),
+            );
         }
         let few = scopes_for(&index, &spec(sel("tier", "a"), sel("app", "x")));
         assert_eq!(few.len(), 3);
-        assert!(few.iter().all(|(s, keep)| s.namespace.is_some() && s.labels == "app=x" && keep.is_none()));
+        assert!(
+            few.iter()
+                .all(|(s, keep)| s.namespace.is_some() && s.labels == "app=x" && keep.is_none())
+        );
         let many = scopes_for(&index, &spec(sel("tier", "b"), sel("app", "x")));
         assert_eq!(many.len(), 1);
-        assert_eq!(many[0].0, Scope { namespace: None, labels: "app=x".into() });
-        assert_eq!(many[0].1.as_ref().map(BTreeSet::len), Some(37), "a cluster-wide watch keeps only the selected namespaces' pods");
-        let all = scopes_for(&index, &spec(LabelSelector::default(), LabelSelector::default()));
-        assert_eq!(all, vec![(Scope { namespace: None, labels: String::new() }, None)]);
+        assert_eq!(
+            many[0].0,
+            Scope {
+                namespace: None,
+                labels: "app=x".into()
+            }
+        );
+        assert_eq!(
+            many[0].1.as_ref().map(BTreeSet::len),
+            Some(37),
+            "a cluster-wide watch keeps only the selected namespaces' pods"
+        );
+        let all = scopes_for(
+            &index,
+            &spec(LabelSelector::default(), LabelSelector::default()),
+        );
+        assert_eq!(
+            all,
+            vec![(
+                Scope {
+                    namespace: None,
+                    labels: String::new()
+                },
+                None
+            )]
+        );
         assert!(scopes_for(&index, &spec(sel("tier", "none"), sel("app", "x"))).is_empty());
         // Two gateways on one cluster-wide watch keep the union; one keeping all keeps all.
-        let wide = |ns: &[&str]| (Scope { namespace: None, labels: "app=x".into() }, Some(ns.iter().map(|n| n.to_string()).collect()));
+        let wide = |ns: &[&str]| {
+            (
+                Scope {
+                    namespace: None,
+                    labels: "app=x".into(),
+                },
+                Some(ns.iter().map(|n| n.to_string()).collect()),
+            )
+        };
         let merged = merge_scopes([wide(&["a"]), wide(&["b"])]);
         assert_eq!(merged.values().next().unwrap().as_ref().unwrap().len(), 2);
-        let merged = merge_scopes([wide(&["a"]), (Scope { namespace: None, labels: "app=x".into() }, None)]);
+        let merged = merge_scopes([
+            wide(&["a"]),
+            (
+                Scope {
+                    namespace: None,
+                    labels: "app=x".into(),
+                },
+                None,
+            ),
+        ]);
         assert_eq!(merged.values().next().unwrap(), &None);
     }
 }

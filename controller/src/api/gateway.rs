@@ -66,7 +66,11 @@ pub struct EgressGatewaySpec {
     #[schemars(schema_with = "schema::destination_cidrs")]
     pub destination_cidrs: Vec<String>,
     /// Carve-outs from `destinationCIDRs`: traffic to these networks is left alone.
-    #[serde(rename = "excludedCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "excludedCIDRs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
     #[schemars(schema_with = "schema::excluded_cidrs")]
     pub excluded_cidrs: Vec<String>,
     /// The stable source IPs, spread over the gateway nodes. Each must sit in the subnet of an
@@ -95,7 +99,11 @@ pub struct EgressGatewayStatus {
     pub assignments: Vec<IpAssignment>,
     /// `spec.egressIPs` comma-separated, for `kubectl get egw` (a printer column shows an
     /// array as JSON).
-    #[serde(default, rename = "egressIPList", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "egressIPList",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub egress_ip_list: Option<String>,
     /// The nodes of `assignments`, comma-separated in the order of `spec.egressIPs`
     /// (`<none>` for an IP without a node), for `kubectl get egw`.

@@ -5,5 +5,7 @@ pub mod gateway;
 pub mod schema;
 pub mod selector;
 
-pub use gateway::{EgressGateway, EgressGatewaySpec, EgressGatewayStatus, IpAssignment, GROUP, VERSION};
+pub use gateway::{
+    EgressGateway, EgressGatewaySpec, EgressGatewayStatus, GROUP, IpAssignment, VERSION,
+};
 pub use selector::{LabelLookup, LabelSelector, LabelSelectorRequirement, SelectorOperator};

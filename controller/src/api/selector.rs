@@ -126,7 +126,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(key: &str, operator: SelectorOperator, values: &[&str]) -> LabelSelectorRequirement {
@@ -149,7 +152,11 @@ mod tests {
             match_labels: labels(&[("app", "invoicer"), ("tier", "backend")]),
             ..Default::default()
         };
-        assert!(s.matches(&labels(&[("app", "invoicer"), ("tier", "backend"), ("x", "y")])));
+        assert!(s.matches(&labels(&[
+            ("app", "invoicer"),
+            ("tier", "backend"),
+            ("x", "y")
+        ])));
         assert!(!s.matches(&labels(&[("app", "invoicer")])));
         assert!(!s.matches(&labels(&[("app", "invoicer"), ("tier", "frontend")])));
     }
@@ -163,7 +170,10 @@ mod tests {
         assert!(!r#in.matches(&none), "In needs the key");
         let not_in = req("env", SelectorOperator::NotIn, &["prod"]);
         assert!(!not_in.matches(&l));
-        assert!(not_in.matches(&none), "NotIn matches objects without the key");
+        assert!(
+            not_in.matches(&none),
+            "NotIn matches objects without the key"
+        );
         assert!(not_in.matches(&labels(&[("env", "dev")])));
         assert!(req("env", SelectorOperator::Exists, &[]).matches(&l));
         assert!(!req("env", SelectorOperator::Exists, &[]).matches(&none));

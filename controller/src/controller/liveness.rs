@@ -15,7 +15,10 @@ pub struct AgentLiveness {
 
 impl AgentLiveness {
     pub fn new(takeover: Duration) -> Self {
-        Self { takeover, seen: HashMap::new() }
+        Self {
+            takeover,
+            seen: HashMap::new(),
+        }
     }
 
     /// Record a Lease version for `node` seen at `now`, with the agent's deadline
@@ -27,7 +30,8 @@ impl AgentLiveness {
             Some((v, _, d)) if v == version => *d = deadline,
             Some(entry) => *entry = (version.to_string(), now, deadline),
             None => {
-                self.seen.insert(node.to_string(), (version.to_string(), now, deadline));
+                self.seen
+                    .insert(node.to_string(), (version.to_string(), now, deadline));
             }
         }
     }
@@ -43,17 +47,28 @@ impl AgentLiveness {
     }
 
     pub fn alive(&self, node: &str, now: Instant) -> bool {
-        self.seen.get(node).is_some_and(|(_, t, d)| now.duration_since(*t) < *d)
+        self.seen
+            .get(node)
+            .is_some_and(|(_, t, d)| now.duration_since(*t) < *d)
     }
 
     /// The earliest moment after `now` at which an agent alive now turns dead.
     pub fn next_expiry(&self, now: Instant) -> Option<Instant> {
-        self.seen.values().map(|(_, t, d)| *t + *d).filter(|t| *t > now).min()
+        self.seen
+            .values()
+            .map(|(_, t, d)| *t + *d)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// The nodes alive at `now` (sorted), to detect when the set changes.
     pub fn alive_set(&self, now: Instant) -> Vec<String> {
-        let mut v: Vec<String> = self.seen.keys().filter(|n| self.alive(n, now)).cloned().collect();
+        let mut v: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| self.alive(n, now))
+            .cloned()
+            .collect();
         v.sort();
         v
     }
@@ -72,7 +87,10 @@ mod tests {
         l.observe("a", "1", None, t0);
         assert!(l.alive("a", t0 + ms(1500)));
         l.observe("a", "1", None, t0 + ms(1500));
-        assert!(!l.alive("a", t0 + ms(1600)), "the same version seen again is no heartbeat");
+        assert!(
+            !l.alive("a", t0 + ms(1600)),
+            "the same version seen again is no heartbeat"
+        );
         l.observe("a", "2", None, t0 + ms(1700));
         assert!(l.alive("a", t0 + ms(3000)));
         assert_eq!(l.alive_set(t0 + ms(3000)), vec!["a".to_string()]);
@@ -89,7 +107,10 @@ mod tests {
         l.observe("idle", "1", Some(ms(15000)), t0);
         l.observe("short", "1", Some(ms(100)), t0);
         assert!(l.alive("idle", t0 + ms(14000)) && !l.alive("idle", t0 + ms(15000)));
-        assert!(l.alive("short", t0 + ms(1500)), "nobody is judged faster than the takeover");
+        assert!(
+            l.alive("short", t0 + ms(1500)),
+            "nobody is judged faster than the takeover"
+        );
         assert_eq!(l.next_expiry(t0 + ms(2000)), Some(t0 + ms(15000)));
         // Back at the hosting cadence: the same version, now held to the takeover.
         l.observe("idle", "1", None, t0 + ms(2000));

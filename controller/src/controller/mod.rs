@@ -24,8 +24,8 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::api::EgressGateway;
-use crate::k8s::lease::AgentReport;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
+use crate::k8s::lease::AgentReport;
 use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
 use crate::k8s::pod_store::{self, PodStore};
 use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node};
@@ -78,11 +78,18 @@ pub const POD_LIST_PAGE: u32 = 5000;
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mut stop = std::pin::pin!(stop_requested()?);
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
-    let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let mut registry = Registry::default();
     let metrics = ControllerMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health { ready: ready.clone(), registry: Arc::new(Mutex::new(registry)), refresh: None };
+    let health = Health {
+        ready: ready.clone(),
+        registry: Arc::new(Mutex::new(registry)),
+        refresh: None,
+    };
     let metrics_addr = args.metrics_addr;
     tokio::spawn(async move {
         if let Err(e) = serve(metrics_addr, health).await {
@@ -93,13 +100,36 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let notify = Arc::new(Notify::new());
     let takeover = Duration::from_millis(args.takeover_ms);
     let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
-    let gateways = reflect(Api::<EgressGateway>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {});
-    let nodes = reflect_trimmed(Api::<KubeNode>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_node);
+    let gateways = reflect(
+        Api::<EgressGateway>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        |_| {},
+    );
+    let nodes = reflect_trimmed(
+        Api::<KubeNode>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        |_| {},
+        trim_node,
+    );
     let pods = PodStore::new();
-    let _pod_watch =
-        pod_store::feed(Api::all(client.clone()), watcher::Config::default().page_size(POD_LIST_PAGE), pods.clone(), 0, notify.clone(), None, None);
-    let namespaces =
-        reflect_trimmed(Api::<Namespace>::all(client.clone()), watcher::Config::default(), notify.clone(), |_| {}, trim_namespace);
+    let _pod_watch = pod_store::feed(
+        Api::all(client.clone()),
+        watcher::Config::default().page_size(POD_LIST_PAGE),
+        pods.clone(),
+        0,
+        notify.clone(),
+        None,
+        None,
+    );
+    let namespaces = reflect_trimmed(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        |_| {},
+        trim_namespace,
+    );
     let lv = liveness.clone();
     // A heartbeat (a Lease whose report did not change) only feeds liveness, which the loop
     // judges by its own clock; only a changed report (epoch, interfaces, programmed digests)
@@ -113,7 +143,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Arc::new(Notify::new()),
         move |lease: &Lease| {
             if let Some(mut r) = AgentReport::from_lease(lease) {
-                lv.lock().expect("liveness lock").observe(&r.node, &r.version, Some(r.deadline(takeover)), Instant::now());
+                lv.lock().expect("liveness lock").observe(
+                    &r.node,
+                    &r.version,
+                    Some(r.deadline(takeover)),
+                    Instant::now(),
+                );
                 r.version.clear();
                 let mut seen = reported.lock().expect("reports lock");
                 if seen.get(&r.node) != Some(&r) {
@@ -145,9 +180,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     );
     let synced = async {
         for (what, s) in [
-            ("EgressGateways", stores.gateways.wait_until_ready().await.is_ok()),
+            (
+                "EgressGateways",
+                stores.gateways.wait_until_ready().await.is_ok(),
+            ),
             ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
-            ("Namespaces", stores.namespaces.wait_until_ready().await.is_ok()),
+            (
+                "Namespaces",
+                stores.namespaces.wait_until_ready().await.is_ok(),
+            ),
             ("Leases", stores.leases.wait_until_ready().await.is_ok()),
         ] {
             anyhow::ensure!(s, "the {what} watch stopped before it synced");
@@ -176,17 +217,30 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         *lv = AgentLiveness::new(takeover);
         for l in stores.leases.state() {
             if let Some(r) = AgentReport::from_lease(&l) {
-                lv.observe(&r.node, &r.version, Some(r.deadline(takeover)), Instant::now());
+                lv.observe(
+                    &r.node,
+                    &r.version,
+                    Some(r.deadline(takeover)),
+                    Instant::now(),
+                );
             }
         }
     }
     metrics.is_leader.set(1);
-    let reporter = Reporter { controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(), instance: Some(identity) };
+    let reporter = Reporter {
+        controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(),
+        instance: Some(identity),
+    };
     let reconciler = Reconciler {
         stores,
         view: Mutex::default(),
         liveness: liveness.clone(),
-        writer: StatusWriter::new(Api::all(client.clone()), Recorder::new(client.clone(), reporter), metrics.clone(), notify.clone()),
+        writer: StatusWriter::new(
+            Api::all(client.clone()),
+            Recorder::new(client.clone(), reporter),
+            metrics.clone(),
+            notify.clone(),
+        ),
         metrics: metrics.clone(),
     };
     tokio::select! {
@@ -221,13 +275,21 @@ fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// Reconcile until `stop` resolves; it is only looked at between reconciles, so the loop
 /// returns with no status write in flight.
-async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>, mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> anyhow::Result<()> {
+async fn control_loop(
+    reconciler: &Reconciler,
+    notify: Arc<Notify>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<()> {
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
     let mut dirty = true;
     loop {
         let now = Instant::now();
-        let alive_now = reconciler.liveness.lock().expect("liveness lock").alive_set(now);
+        let alive_now = reconciler
+            .liveness
+            .lock()
+            .expect("liveness lock")
+            .alive_set(now);
         if alive_now != alive {
             info!(alive = ?alive_now, "agent liveness changed");
             alive = alive_now;
@@ -252,7 +314,9 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>, mut stop: st
             .lock()
             .expect("liveness lock")
             .next_expiry(now)
-            .map_or(IDLE_TICK, |t| t.duration_since(now) + Duration::from_millis(1))
+            .map_or(IDLE_TICK, |t| {
+                t.duration_since(now) + Duration::from_millis(1)
+            })
             .min(IDLE_TICK);
         tokio::select! {
             _ = notify.notified() => {
@@ -269,5 +333,7 @@ async fn control_loop(reconciler: &Reconciler, notify: Arc<Notify>, mut stop: st
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "egressgw".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "egressgw".into())
 }

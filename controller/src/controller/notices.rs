@@ -22,7 +22,10 @@ pub struct Notice {
     pub note: String,
 }
 
-fn cond<'a>(s: Option<&'a EgressGatewayStatus>, t: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+fn cond<'a>(
+    s: Option<&'a EgressGatewayStatus>,
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     s?.conditions.iter().find(|c| c.type_ == t)
 }
 
@@ -30,7 +33,9 @@ fn cond<'a>(s: Option<&'a EgressGatewayStatus>, t: &str) -> Option<&'a k8s_opena
 pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> Vec<Notice> {
     let mut out = Vec::new();
     for a in &new.assignments {
-        let before = old.and_then(|o| o.assignments.iter().find(|b| b.egress_ip == a.egress_ip)).and_then(|b| b.node.clone());
+        let before = old
+            .and_then(|o| o.assignments.iter().find(|b| b.egress_ip == a.egress_ip))
+            .and_then(|b| b.node.clone());
         match (before.as_deref(), a.node.as_deref()) {
             (None, Some(n)) => out.push(Notice {
                 warning: false,
@@ -48,7 +53,10 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
                 warning: true,
                 reason: event_reason::UNASSIGNED,
                 action: "Unassign",
-                note: format!("egress IP {} left node {b} and has no node now", a.egress_ip),
+                note: format!(
+                    "egress IP {} left node {b} and has no node now",
+                    a.egress_ip
+                ),
             }),
             _ => {}
         }
@@ -56,7 +64,8 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
     let changed = |t: &str| {
         let n = cond(Some(new), t);
         let o = cond(old, t);
-        n.map(|c| (&c.status, &c.reason, &c.message)) != o.map(|c| (&c.status, &c.reason, &c.message))
+        n.map(|c| (&c.status, &c.reason, &c.message))
+            != o.map(|c| (&c.status, &c.reason, &c.message))
     };
     if let Some(r) = cond(Some(new), condition::READY).filter(|_| changed(condition::READY)) {
         // Waiting for agents to leave the idle cadence is transient (about a second): the
@@ -67,19 +76,35 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
                 reason::NO_ELIGIBLE_NODE => event_reason::NO_ELIGIBLE_NODE,
                 _ => event_reason::CONFLICT,
             };
-            out.push(Notice { warning: true, reason, action: "Reconcile", note: r.message.clone() });
+            out.push(Notice {
+                warning: true,
+                reason,
+                action: "Reconcile",
+                note: r.message.clone(),
+            });
         }
     }
     if let Some(d) = cond(Some(new), condition::DEGRADED).filter(|_| changed(condition::DEGRADED)) {
         let ready_false = cond(Some(new), condition::READY).is_some_and(|r| r.status == "False");
         if d.status == "True" && d.reason == reason::NO_ELIGIBLE_NODE && !ready_false {
-            out.push(Notice { warning: true, reason: event_reason::NO_ELIGIBLE_NODE, action: "Assign", note: d.message.clone() });
+            out.push(Notice {
+                warning: true,
+                reason: event_reason::NO_ELIGIBLE_NODE,
+                action: "Assign",
+                note: d.message.clone(),
+            });
         }
     }
-    if let Some(c) = cond(Some(new), condition::CONFLICTED).filter(|_| changed(condition::CONFLICTED)) {
-        if c.status == "True" {
-            out.push(Notice { warning: true, reason: event_reason::CONFLICT, action: "Resolve", note: c.message.clone() });
-        }
+    if let Some(c) =
+        cond(Some(new), condition::CONFLICTED).filter(|_| changed(condition::CONFLICTED))
+        && c.status == "True"
+    {
+        out.push(Notice {
+            warning: true,
+            reason: event_reason::CONFLICT,
+            action: "Resolve",
+            note: c.message.clone(),
+        });
     }
     out
 }
@@ -107,9 +132,18 @@ mod tests {
         let n = notices(None, &status(Some("a")));
         assert_eq!(n[0].reason, event_reason::ASSIGNED);
         let n = notices(Some(&status(Some("a"))), &status(Some("b")));
-        assert_eq!((n[0].reason, n[0].note.as_str()), (event_reason::MOVED, "egress IP 198.18.0.200 moved from node a to node b"));
+        assert_eq!(
+            (n[0].reason, n[0].note.as_str()),
+            (
+                event_reason::MOVED,
+                "egress IP 198.18.0.200 moved from node a to node b"
+            )
+        );
         let n = notices(Some(&status(Some("b"))), &status(None));
         assert_eq!(n[0].reason, event_reason::UNASSIGNED);
-        assert!(notices(Some(&status(Some("b"))), &status(Some("b"))).is_empty(), "no change, no event");
+        assert!(
+            notices(Some(&status(Some("b"))), &status(Some("b"))).is_empty(),
+            "no change, no event"
+        );
     }
 }

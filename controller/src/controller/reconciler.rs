@@ -8,15 +8,15 @@ use std::time::Instant;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::Store;
 use kube::ResourceExt;
+use kube::runtime::reflector::Store;
 use thiserror::Error;
 use tracing::{info, info_span};
 
 use crate::api::{EgressGateway, EgressGatewayStatus};
 use crate::index::{ClusterIndex, Gateway, GatewayCache, Labels, Node, PodKey};
-use crate::k8s::pod_store::PodStore;
 use crate::k8s::lease::AgentReport;
+use crate::k8s::pod_store::PodStore;
 use crate::plan::{self, ClusterPlan};
 use crate::status::{self, Programming};
 use crate::telemetry::metrics::ControllerMetrics;
@@ -27,9 +27,15 @@ use super::status_writer::StatusWriter;
 #[derive(Debug, Error)]
 pub enum ReconcileError {
     #[error("writing the status of EgressGateway {gateway}: {source}")]
-    Status { gateway: String, source: kube::Error },
+    Status {
+        gateway: String,
+        source: kube::Error,
+    },
     #[error("encoding the status of EgressGateway {gateway}: {source}")]
-    Encode { gateway: String, source: serde_json::Error },
+    Encode {
+        gateway: String,
+        source: serde_json::Error,
+    },
 }
 
 /// The watch stores the controller plans from.
@@ -40,7 +46,6 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     pub leases: Store<Lease>,
 }
-
 
 /// What the last successful reconcile planned from (its pods are the view's).
 pub struct PlanCache {
@@ -64,7 +69,10 @@ pub struct View {
 
 /// Two reports of one agent say the same (the Lease version, a heartbeat, aside).
 fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
-    a.epoch == b.epoch && a.interfaces == b.interfaces && a.programmed == b.programmed && a.idle == b.idle
+    a.epoch == b.epoch
+        && a.interfaces == b.interfaces
+        && a.programmed == b.programmed
+        && a.idle == b.idle
 }
 
 pub struct Reconciler {
@@ -93,14 +101,25 @@ impl Reconciler {
                 index.nodes.insert(node.name.clone(), node);
             }
         }
-        index.namespaces = self.stores.namespaces.state().iter().map(|ns| (ns.name_any(), ns.labels().clone())).collect();
+        index.namespaces = self
+            .stores
+            .namespaces
+            .state()
+            .iter()
+            .map(|ns| (ns.name_any(), ns.labels().clone()))
+            .collect();
         index.gateways = view.gateway_cache.build(&self.stores.gateways.state());
         let changed = self.stores.pods.update(&mut index.pods);
         view.pending.extend(changed);
     }
 
     /// Which nodes have not reported the digest the plan expects for `gateway`.
-    fn programming(&self, plan: &ClusterPlan, gateway: &str, reports: &BTreeMap<String, AgentReport>) -> Programming {
+    fn programming(
+        &self,
+        plan: &ClusterPlan,
+        gateway: &str,
+        reports: &BTreeMap<String, AgentReport>,
+    ) -> Programming {
         let pending = plan
             .nodes_for(gateway)
             .into_iter()
@@ -125,78 +144,124 @@ impl Reconciler {
         let started = Instant::now();
         let span = info_span!("reconcile");
         let _guard = span.enter();
-        let reports: BTreeMap<String, AgentReport> =
-            self.stores.leases.state().iter().filter_map(|l| AgentReport::from_lease(l)).map(|r| (r.node.clone(), r)).collect();
-        let mut guard = self.view.lock().expect("view lock");
-        self.refresh(&mut guard, started, &reports);
-        let view = &mut *guard;
-        let index = &view.index;
-        let full = self.writer.take_failed() || full;
-        let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match view.cache.take() {
-            Some(c) if !full && c.gateways == index.gateways && c.nodes == index.nodes && c.namespaces == index.namespaces => {
-                let mut plan = c.plan;
-                let touched = plan.update_pods(index, &view.pending);
-                let same_reports = c.reports.len() == reports.len()
-                    && c.reports.iter().all(|(n, r)| reports.get(n).is_some_and(|x| same_report(r, x)));
-                (plan, same_reports.then_some(touched))
+        let reports: BTreeMap<String, AgentReport> = self
+            .stores
+            .leases
+            .state()
+            .iter()
+            .filter_map(|l| AgentReport::from_lease(l))
+            .map(|r| (r.node.clone(), r))
+            .collect();
+        // The view lock is held while planning only, never across the writes' await.
+        let (changes, only, placed, unplaced) = {
+            let mut guard = self.view.lock().expect("view lock");
+            self.refresh(&mut guard, started, &reports);
+            let view = &mut *guard;
+            let index = &view.index;
+            let full = self.writer.take_failed() || full;
+            let (plan, only): (ClusterPlan, Option<BTreeSet<String>>) = match view.cache.take() {
+                Some(c)
+                    if !full
+                        && c.gateways == index.gateways
+                        && c.nodes == index.nodes
+                        && c.namespaces == index.namespaces =>
+                {
+                    let mut plan = c.plan;
+                    let touched = plan.update_pods(index, &view.pending);
+                    let same_reports = c.reports.len() == reports.len()
+                        && c.reports
+                            .iter()
+                            .all(|(n, r)| reports.get(n).is_some_and(|x| same_report(r, x)));
+                    (plan, same_reports.then_some(touched))
+                }
+                _ => (plan::plan(index), None),
+            };
+            view.pending.clear();
+            let now = Timestamp::now();
+            let (mut placed, mut unplaced) = (0i64, 0i64);
+            let mut changes = Vec::new();
+            for g in self.stores.gateways.state() {
+                let name = g.name_any();
+                if only.as_ref().is_some_and(|o| !o.contains(&name)) {
+                    continue;
+                }
+                let Some(gw) = view.index.gateways.get(&name) else {
+                    continue;
+                };
+                let programming = self.programming(&plan, &gw.name, &reports);
+                let current = self.writer.current(&g);
+                let desired =
+                    status::gateway_status(gw, &plan, &programming, current.as_ref(), now);
+                for a in &desired.assignments {
+                    if a.node.is_some() {
+                        placed += 1
+                    } else {
+                        unplaced += 1
+                    }
+                }
+                if !self.writer.needs_write(&g, &desired) {
+                    continue;
+                }
+                self.count_failovers(current.as_ref(), &desired, started);
+                changes.push((g, desired));
             }
-            _ => (plan::plan(index), None),
+            let cache = PlanCache {
+                gateways: view.index.gateways.clone(),
+                nodes: view.index.nodes.clone(),
+                namespaces: view.index.namespaces.clone(),
+                plan,
+                reports,
+            };
+            view.cache = Some(cache);
+            (changes, only, placed, unplaced)
         };
-        view.pending.clear();
-        let now = Timestamp::now();
-        let (mut placed, mut unplaced) = (0i64, 0i64);
-        let mut changes = Vec::new();
-        for g in self.stores.gateways.state() {
-            let name = g.name_any();
-            if only.as_ref().is_some_and(|o| !o.contains(&name)) {
-                continue;
-            }
-            let Some(gw) = view.index.gateways.get(&name) else { continue };
-            let programming = self.programming(&plan, &gw.name, &reports);
-            let current = self.writer.current(&g);
-            let desired = status::gateway_status(gw, &plan, &programming, current.as_ref(), now);
-            for a in &desired.assignments {
-                if a.node.is_some() { placed += 1 } else { unplaced += 1 }
-            }
-            if !self.writer.needs_write(&g, &desired) {
-                continue;
-            }
-            self.count_failovers(current.as_ref(), &desired, started);
-            changes.push((g, desired));
-        }
-        let cache = PlanCache {
-            gateways: view.index.gateways.clone(),
-            nodes: view.index.nodes.clone(),
-            namespaces: view.index.namespaces.clone(),
-            plan,
-            reports,
-        };
-        view.cache = Some(cache);
-        drop(guard);
         let writes = changes.len();
         for (g, desired) in changes {
             self.writer.submit(g, desired);
         }
         self.writer.flushed().await;
         if only.is_none() {
-            self.writer.retain(&self.stores.gateways.state().iter().map(|g| g.name_any()).collect());
+            self.writer.retain(
+                &self
+                    .stores
+                    .gateways
+                    .state()
+                    .iter()
+                    .map(|g| g.name_any())
+                    .collect(),
+            );
             self.metrics.egress_ips_placed.set(placed);
             self.metrics.egress_ips_unplaced.set(unplaced);
         }
-        self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
         Ok(writes)
     }
 
     /// Count IPs that left a node whose agent is dead, and how long after its last heartbeat.
-    fn count_failovers(&self, old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus, now: Instant) {
+    fn count_failovers(
+        &self,
+        old: Option<&EgressGatewayStatus>,
+        new: &EgressGatewayStatus,
+        now: Instant,
+    ) {
         let Some(old) = old else { return };
         let liveness = self.liveness.lock().expect("liveness lock");
         for a in &new.assignments {
-            let before = old.assignments.iter().find(|b| b.egress_ip == a.egress_ip).and_then(|b| b.node.as_deref());
-            if let Some(from) = before.filter(|from| a.node.as_deref() != Some(*from) && !liveness.alive(from, now)) {
+            let before = old
+                .assignments
+                .iter()
+                .find(|b| b.egress_ip == a.egress_ip)
+                .and_then(|b| b.node.as_deref());
+            if let Some(from) =
+                before.filter(|from| a.node.as_deref() != Some(*from) && !liveness.alive(from, now))
+            {
                 self.metrics.failovers.inc();
                 if let Some(last) = liveness.last_change(from) {
-                    self.metrics.failover_duration.observe(now.duration_since(last).as_secs_f64());
+                    self.metrics
+                        .failover_duration
+                        .observe(now.duration_since(last).as_secs_f64());
                 }
                 info!(ip = %a.egress_ip, from, to = ?a.node, "failover: egress IP leaves a node whose agent is dead");
             }

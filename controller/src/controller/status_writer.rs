@@ -64,7 +64,12 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    pub fn new(api: Api<EgressGateway>, recorder: Recorder, metrics: ControllerMetrics, wake: Arc<Notify>) -> Arc<Self> {
+    pub fn new(
+        api: Api<EgressGateway>,
+        recorder: Recorder,
+        metrics: ControllerMetrics,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             api,
             recorder,
@@ -83,13 +88,22 @@ impl StatusWriter {
 
     /// The newest status of `gateway`: the last one handed over, else what the watch shows.
     pub fn current(&self, gateway: &EgressGateway) -> Option<EgressGatewayStatus> {
-        self.lock().sent.get(&gateway.name_any()).cloned().or_else(|| gateway.status.clone())
+        self.lock()
+            .sent
+            .get(&gateway.name_any())
+            .cloned()
+            .or_else(|| gateway.status.clone())
     }
 
     /// Whether `desired` must be written: the watch shows something else, or the last status
     /// handed over (maybe still in flight, or not yet seen by the watch) differs.
     pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
-        gateway.status.as_ref() != Some(desired) || self.lock().sent.get(&gateway.name_any()).is_some_and(|s| s != desired)
+        gateway.status.as_ref() != Some(desired)
+            || self
+                .lock()
+                .sent
+                .get(&gateway.name_any())
+                .is_some_and(|s| s != desired)
     }
 
     /// Wait until every status handed over has been written (or has failed).
@@ -117,7 +131,10 @@ impl StatusWriter {
     pub fn submit(self: &Arc<Self>, gateway: Arc<EgressGateway>, desired: EgressGatewayStatus) {
         let name = gateway.name_any();
         let mut st = self.lock();
-        let old = st.sent.insert(name.clone(), desired.clone()).or_else(|| gateway.status.clone());
+        let old = st
+            .sent
+            .insert(name.clone(), desired.clone())
+            .or_else(|| gateway.status.clone());
         if st.in_flight.contains(&name) {
             match st.queued.get_mut(&name) {
                 // Coalesce: the queued write now carries the newest status; its `old` stays
@@ -127,7 +144,14 @@ impl StatusWriter {
                     q.desired = desired;
                 }
                 None => {
-                    st.queued.insert(name, Job { gateway, old, desired });
+                    st.queued.insert(
+                        name,
+                        Job {
+                            gateway,
+                            old,
+                            desired,
+                        },
+                    );
                 }
             }
             return;
@@ -135,7 +159,17 @@ impl StatusWriter {
         st.in_flight.insert(name.clone());
         drop(st);
         let me = self.clone();
-        tokio::spawn(async move { me.run(name, Job { gateway, old, desired }).await });
+        tokio::spawn(async move {
+            me.run(
+                name,
+                Job {
+                    gateway,
+                    old,
+                    desired,
+                },
+            )
+            .await
+        });
     }
 
     async fn run(self: Arc<Self>, name: String, mut job: Job) {
@@ -175,21 +209,38 @@ impl StatusWriter {
         // apply cost the apiserver 14% more CPU per write for the same status
         // (`cargo run --release -p egressgw-bench-runtime --bin status-write`), and status
         // writes are most of what egressgw asks of the apiserver under pod churn.
-        let value = serde_json::to_value(&job.desired).map_err(|e| ReconcileError::Encode { gateway: name.clone(), source: e })?;
-        let patch = json_patch::Patch(vec![json_patch::PatchOperation::Add(json_patch::AddOperation {
-            path: json_patch::jsonptr::PointerBuf::from_tokens(["status"]),
-            value,
-        })]);
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER_CONTROLLER.into()), ..PatchParams::default() };
+        let value = serde_json::to_value(&job.desired).map_err(|e| ReconcileError::Encode {
+            gateway: name.clone(),
+            source: e,
+        })?;
+        let patch = json_patch::Patch(vec![json_patch::PatchOperation::Add(
+            json_patch::AddOperation {
+                path: json_patch::jsonptr::PointerBuf::from_tokens(["status"]),
+                value,
+            },
+        )]);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER_CONTROLLER.into()),
+            ..PatchParams::default()
+        };
         self.api
             .patch_status(&name, &params, &Patch::Json::<()>(patch))
             .await
-            .map_err(|source| ReconcileError::Status { gateway: name.clone(), source })?;
+            .map_err(|source| ReconcileError::Status {
+                gateway: name.clone(),
+                source,
+            })?;
         self.metrics.status_writes.inc();
-        self.metrics.status_write_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .status_write_duration
+            .observe(started.elapsed().as_secs_f64());
         for n in notices(job.old.as_ref(), &job.desired) {
             let ev = Event {
-                type_: if n.warning { EventType::Warning } else { EventType::Normal },
+                type_: if n.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
                 reason: n.reason.to_string(),
                 note: Some(n.note.clone()),
                 action: n.action.to_string(),

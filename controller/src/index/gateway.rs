@@ -17,21 +17,51 @@ pub enum SpecError {
     #[error("spec.{field} must not be empty")]
     Empty { field: &'static str },
     #[error("spec.{field}[{index}]: {value:?} is not a valid IP address")]
-    BadIp { field: &'static str, index: usize, value: String },
+    BadIp {
+        field: &'static str,
+        index: usize,
+        value: String,
+    },
     #[error("spec.{field}[{index}]: {value:?} is not a valid CIDR")]
-    BadCidr { field: &'static str, index: usize, value: String },
+    BadCidr {
+        field: &'static str,
+        index: usize,
+        value: String,
+    },
     #[error("spec.{field}[{index}]: {value:?} has host bits set; write {network}")]
-    HostBits { field: &'static str, index: usize, value: String, network: IpNetwork },
+    HostBits {
+        field: &'static str,
+        index: usize,
+        value: String,
+        network: IpNetwork,
+    },
     #[error("spec.{field}[{index}]: {value:?} appears more than once")]
-    Duplicate { field: &'static str, index: usize, value: String },
+    Duplicate {
+        field: &'static str,
+        index: usize,
+        value: String,
+    },
     #[error("spec.{field}[{index}]: {value:?} is not a unicast address a node can host")]
-    NotUnicast { field: &'static str, index: usize, value: String },
+    NotUnicast {
+        field: &'static str,
+        index: usize,
+        value: String,
+    },
     #[error("spec.{field}[{index}]: IPv6 ({value}) is not supported yet")]
-    Ipv6Unsupported { field: &'static str, index: usize, value: String },
+    Ipv6Unsupported {
+        field: &'static str,
+        index: usize,
+        value: String,
+    },
     #[error("spec.destinationCIDRs[{index}]: {value} has no egress IP of the same address family")]
     MixedFamily { index: usize, value: String },
     #[error("spec.{field}.matchExpressions[{index}]: operator {operator:?} {problem}")]
-    BadSelector { field: &'static str, index: usize, operator: SelectorOperator, problem: &'static str },
+    BadSelector {
+        field: &'static str,
+        index: usize,
+        operator: SelectorOperator,
+        problem: &'static str,
+    },
     #[error("spec.interface: {value:?} is not a valid interface name")]
     BadInterface { value: String },
 }
@@ -134,7 +164,10 @@ pub fn parse_spec(spec: &crate::api::EgressGatewaySpec) -> Result<GatewaySpec, S
     let excluded = parse_cidrs("excludedCIDRs", &spec.excluded_cidrs, false)?;
     for (index, d) in destinations.iter().enumerate() {
         if !egress_ips.iter().any(|e| e.is_ipv4() == d.is_ipv4()) {
-            return Err(SpecError::MixedFamily { index, value: d.to_string() });
+            return Err(SpecError::MixedFamily {
+                index,
+                value: d.to_string(),
+            });
         }
     }
     check_selector("namespaceSelector", &spec.namespace_selector)?;
@@ -143,10 +176,14 @@ pub fn parse_spec(spec: &crate::api::EgressGatewaySpec) -> Result<GatewaySpec, S
     if let Some(name) = &spec.interface {
         let ok = !name.is_empty()
             && name.len() <= crate::api::schema::MAX_INTERFACE_LEN as usize
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             && name.as_bytes()[0].is_ascii_alphanumeric();
         if !ok {
-            return Err(SpecError::BadInterface { value: name.clone() });
+            return Err(SpecError::BadInterface {
+                value: name.clone(),
+            });
         }
     }
     let mut destinations = destinations;
@@ -170,45 +207,84 @@ fn parse_ips(field: &'static str, raw: &[String]) -> Result<Vec<IpAddr>, SpecErr
     }
     let mut out: Vec<IpAddr> = Vec::with_capacity(raw.len());
     for (index, value) in raw.iter().enumerate() {
-        let ip: IpAddr = value
-            .trim()
-            .parse()
-            .map_err(|_| SpecError::BadIp { field, index, value: value.clone() })?;
+        let ip: IpAddr = value.trim().parse().map_err(|_| SpecError::BadIp {
+            field,
+            index,
+            value: value.clone(),
+        })?;
         let err = |e: fn(&'static str, usize, String) -> SpecError| e(field, index, value.clone());
         if ip.is_ipv6() {
-            return Err(err(|field, index, value| SpecError::Ipv6Unsupported { field, index, value }));
+            return Err(err(|field, index, value| SpecError::Ipv6Unsupported {
+                field,
+                index,
+                value,
+            }));
         }
-        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || is_link_local(ip) || is_broadcast(ip) {
-            return Err(err(|field, index, value| SpecError::NotUnicast { field, index, value }));
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || is_link_local(ip)
+            || is_broadcast(ip)
+        {
+            return Err(err(|field, index, value| SpecError::NotUnicast {
+                field,
+                index,
+                value,
+            }));
         }
         if out.contains(&ip) {
-            return Err(err(|field, index, value| SpecError::Duplicate { field, index, value }));
+            return Err(err(|field, index, value| SpecError::Duplicate {
+                field,
+                index,
+                value,
+            }));
         }
         out.push(ip);
     }
     Ok(out)
 }
 
-fn parse_cidrs(field: &'static str, raw: &[String], required: bool) -> Result<Vec<IpNetwork>, SpecError> {
+fn parse_cidrs(
+    field: &'static str,
+    raw: &[String],
+    required: bool,
+) -> Result<Vec<IpNetwork>, SpecError> {
     if required && raw.is_empty() {
         return Err(SpecError::Empty { field });
     }
     let mut out: Vec<IpNetwork> = Vec::with_capacity(raw.len());
     for (index, value) in raw.iter().enumerate() {
-        let bad = || SpecError::BadCidr { field, index, value: value.clone() };
+        let bad = || SpecError::BadCidr {
+            field,
+            index,
+            value: value.clone(),
+        };
         if !value.contains('/') {
             return Err(bad());
         }
         let net: IpNetwork = value.trim().parse().map_err(|_| bad())?;
         let network = IpNetwork::new(net.network(), net.prefix()).map_err(|_| bad())?;
         if network.ip() != net.ip() {
-            return Err(SpecError::HostBits { field, index, value: value.clone(), network });
+            return Err(SpecError::HostBits {
+                field,
+                index,
+                value: value.clone(),
+                network,
+            });
         }
         if net.is_ipv6() {
-            return Err(SpecError::Ipv6Unsupported { field, index, value: value.clone() });
+            return Err(SpecError::Ipv6Unsupported {
+                field,
+                index,
+                value: value.clone(),
+            });
         }
         if out.contains(&net) {
-            return Err(SpecError::Duplicate { field, index, value: value.clone() });
+            return Err(SpecError::Duplicate {
+                field,
+                index,
+                value: value.clone(),
+            });
         }
         out.push(net);
     }
@@ -219,10 +295,20 @@ fn check_selector(field: &'static str, s: &LabelSelector) -> Result<(), SpecErro
     for (index, e) in s.match_expressions.iter().enumerate() {
         let needs_values = matches!(e.operator, SelectorOperator::In | SelectorOperator::NotIn);
         if needs_values && e.values.is_empty() {
-            return Err(SpecError::BadSelector { field, index, operator: e.operator, problem: "needs at least one value" });
+            return Err(SpecError::BadSelector {
+                field,
+                index,
+                operator: e.operator,
+                problem: "needs at least one value",
+            });
         }
         if !needs_values && !e.values.is_empty() {
-            return Err(SpecError::BadSelector { field, index, operator: e.operator, problem: "takes no values" });
+            return Err(SpecError::BadSelector {
+                field,
+                index,
+                operator: e.operator,
+                problem: "takes no values",
+            });
         }
     }
     Ok(())
@@ -259,8 +345,20 @@ mod tests {
 
     #[test]
     fn a_good_spec_parses_sorted() {
-        let s = parse_spec(&spec(&["198.18.0.201", "198.18.0.200"], &["203.0.113.0/24", "198.51.100.0/24"], &["203.0.113.128/25"])).unwrap();
-        assert_eq!(s.egress_ips, vec!["198.18.0.201".parse::<IpAddr>().unwrap(), "198.18.0.200".parse().unwrap()], "spec order kept");
+        let s = parse_spec(&spec(
+            &["198.18.0.201", "198.18.0.200"],
+            &["203.0.113.0/24", "198.51.100.0/24"],
+            &["203.0.113.128/25"],
+        ))
+        .unwrap();
+        assert_eq!(
+            s.egress_ips,
+            vec![
+                "198.18.0.201".parse::<IpAddr>().unwrap(),
+                "198.18.0.200".parse().unwrap()
+            ],
+            "spec order kept"
+        );
         assert_eq!(s.destinations[0].to_string(), "198.51.100.0/24");
         assert_eq!(s.excluded.len(), 1);
     }
@@ -268,14 +366,38 @@ mod tests {
     #[test]
     fn each_bad_input_names_its_field() {
         let cases: Vec<(EgressGatewaySpec, &str)> = vec![
-            (spec(&[], &["203.0.113.0/24"], &[]), "spec.egressIPs must not be empty"),
-            (spec(&["198.18.0.200"], &[], &[]), "spec.destinationCIDRs must not be empty"),
-            (spec(&["198.18.0.300"], &["203.0.113.0/24"], &[]), "spec.egressIPs[0]"),
-            (spec(&["198.18.0.200"], &["203.0.113.0"], &[]), "spec.destinationCIDRs[0]"),
-            (spec(&["198.18.0.200"], &["203.0.113.7/24"], &[]), "host bits set; write 203.0.113.0/24"),
-            (spec(&["198.18.0.200", "198.18.0.200"], &["203.0.113.0/24"], &[]), "spec.egressIPs[1]: \"198.18.0.200\" appears more than once"),
-            (spec(&["198.18.0.200"], &["203.0.113.0/24"], &["203.0.113.0/33"]), "spec.excludedCIDRs[0]"),
-            (spec(&["127.0.0.1"], &["203.0.113.0/24"], &[]), "not a unicast address"),
+            (
+                spec(&[], &["203.0.113.0/24"], &[]),
+                "spec.egressIPs must not be empty",
+            ),
+            (
+                spec(&["198.18.0.200"], &[], &[]),
+                "spec.destinationCIDRs must not be empty",
+            ),
+            (
+                spec(&["198.18.0.300"], &["203.0.113.0/24"], &[]),
+                "spec.egressIPs[0]",
+            ),
+            (
+                spec(&["198.18.0.200"], &["203.0.113.0"], &[]),
+                "spec.destinationCIDRs[0]",
+            ),
+            (
+                spec(&["198.18.0.200"], &["203.0.113.7/24"], &[]),
+                "host bits set; write 203.0.113.0/24",
+            ),
+            (
+                spec(&["198.18.0.200", "198.18.0.200"], &["203.0.113.0/24"], &[]),
+                "spec.egressIPs[1]: \"198.18.0.200\" appears more than once",
+            ),
+            (
+                spec(&["198.18.0.200"], &["203.0.113.0/24"], &["203.0.113.0/33"]),
+                "spec.excludedCIDRs[0]",
+            ),
+            (
+                spec(&["127.0.0.1"], &["203.0.113.0/24"], &[]),
+                "not a unicast address",
+            ),
             (spec(&["2001:db8::1"], &["203.0.113.0/24"], &[]), "IPv6"),
         ];
         for (s, want) in cases {
@@ -287,26 +409,39 @@ mod tests {
     #[test]
     fn selector_operators_need_the_right_values() {
         let mut s = spec(&["198.18.0.200"], &["203.0.113.0/24"], &[]);
-        s.pod_selector.match_expressions.push(LabelSelectorRequirement {
-            key: "app".into(),
-            operator: SelectorOperator::In,
-            values: vec![],
-        });
+        s.pod_selector
+            .match_expressions
+            .push(LabelSelectorRequirement {
+                key: "app".into(),
+                operator: SelectorOperator::In,
+                values: vec![],
+            });
         let err = parse_spec(&s).unwrap_err().to_string();
-        assert!(err.contains("spec.podSelector.matchExpressions[0]"), "{err}");
+        assert!(
+            err.contains("spec.podSelector.matchExpressions[0]"),
+            "{err}"
+        );
         s.pod_selector.match_expressions[0] = LabelSelectorRequirement {
             key: "app".into(),
             operator: SelectorOperator::Exists,
             values: vec!["x".into()],
         };
-        assert!(parse_spec(&s).unwrap_err().to_string().contains("takes no values"));
+        assert!(
+            parse_spec(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("takes no values")
+        );
     }
 
     #[test]
     fn bad_interface_names_are_refused() {
         let mut s = spec(&["198.18.0.200"], &["203.0.113.0/24"], &[]);
         s.interface = Some("eth0/../x".into());
-        assert!(matches!(parse_spec(&s), Err(SpecError::BadInterface { .. })));
+        assert!(matches!(
+            parse_spec(&s),
+            Err(SpecError::BadInterface { .. })
+        ));
         s.interface = Some("eth1".into());
         assert!(parse_spec(&s).is_ok());
     }

@@ -24,7 +24,9 @@ impl GatewayCache {
             if g.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let Some(name) = g.metadata.name.as_ref() else { continue };
+            let Some(name) = g.metadata.name.as_ref() else {
+                continue;
+            };
             let rv = &g.metadata.resource_version;
             let entry = match self.parsed.remove(name) {
                 Some((old_rv, gw)) if rv.is_some() && old_rv == *rv => Some((old_rv, gw)),
@@ -63,7 +65,13 @@ mod tests {
         assert_eq!(a.len(), 2);
         let b = c.build(&[gw("a", "2", "198.18.0.202")]);
         assert_eq!(b.len(), 1);
-        assert_eq!(b["a"].spec.as_ref().unwrap().egress_ips, vec!["198.18.0.202".parse::<std::net::IpAddr>().unwrap()]);
-        assert_eq!(b["a"], Gateway::from_kube(&gw("a", "2", "198.18.0.202")).unwrap());
+        assert_eq!(
+            b["a"].spec.as_ref().unwrap().egress_ips,
+            vec!["198.18.0.202".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            b["a"],
+            Gateway::from_kube(&gw("a", "2", "198.18.0.202")).unwrap()
+        );
     }
 }

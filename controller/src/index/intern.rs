@@ -28,7 +28,10 @@ struct Table<T: ?Sized> {
 
 impl<T: ?Sized + Hash + Eq> Table<T> {
     fn new() -> Mutex<Self> {
-        Mutex::new(Self { items: HashSet::new(), sweep_at: MIN_SWEEP })
+        Mutex::new(Self {
+            items: HashSet::new(),
+            sweep_at: MIN_SWEEP,
+        })
     }
 
     fn get(table: &Mutex<Self>, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
@@ -48,8 +51,11 @@ impl<T: ?Sized + Hash + Eq> Table<T> {
     }
 }
 
-static STRINGS: LazyLock<Mutex<Table<str>>> = LazyLock::new(Table::new);
-static LABEL_SETS: LazyLock<Mutex<Table<[(Sym, Sym)]>>> = LazyLock::new(Table::new);
+/// A process-wide intern table.
+type Global<T> = LazyLock<Mutex<Table<T>>>;
+
+static STRINGS: Global<str> = LazyLock::new(Table::new);
+static LABEL_SETS: Global<[(Sym, Sym)]> = LazyLock::new(Table::new);
 
 /// The shared copy of `s`.
 pub fn intern(s: &str) -> Sym {
@@ -87,7 +93,12 @@ mod tests {
 
     #[test]
     fn one_copy_per_label_set() {
-        let set = || vec![(intern("app"), intern("intern-test")), (intern("tier"), intern("web"))];
+        let set = || {
+            vec![
+                (intern("app"), intern("intern-test")),
+                (intern("tier"), intern("web")),
+            ]
+        };
         assert!(Arc::ptr_eq(&intern_labels(set()), &intern_labels(set())));
     }
 }

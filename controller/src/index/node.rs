@@ -56,7 +56,9 @@ impl std::fmt::Display for Ineligible {
             Ineligible::SelectorMismatch => "does not match gatewayNodeSelector",
             Ineligible::NotReady => "is not Ready",
             Ineligible::AgentDown => "has no live egressgw agent",
-            Ineligible::AgentIdle => "has an egressgw agent at the idle cadence (not yet renewing fast enough to host)",
+            Ineligible::AgentIdle => {
+                "has an egressgw agent at the idle cadence (not yet renewing fast enough to host)"
+            }
             Ineligible::NoInterface => "has no interface for the IP's subnet",
         })
     }
@@ -73,7 +75,10 @@ impl Node {
                 .iter()
                 .filter(|i| i.network.contains(ip))
                 .max_by(|a, b| {
-                    a.network.prefix().cmp(&b.network.prefix()).then_with(|| b.name.cmp(&a.name))
+                    a.network
+                        .prefix()
+                        .cmp(&b.network.prefix())
+                        .then_with(|| b.name.cmp(&a.name))
                 }),
         }
     }
@@ -98,7 +103,8 @@ impl Node {
         if self.agent_idle {
             return Err(Ineligible::AgentIdle);
         }
-        self.interface_for(ip, interface).ok_or(Ineligible::NoInterface)
+        self.interface_for(ip, interface)
+            .ok_or(Ineligible::NoInterface)
     }
 
     /// Cut a Kubernetes Node down. Liveness, epoch and interfaces come from the agent's Lease
@@ -135,13 +141,23 @@ mod tests {
             ready: true,
             agent_alive: true,
             agent_idle: true,
-            interfaces: vec![NodeInterface { name: "eth0".into(), network: "198.18.0.0/15".parse().unwrap() }],
+            interfaces: vec![NodeInterface {
+                name: "eth0".into(),
+                network: "198.18.0.0/15".parse().unwrap(),
+            }],
             ..Default::default()
         };
         let ip: IpAddr = "198.18.0.200".parse().unwrap();
-        assert_eq!(n.eligibility(&LabelSelector::default(), ip, None), Err(Ineligible::AgentIdle));
+        assert_eq!(
+            n.eligibility(&LabelSelector::default(), ip, None),
+            Err(Ineligible::AgentIdle)
+        );
         n.agent_alive = false;
-        assert_eq!(n.eligibility(&LabelSelector::default(), ip, None), Err(Ineligible::AgentDown), "a dead agent is reported as dead");
+        assert_eq!(
+            n.eligibility(&LabelSelector::default(), ip, None),
+            Err(Ineligible::AgentDown),
+            "a dead agent is reported as dead"
+        );
         n.agent_alive = true;
         n.agent_idle = false;
         assert!(n.eligibility(&LabelSelector::default(), ip, None).is_ok());

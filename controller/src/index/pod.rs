@@ -24,7 +24,10 @@ pub struct PodName {
 
 impl PodKey {
     pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        Self(Arc::new(PodName { namespace: intern(namespace.as_ref()), name: name.as_ref().into() }))
+        Self(Arc::new(PodName {
+            namespace: intern(namespace.as_ref()),
+            name: name.as_ref().into(),
+        }))
     }
 }
 
@@ -38,7 +41,10 @@ impl std::ops::Deref for PodKey {
 
 impl std::fmt::Debug for PodKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PodKey").field("namespace", &self.namespace).field("name", &self.name).finish()
+        f.debug_struct("PodKey")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -88,7 +94,9 @@ impl PodLabels {
 
     /// Remove `key`, returning whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        let Ok(i) = self.position(key) else { return false };
+        let Ok(i) = self.position(key) else {
+            return false;
+        };
         let mut v = self.0.to_vec();
         v.remove(i);
         self.0 = intern_labels(v);
@@ -101,7 +109,9 @@ impl PodLabels {
 
     /// As a map (for code that wants owned labels).
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {
@@ -126,7 +136,10 @@ impl std::ops::Index<&str> for PodLabels {
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for PodLabels {
     /// A later duplicate key wins, as in a map.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut v: Vec<(Sym, Sym)> = iter.into_iter().map(|(k, v)| (intern(k.as_ref()), intern(v.as_ref()))).collect();
+        let mut v: Vec<(Sym, Sym)> = iter
+            .into_iter()
+            .map(|(k, v)| (intern(k.as_ref()), intern(v.as_ref())))
+            .collect();
         // Stable: equal keys keep their order, then the last one is kept.
         v.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out: Vec<(Sym, Sym)> = Vec::with_capacity(v.len());
@@ -195,10 +208,12 @@ impl Pod {
             .and_then(|s| s.pod_ips.as_ref())
             .map(|ips| ips.iter().filter_map(|p| p.ip.parse().ok()).collect())
             .unwrap_or_default();
-        if ips.is_empty() {
-            if let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok()) {
-                ips.push(ip);
-            }
+        if ips.is_empty()
+            && let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
         }
         let phase_running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
         Some(Self {

@@ -9,7 +9,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot read kubeconfig {path}: {source}")]
-    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
     #[error("cannot infer a Kubernetes config (in-cluster or $KUBECONFIG): {0}")]
     Infer(#[from] kube::config::InferConfigError),
     #[error("cannot build a Kubernetes client: {0}")]
@@ -20,9 +23,14 @@ pub enum ClientError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     let config = match kubeconfig {
         Some(path) => {
-            let err = |source| ClientError::Kubeconfig { path: path.display().to_string(), source };
+            let err = |source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
             let kc = Kubeconfig::read_from(path).map_err(err)?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(err)?
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(err)?
         }
         None => Config::infer().await?,
     };

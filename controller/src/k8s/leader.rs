@@ -11,21 +11,25 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use futures::StreamExt;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use tokio::sync::Notify;
 use thiserror::Error;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 #[derive(Debug, Error)]
 pub enum LeaderError {
     #[error("leader lease {namespace}/{name}: {source}")]
-    Api { namespace: String, name: String, source: kube::Error },
+    Api {
+        namespace: String,
+        name: String,
+        source: kube::Error,
+    },
     #[error("lost the leader lease {name}: {why}")]
     Lost { name: String, why: String },
 }
@@ -50,11 +54,19 @@ pub struct Observation {
 
 impl Observation {
     /// Record the Lease version seen at `now`; returns whether the holder may be presumed dead.
-    pub fn observe(slot: &mut Option<Observation>, version: &str, now: Instant, duration: Duration) -> bool {
+    pub fn observe(
+        slot: &mut Option<Observation>,
+        version: &str,
+        now: Instant,
+        duration: Duration,
+    ) -> bool {
         match slot {
             Some(o) if o.version == version => now.duration_since(o.since) >= duration,
             _ => {
-                *slot = Some(Observation { version: version.to_string(), since: now });
+                *slot = Some(Observation {
+                    version: version.to_string(),
+                    since: now,
+                });
                 false
             }
         }
@@ -75,11 +87,18 @@ fn now_micro() -> MicroTime {
 
 impl LeaderElector {
     pub fn new(client: Client, cfg: LeaderConfig) -> Self {
-        Self { api: Api::namespaced(client, &cfg.namespace), cfg }
+        Self {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+        }
     }
 
     fn err(&self, source: kube::Error) -> LeaderError {
-        LeaderError::Api { namespace: self.cfg.namespace.clone(), name: self.cfg.name.clone(), source }
+        LeaderError::Api {
+            namespace: self.cfg.namespace.clone(),
+            name: self.cfg.name.clone(),
+            source,
+        }
     }
 
     fn held_by_me(&self, spec: &LeaseSpec) -> LeaseSpec {
@@ -96,10 +115,14 @@ impl LeaderElector {
     pub async fn acquire(&self) -> Result<(), LeaderError> {
         let changed = Notify::new();
         let watch = async {
-            let config = watcher::Config::default().fields(&format!("metadata.name={}", self.cfg.name));
+            let config =
+                watcher::Config::default().fields(&format!("metadata.name={}", self.cfg.name));
             let mut events = std::pin::pin!(watcher(self.api.clone(), config).default_backoff());
             while let Some(event) = events.next().await {
-                if matches!(event, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) {
+                if matches!(
+                    event,
+                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
+                ) {
                     changed.notify_one();
                 }
             }
@@ -133,7 +156,12 @@ impl LeaderElector {
     /// once. The caller must have stopped acting as leader first.
     pub async fn release(&self) -> Result<(), LeaderError> {
         for _ in 0..RELEASE_ATTEMPTS {
-            let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))? else {
+            let Some(mut lease) = self
+                .api
+                .get_opt(&self.cfg.name)
+                .await
+                .map_err(|e| self.err(e))?
+            else {
                 return Ok(());
             };
             let spec = lease.spec.clone().unwrap_or_default();
@@ -146,7 +174,11 @@ impl LeaderElector {
                 renew_time: Some(now_micro()),
                 ..spec
             });
-            match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+            match self
+                .api
+                .replace(&self.cfg.name, &PostParams::default(), &lease)
+                .await
+            {
                 Ok(_) => {
                     info!(lease = %self.cfg.name, identity = %self.cfg.identity, "released the leader lease");
                     return Ok(());
@@ -156,13 +188,24 @@ impl LeaderElector {
                 Err(e) => return Err(self.err(e)),
             }
         }
-        Err(LeaderError::Lost { name: self.cfg.name.clone(), why: format!("could not release it in {RELEASE_ATTEMPTS} attempts") })
+        Err(LeaderError::Lost {
+            name: self.cfg.name.clone(),
+            why: format!("could not release it in {RELEASE_ATTEMPTS} attempts"),
+        })
     }
 
     async fn try_acquire(&self, seen: &mut Option<Observation>) -> Result<bool, LeaderError> {
-        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await.map_err(|e| self.err(e))? else {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.cfg.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.cfg.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(LeaseSpec {
                     acquire_time: Some(now_micro()),
                     lease_transitions: Some(0),
@@ -189,7 +232,11 @@ impl LeaderElector {
             lease_transitions: Some(transitions),
             ..self.held_by_me(&spec)
         });
-        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(self.err(e)),
@@ -218,7 +265,11 @@ impl LeaderElector {
     }
 
     async fn renew(&self) -> Result<(), LeaderError> {
-        let mut lease = self.api.get(&self.cfg.name).await.map_err(|e| self.err(e))?;
+        let mut lease = self
+            .api
+            .get(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?;
         let spec = lease.spec.clone().unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
             return Err(LeaderError::Lost {
@@ -227,7 +278,11 @@ impl LeaderElector {
             });
         }
         lease.spec = Some(self.held_by_me(&spec));
-        self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await.map(drop).map_err(|e| self.err(e))
+        self.api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+            .map(drop)
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -240,10 +295,31 @@ mod tests {
         let d = Duration::from_secs(4);
         let t0 = Instant::now();
         let mut seen = None;
-        assert!(!Observation::observe(&mut seen, "1", t0, d), "first sight starts the clock");
-        assert!(!Observation::observe(&mut seen, "1", t0 + Duration::from_secs(3), d));
-        assert!(!Observation::observe(&mut seen, "2", t0 + Duration::from_secs(5), d), "a renewal restarts it");
-        assert!(!Observation::observe(&mut seen, "2", t0 + Duration::from_secs(8), d));
-        assert!(Observation::observe(&mut seen, "2", t0 + Duration::from_secs(9), d));
+        assert!(
+            !Observation::observe(&mut seen, "1", t0, d),
+            "first sight starts the clock"
+        );
+        assert!(!Observation::observe(
+            &mut seen,
+            "1",
+            t0 + Duration::from_secs(3),
+            d
+        ));
+        assert!(
+            !Observation::observe(&mut seen, "2", t0 + Duration::from_secs(5), d),
+            "a renewal restarts it"
+        );
+        assert!(!Observation::observe(
+            &mut seen,
+            "2",
+            t0 + Duration::from_secs(8),
+            d
+        ));
+        assert!(Observation::observe(
+            &mut seen,
+            "2",
+            t0 + Duration::from_secs(9),
+            d
+        ));
     }
 }

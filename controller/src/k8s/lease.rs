@@ -8,7 +8,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 
 use std::time::Duration;
 
-use super::names::{ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE};
+use super::names::{
+    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL,
+    CADENCE_IDLE, LABEL_AGENT_NODE,
+};
 use crate::index::NodeInterface;
 
 /// What an agent says about its node through its Lease.
@@ -44,7 +47,10 @@ impl AgentReport {
 
 /// `eth1=198.18.0.12/24,eth0=…` (sorted, so an unchanged report is an unchanged string).
 pub fn encode_interfaces(interfaces: &[NodeInterface]) -> String {
-    let mut v: Vec<String> = interfaces.iter().map(|i| format!("{}={}", i.name, i.network)).collect();
+    let mut v: Vec<String> = interfaces
+        .iter()
+        .map(|i| format!("{}={}", i.name, i.network))
+        .collect();
     v.sort();
     v.join(",")
 }
@@ -54,14 +60,20 @@ pub fn decode_interfaces(s: &str) -> Vec<NodeInterface> {
     s.split(',')
         .filter_map(|e| {
             let (name, net) = e.split_once('=')?;
-            Some(NodeInterface { name: name.to_string(), network: net.parse::<IpNetwork>().ok()? })
+            Some(NodeInterface {
+                name: name.to_string(),
+                network: net.parse::<IpNetwork>().ok()?,
+            })
         })
         .collect()
 }
 
 /// `gateway=hex,…` sorted by gateway.
 pub fn encode_programmed(p: &BTreeMap<String, u64>) -> String {
-    p.iter().map(|(g, d)| format!("{g}={d:016x}")).collect::<Vec<_>>().join(",")
+    p.iter()
+        .map(|(g, d)| format!("{g}={d:016x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The inverse of [`encode_programmed`]; malformed entries are skipped.
@@ -77,16 +89,37 @@ pub fn decode_programmed(s: &str) -> BTreeMap<String, u64> {
 impl AgentReport {
     /// Read an agent Lease; `None` when it is not one (no node label).
     pub fn from_lease(lease: &Lease) -> Option<Self> {
-        let node = lease.metadata.labels.as_ref()?.get(LABEL_AGENT_NODE)?.clone();
+        let node = lease
+            .metadata
+            .labels
+            .as_ref()?
+            .get(LABEL_AGENT_NODE)?
+            .clone();
         let ann = lease.metadata.annotations.clone().unwrap_or_default();
         Some(Self {
             node,
-            epoch: lease.spec.as_ref().and_then(|s| s.lease_transitions).map(i64::from).unwrap_or(0),
-            interfaces: ann.get(ANNOTATION_INTERFACES).map(|s| decode_interfaces(s)).unwrap_or_default(),
-            programmed: ann.get(ANNOTATION_PROGRAMMED).map(|s| decode_programmed(s)).unwrap_or_default(),
+            epoch: lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_transitions)
+                .map(i64::from)
+                .unwrap_or(0),
+            interfaces: ann
+                .get(ANNOTATION_INTERFACES)
+                .map(|s| decode_interfaces(s))
+                .unwrap_or_default(),
+            programmed: ann
+                .get(ANNOTATION_PROGRAMMED)
+                .map(|s| decode_programmed(s))
+                .unwrap_or_default(),
             version: lease.metadata.resource_version.clone().unwrap_or_default(),
-            idle: ann.get(ANNOTATION_CADENCE).is_some_and(|c| c == CADENCE_IDLE),
-            renew_interval: ann.get(ANNOTATION_RENEW_INTERVAL).and_then(|s| s.parse().ok()).map(Duration::from_millis),
+            idle: ann
+                .get(ANNOTATION_CADENCE)
+                .is_some_and(|c| c == CADENCE_IDLE),
+            renew_interval: ann
+                .get(ANNOTATION_RENEW_INTERVAL)
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_millis),
         })
     }
 }
@@ -98,8 +131,14 @@ mod tests {
     #[test]
     fn annotations_round_trip() {
         let ifs = vec![
-            NodeInterface { name: "eth1".into(), network: "198.18.0.12/24".parse().unwrap() },
-            NodeInterface { name: "eth0".into(), network: "198.51.100.12/24".parse().unwrap() },
+            NodeInterface {
+                name: "eth1".into(),
+                network: "198.18.0.12/24".parse().unwrap(),
+            },
+            NodeInterface {
+                name: "eth0".into(),
+                network: "198.51.100.12/24".parse().unwrap(),
+            },
         ];
         let s = encode_interfaces(&ifs);
         assert_eq!(s, "eth0=198.51.100.12/24,eth1=198.18.0.12/24");
@@ -108,7 +147,11 @@ mod tests {
         let mut want = ifs.clone();
         want.sort();
         assert_eq!(back, want);
-        let p: BTreeMap<String, u64> = [("billing".to_string(), 0xabcdu64), ("pay".to_string(), u64::MAX)].into();
+        let p: BTreeMap<String, u64> = [
+            ("billing".to_string(), 0xabcdu64),
+            ("pay".to_string(), u64::MAX),
+        ]
+        .into();
         assert_eq!(decode_programmed(&encode_programmed(&p)), p);
         assert!(decode_programmed("garbage,x=zz").is_empty());
     }
@@ -123,13 +166,23 @@ mod tests {
             }))
             .unwrap()
         };
-        let hosting = AgentReport::from_lease(&lease(serde_json::json!({ ANNOTATION_RENEW_INTERVAL: "500" }))).unwrap();
+        let hosting = AgentReport::from_lease(&lease(
+            serde_json::json!({ ANNOTATION_RENEW_INTERVAL: "500" }),
+        ))
+        .unwrap();
         assert!(!hosting.idle);
         assert_eq!(hosting.deadline(takeover), takeover);
-        let idle = AgentReport::from_lease(&lease(serde_json::json!({ ANNOTATION_CADENCE: "idle", ANNOTATION_RENEW_INTERVAL: "5000" }))).unwrap();
+        let idle = AgentReport::from_lease(&lease(
+            serde_json::json!({ ANNOTATION_CADENCE: "idle", ANNOTATION_RENEW_INTERVAL: "5000" }),
+        ))
+        .unwrap();
         assert!(idle.idle && idle.epoch == 2);
         assert_eq!(idle.deadline(takeover), Duration::from_secs(15));
         let old = AgentReport::from_lease(&lease(serde_json::json!({}))).unwrap();
-        assert_eq!(old.deadline(takeover), takeover, "an agent that says nothing is held to the takeover");
+        assert_eq!(
+            old.deadline(takeover),
+            takeover,
+            "an agent that says nothing is held to the takeover"
+        );
     }
 }

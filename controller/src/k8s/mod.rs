@@ -2,8 +2,8 @@
 //! leadership, events. Everything else (index, plan, status) is pure.
 
 pub mod client;
-pub mod lease;
 pub mod leader;
+pub mod lease;
 pub mod names;
 pub mod pod_store;
 pub mod slim;

@@ -69,7 +69,13 @@ impl Inner {
                 }
             }
             None => {
-                self.held.insert(pod.key.clone(), Held { revision, sources: vec![source] });
+                self.held.insert(
+                    pod.key.clone(),
+                    Held {
+                        revision,
+                        sources: vec![source],
+                    },
+                );
                 self.pending.insert(pod.key.clone(), Some(pod));
             }
         }
@@ -122,8 +128,12 @@ impl PodStore {
     pub fn list_done(&self, source: SourceId) {
         let mut inner = self.lock();
         let seen = inner.listing.remove(&source).unwrap_or_default();
-        let stale: Vec<PodKey> =
-            inner.held.iter().filter(|(k, h)| h.sources.contains(&source) && !seen.contains(*k)).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<PodKey> = inner
+            .held
+            .iter()
+            .filter(|(k, h)| h.sources.contains(&source) && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in stale {
             inner.release(source, &k);
         }
@@ -135,7 +145,12 @@ impl PodStore {
         let mut inner = self.lock();
         inner.listing.remove(&source);
         inner.synced.remove(&source);
-        let held: Vec<PodKey> = inner.held.iter().filter(|(_, h)| h.sources.contains(&source)).map(|(k, _)| k.clone()).collect();
+        let held: Vec<PodKey> = inner
+            .held
+            .iter()
+            .filter(|(_, h)| h.sources.contains(&source))
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in held {
             inner.release(source, &k);
         }
@@ -195,7 +210,12 @@ pub fn feed(
     namespaces: Option<Arc<BTreeSet<String>>>,
 ) -> JoinHandle<()> {
     let wanted = move |p: &SlimPod| {
-        namespaces.as_ref().is_none_or(|ns| p.metadata.namespace.as_ref().is_some_and(|n| ns.contains(n)))
+        namespaces.as_ref().is_none_or(|ns| {
+            p.metadata
+                .namespace
+                .as_ref()
+                .is_some_and(|n| ns.contains(n))
+        })
     };
     tokio::spawn(async move {
         let mut permit = match gate {
@@ -207,7 +227,9 @@ pub fn feed(
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(watcher::Event::Init) => store.list_started(source),
-                Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) if wanted(&p) => store.apply(source, &p),
+                Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) if wanted(&p) => {
+                    store.apply(source, &p)
+                }
                 Ok(watcher::Event::InitApply(_) | watcher::Event::Apply(_)) => continue,
                 Ok(watcher::Event::InitDone) => {
                     store.list_done(source);

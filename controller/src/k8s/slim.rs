@@ -105,12 +105,17 @@ impl SlimPod {
     pub fn to_index(&self) -> Option<Pod> {
         let meta = &self.metadata;
         let key = PodKey::new(meta.namespace.as_deref()?, meta.name.as_deref()?);
-        let mut ips: Vec<_> =
-            self.status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
-        if ips.is_empty() {
-            if let Some(ip) = self.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) {
-                ips.push(ip);
-            }
+        let mut ips: Vec<_> = self
+            .status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        if ips.is_empty()
+            && let Some(ip) = self.status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+        {
+            ips.push(ip);
         }
         let phase_running = self.status.phase.as_deref() == Some("Running");
         Some(Pod {
@@ -126,7 +131,10 @@ impl SlimPod {
     /// The object's resourceVersion as a number, when it is one (etcd's revision, on every
     /// apiserver backed by etcd): orders two events about one pod from different watches.
     pub fn revision(&self) -> Option<u64> {
-        self.metadata.resource_version.as_deref().and_then(|v| v.parse().ok())
+        self.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
     }
 }
 
@@ -176,6 +184,9 @@ mod tests {
         let mut v = full_pod();
         v["status"] = serde_json::json!({ "phase": "Running", "podIP": "198.19.1.11" });
         let slim: SlimPod = serde_json::from_value(v).unwrap();
-        assert_eq!(slim.to_index().unwrap().ips, vec!["198.19.1.11".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            slim.to_index().unwrap().ips,
+            vec!["198.19.1.11".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
-use kube::runtime::reflector::{self, Store, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus};
 use kube::api::ObjectMeta;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -99,7 +99,12 @@ where
             notify.notify_one();
         }
     });
-    Reflected { store, task, synced, changed }
+    Reflected {
+        store,
+        task,
+        synced,
+        changed,
+    }
 }
 
 /// Metadata the planner and the stores use: identity, labels, deletion, version.
@@ -126,7 +131,11 @@ pub fn trim_node(node: &mut Node) {
         conditions: s.conditions.map(|cs| {
             cs.into_iter()
                 .filter(|c| c.type_ == "Ready")
-                .map(|c| NodeCondition { type_: c.type_, status: c.status, ..Default::default() })
+                .map(|c| NodeCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..Default::default()
+                })
                 .collect()
         }),
         ..Default::default()

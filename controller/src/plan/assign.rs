@@ -45,7 +45,10 @@ pub struct Assignments {
 
 impl Assignments {
     /// The IPs of `gateway` that have a node.
-    pub fn placed<'a>(&'a self, gateway: &str) -> impl Iterator<Item = (IpAddr, &'a Placement)> + 'a {
+    pub fn placed<'a>(
+        &'a self,
+        gateway: &str,
+    ) -> impl Iterator<Item = (IpAddr, &'a Placement)> + 'a {
         self.by_gateway
             .get(gateway)
             .into_iter()
@@ -78,7 +81,9 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
                 Err(Unplaced::ClaimedBy(winner.to_string()))
             } else if let Some(p) = keep_recorded(index, g, spec, *ip) {
                 *load.entry(index.nodes[&p.node].name.as_str()).or_default() += 1;
-                *per_gateway.entry((g.name.as_str(), index.nodes[&p.node].name.as_str())).or_default() += 1;
+                *per_gateway
+                    .entry((g.name.as_str(), index.nodes[&p.node].name.as_str()))
+                    .or_default() += 1;
                 Ok(p)
             } else {
                 pending.push((gi, ii));
@@ -99,7 +104,10 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
             match node.eligibility(&spec.node_selector, ip, spec.interface.as_deref()) {
                 Ok(iface) => {
                     let score = (
-                        per_gateway.get(&(g.name.as_str(), node.name.as_str())).copied().unwrap_or(0),
+                        per_gateway
+                            .get(&(g.name.as_str(), node.name.as_str()))
+                            .copied()
+                            .unwrap_or(0),
                         load.get(node.name.as_str()).copied().unwrap_or(0),
                     );
                     if best.as_ref().is_none_or(|b| score < (b.0, b.1)) {
@@ -113,8 +121,14 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
         slot.placement = match best {
             Some((_, _, node, interface)) => {
                 *load.entry(node.name.as_str()).or_default() += 1;
-                *per_gateway.entry((g.name.as_str(), node.name.as_str())).or_default() += 1;
-                Ok(Placement { node: node.name.clone(), interface, epoch: node.agent_epoch })
+                *per_gateway
+                    .entry((g.name.as_str(), node.name.as_str()))
+                    .or_default() += 1;
+                Ok(Placement {
+                    node: node.name.clone(),
+                    interface,
+                    epoch: node.agent_epoch,
+                })
             }
             None => Err(Unplaced::NoEligibleNode(why)),
         };
@@ -124,11 +138,22 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
 
 /// The recorded placement of `ip`, if its node is still eligible (with the interface and
 /// epoch refreshed).
-fn keep_recorded(index: &ClusterIndex, g: &Gateway, spec: &GatewaySpec, ip: IpAddr) -> Option<Placement> {
+fn keep_recorded(
+    index: &ClusterIndex,
+    g: &Gateway,
+    spec: &GatewaySpec,
+    ip: IpAddr,
+) -> Option<Placement> {
     let rec = g.recorded.get(&ip)?;
     let node = index.nodes.get(&rec.node)?;
-    let iface = node.eligibility(&spec.node_selector, ip, spec.interface.as_deref()).ok()?;
-    Some(Placement { node: node.name.clone(), interface: iface.name.clone(), epoch: node.agent_epoch })
+    let iface = node
+        .eligibility(&spec.node_selector, ip, spec.interface.as_deref())
+        .ok()?;
+    Some(Placement {
+        node: node.name.clone(),
+        interface: iface.name.clone(),
+        epoch: node.agent_epoch,
+    })
 }
 
 /// Assignments as status records them (the agent's view: it trusts status, not its own
@@ -152,7 +177,9 @@ pub fn from_status(index: &ClusterIndex, local: Option<(&str, i64)>) -> Assignme
                 let placement = match g.recorded.get(ip) {
                     _ if owner[ip] != g.name => Err(Unplaced::ClaimedBy(owner[ip].to_string())),
                     Some(rec) => {
-                        let stale = local.is_some_and(|(name, epoch)| rec.node == name && rec.epoch != Some(epoch));
+                        let stale = local.is_some_and(|(name, epoch)| {
+                            rec.node == name && rec.epoch != Some(epoch)
+                        });
                         if stale {
                             Err(Unplaced::NoEligibleNode(BTreeMap::new()))
                         } else {

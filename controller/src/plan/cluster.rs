@@ -30,13 +30,21 @@ pub fn plan(index: &ClusterIndex) -> ClusterPlan {
 /// Plan everything with the given assignments (the agent passes those recorded in status).
 pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan {
     let selections = select::select_all(index);
-    let mut plan = ClusterPlan { selections, assignments, ..Default::default() };
+    let mut plan = ClusterPlan {
+        selections,
+        assignments,
+        ..Default::default()
+    };
     for (name, sel) in &plan.selections.by_gateway {
         let name = intern(name);
         for key in sel.pods.iter().chain(sel.lost.keys()) {
             // Gateways come in name order, so appending keeps each list sorted.
             let names = plan.memberships.entry(key.clone()).or_default();
-            *names = names.iter().cloned().chain(std::iter::once(name.clone())).collect();
+            *names = names
+                .iter()
+                .cloned()
+                .chain(std::iter::once(name.clone()))
+                .collect();
         }
     }
     let names: Vec<String> = plan.selections.by_gateway.keys().cloned().collect();
@@ -53,8 +61,16 @@ impl ClusterPlan {
             return;
         };
         let empty = Default::default();
-        let pods = self.selections.by_gateway.get(gateway).map_or(&empty, |s| &s.pods);
-        let placements = self.assignments.by_gateway.get(gateway).map_or(&[][..], Vec::as_slice);
+        let pods = self
+            .selections
+            .by_gateway
+            .get(gateway)
+            .map_or(&empty, |s| &s.pods);
+        let placements = self
+            .assignments
+            .by_gateway
+            .get(gateway)
+            .map_or(&[][..], Vec::as_slice);
         let r = rollout::rollout(index, gateway, spec, pods, placements);
         self.rollouts.insert(gateway.to_string(), r);
     }
@@ -70,7 +86,11 @@ impl ClusterPlan {
     /// the rollout of each gateway that selected or selects any of them, instead of a full
     /// plan: a burst of pod changes rebuilds a large gateway's rollout once, not once per
     /// pod. Returns those gateways.
-    pub fn update_pods<'k>(&mut self, index: &ClusterIndex, keys: impl IntoIterator<Item = &'k PodKey>) -> BTreeSet<String> {
+    pub fn update_pods<'k>(
+        &mut self,
+        index: &ClusterIndex,
+        keys: impl IntoIterator<Item = &'k PodKey>,
+    ) -> BTreeSet<String> {
         let seniority = select::by_seniority(index);
         let mut affected = BTreeSet::new();
         for key in keys {
@@ -100,7 +120,8 @@ impl ClusterPlan {
             }
             affected.extend(before.iter().map(|g| g.to_string()));
             if !after.is_empty() {
-                self.memberships.insert(key.clone(), after.iter().map(|g| intern(g)).collect());
+                self.memberships
+                    .insert(key.clone(), after.iter().map(|g| intern(g)).collect());
             }
             affected.extend(after);
         }
@@ -117,13 +138,25 @@ impl ClusterPlan {
 
     /// Nodes that must act for `gateway` (host one of its IPs or carry rules for it).
     pub fn nodes_for(&self, gateway: &str) -> BTreeSet<&str> {
-        let Some(r) = self.rollouts.get(gateway) else { return BTreeSet::new() };
-        r.node_names().chain(r.hosted.values().map(|(n, _)| n.as_str())).collect()
+        let Some(r) = self.rollouts.get(gateway) else {
+            return BTreeSet::new();
+        };
+        r.node_names()
+            .chain(r.hosted.values().map(|(n, _)| n.as_str()))
+            .collect()
     }
 
     /// The digest a node's agent reports once it has programmed `gateway` as planned.
     pub fn expected_digest(&self, gateway: &str, node: &str) -> u64 {
-        let Some(r) = self.rollouts.get(gateway) else { return digest(None, []) };
-        digest(r.node_part(node).as_ref(), r.hosted.iter().filter(|(_, (n, _))| n == node).map(|(ip, (_, h))| (ip, h)))
+        let Some(r) = self.rollouts.get(gateway) else {
+            return digest(None, []);
+        };
+        digest(
+            r.node_part(node).as_ref(),
+            r.hosted
+                .iter()
+                .filter(|(_, (n, _))| n == node)
+                .map(|(ip, (_, h))| (ip, h)),
+        )
     }
 }

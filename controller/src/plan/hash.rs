@@ -51,6 +51,11 @@ pub fn choose<'a>(pod: &PodKey, ips: impl IntoIterator<Item = &'a IpAddr>) -> Op
         .map(|(_, std::cmp::Reverse(ip))| ip)
 }
 
+/// A stable 64-bit digest of `bytes` (same algorithm as [`weight`]).
+pub fn digest(bytes: &[u8]) -> u64 {
+    finalise(fnv1a(FNV_OFFSET, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,7 +67,13 @@ mod tests {
     #[test]
     fn the_hash_is_pinned() {
         // Controller and agents of different builds must agree: this value may never change.
-        assert_eq!(weight(&PodKey::new("billing", "invoicer-0"), &"198.18.0.200".parse().unwrap()), 0xaee5_3a50_53ee_71ce);
+        assert_eq!(
+            weight(
+                &PodKey::new("billing", "invoicer-0"),
+                &"198.18.0.200".parse().unwrap()
+            ),
+            0xaee5_3a50_53ee_71ce
+        );
     }
 
     #[test]
@@ -95,9 +106,4 @@ mod tests {
             }
         }
     }
-}
-
-/// A stable 64-bit digest of `bytes` (same algorithm as [`weight`]).
-pub fn digest(bytes: &[u8]) -> u64 {
-    finalise(fnv1a(FNV_OFFSET, bytes))
 }

@@ -63,7 +63,10 @@ impl GatewayNodePlan {
 impl NodePlan {
     /// An empty plan for `node`: the state `cleanup` leaves behind.
     pub fn empty(node: impl Into<String>) -> Self {
-        Self { node: node.into(), ..Default::default() }
+        Self {
+            node: node.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -79,7 +82,10 @@ pub fn digest<'a>(
         text.push_str(&format!("H{ip}@{};", h.interface));
     }
     if let Some(p) = part {
-        text.push_str(&format!("D{:?}X{:?}S{:?}T{:?}B{:?}", p.destinations, p.excluded, p.snat, p.steer, p.blocked));
+        text.push_str(&format!(
+            "D{:?}X{:?}S{:?}T{:?}B{:?}",
+            p.destinations, p.excluded, p.snat, p.steer, p.blocked
+        ));
     }
     super::hash::digest(text.as_bytes())
 }
@@ -87,7 +93,10 @@ pub fn digest<'a>(
 impl NodePlan {
     /// [`digest`] of this node's work for `gateway`.
     pub fn gateway_digest(&self, gateway: &str) -> u64 {
-        digest(self.gateways.get(gateway), self.hosted.iter().filter(|(_, h)| h.gateway == gateway))
+        digest(
+            self.gateways.get(gateway),
+            self.hosted.iter().filter(|(_, h)| h.gateway == gateway),
+        )
     }
 
     /// Every gateway this node does anything for (rules or hosted IPs).

@@ -21,8 +21,16 @@ fn range(net: &IpNetwork) -> Range {
         IpNetwork::V6(n) => {
             let start = u128::from(n.network());
             let host_bits = 128 - u32::from(n.prefix());
-            let end = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
-            Range { v6: true, start, end }
+            let end = if host_bits == 128 {
+                u128::MAX
+            } else {
+                start | ((1u128 << host_bits) - 1)
+            };
+            Range {
+                v6: true,
+                start,
+                end,
+            }
         }
     }
 }
@@ -36,7 +44,10 @@ pub fn effective(include: &[IpNetwork], exclude: &[IpNetwork]) -> Vec<(bool, u12
     let mut out: Vec<(bool, u128, u128)> = Vec::new();
     for r in merge(inc) {
         let mut pieces = vec![r];
-        for x in exc.iter().filter(|x| x.v6 == r.v6 && x.start <= r.end && x.end >= r.start) {
+        for x in exc
+            .iter()
+            .filter(|x| x.v6 == r.v6 && x.start <= r.end && x.end >= r.start)
+        {
             pieces = pieces
                 .into_iter()
                 .flat_map(|p| {
@@ -45,10 +56,16 @@ pub fn effective(include: &[IpNetwork], exclude: &[IpNetwork]) -> Vec<(bool, u12
                         keep.push(p);
                     } else {
                         if x.start > p.start {
-                            keep.push(Range { end: x.start - 1, ..p });
+                            keep.push(Range {
+                                end: x.start - 1,
+                                ..p
+                            });
                         }
                         if x.end < p.end {
-                            keep.push(Range { start: x.end + 1, ..p });
+                            keep.push(Range {
+                                start: x.end + 1,
+                                ..p
+                            });
                         }
                     }
                     keep
@@ -99,21 +116,44 @@ mod tests {
     }
 
     fn overlap(a: &[&str], ax: &[&str], b: &[&str], bx: &[&str]) -> bool {
-        intersects(&effective(&nets(a), &nets(ax)), &effective(&nets(b), &nets(bx)))
+        intersects(
+            &effective(&nets(a), &nets(ax)),
+            &effective(&nets(b), &nets(bx)),
+        )
     }
 
     #[test]
     fn overlap_cases() {
         assert!(overlap(&["203.0.113.0/24"], &[], &["203.0.113.7/32"], &[]));
-        assert!(!overlap(&["203.0.113.0/24"], &[], &["198.51.100.0/24"], &[]));
+        assert!(!overlap(
+            &["203.0.113.0/24"],
+            &[],
+            &["198.51.100.0/24"],
+            &[]
+        ));
         // An exclusion carves the overlap out.
-        assert!(!overlap(&["203.0.113.0/24"], &["203.0.113.128/25"], &["203.0.113.128/25"], &[]));
-        assert!(overlap(&["203.0.113.0/24"], &["203.0.113.128/26"], &["203.0.113.128/25"], &[]));
+        assert!(!overlap(
+            &["203.0.113.0/24"],
+            &["203.0.113.128/25"],
+            &["203.0.113.128/25"],
+            &[]
+        ));
+        assert!(overlap(
+            &["203.0.113.0/24"],
+            &["203.0.113.128/26"],
+            &["203.0.113.128/25"],
+            &[]
+        ));
         // Families never overlap.
         assert!(!overlap(&["0.0.0.0/0"], &[], &["::/0"], &[]));
         assert!(overlap(&["0.0.0.0/0"], &[], &["198.51.100.0/24"], &[]));
         // Everything excluded leaves nothing to overlap.
-        assert!(!overlap(&["203.0.113.0/24"], &["203.0.113.0/24"], &["203.0.113.0/24"], &[]));
+        assert!(!overlap(
+            &["203.0.113.0/24"],
+            &["203.0.113.0/24"],
+            &["203.0.113.0/24"],
+            &[]
+        ));
     }
 
     #[test]

@@ -41,11 +41,15 @@ struct NodeShare {
 }
 
 fn compact(m: BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Box<[(IpAddr, Box<[IpAddr]>)]> {
-    m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+    m.into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
 }
 
 fn expand(s: &[(IpAddr, Box<[IpAddr]>)]) -> BTreeMap<IpAddr, BTreeSet<IpAddr>> {
-    s.iter().map(|(k, v)| (*k, v.iter().copied().collect())).collect()
+    s.iter()
+        .map(|(k, v)| (*k, v.iter().copied().collect()))
+        .collect()
 }
 
 impl GatewayRollout {
@@ -84,29 +88,58 @@ pub fn rollout(
     // Built with maps, then compacted.
     let mut nodes: BTreeMap<String, GatewayNodePlan> = BTreeMap::new();
     let fresh = GatewayNodePlan::default;
-    let placed: Vec<(IpAddr, &super::assign::Placement)> =
-        placements.iter().filter_map(|p| p.placement.as_ref().ok().map(|pl| (p.ip, pl))).collect();
+    let placed: Vec<(IpAddr, &super::assign::Placement)> = placements
+        .iter()
+        .filter_map(|p| p.placement.as_ref().ok().map(|pl| (p.ip, pl)))
+        .collect();
     let placed_ips: Vec<IpAddr> = placed.iter().map(|(ip, _)| *ip).collect();
     for (ip, pl) in &placed {
-        let hosted = HostedIp { gateway: gateway.to_string(), interface: pl.interface.clone() };
+        let hosted = HostedIp {
+            gateway: gateway.to_string(),
+            interface: pl.interface.clone(),
+        };
         out.hosted.insert(*ip, (pl.node.clone(), hosted));
         // The SNAT rule exists even before the first pod arrives, so that pod is one element.
-        nodes.entry(pl.node.clone()).or_insert_with(fresh).snat.entry(*ip).or_default();
+        nodes
+            .entry(pl.node.clone())
+            .or_insert_with(fresh)
+            .snat
+            .entry(*ip)
+            .or_default();
     }
     for key in pods {
-        let Some(pod) = index.pods.get(key) else { continue };
-        let Some(pod_node) = pod.node.as_deref() else { continue };
+        let Some(pod) = index.pods.get(key) else {
+            continue;
+        };
+        let Some(pod_node) = pod.node.as_deref() else {
+            continue;
+        };
         let ips: Vec<IpAddr> = pod.ipv4().collect();
         if ips.is_empty() {
             continue;
         }
         let Some(egress) = hash::choose(key, &placed_ips) else {
-            nodes.entry(pod_node.to_string()).or_insert_with(fresh).blocked.extend(ips);
+            nodes
+                .entry(pod_node.to_string())
+                .or_insert_with(fresh)
+                .blocked
+                .extend(ips);
             continue;
         };
         out.pod_ip.insert(key.clone(), egress);
-        let host = &placed.iter().find(|(ip, _)| *ip == egress).expect("chosen among placed").1.node;
-        nodes.entry(host.clone()).or_insert_with(fresh).snat.entry(egress).or_default().extend(ips.iter().copied());
+        let host = &placed
+            .iter()
+            .find(|(ip, _)| *ip == egress)
+            .expect("chosen among placed")
+            .1
+            .node;
+        nodes
+            .entry(host.clone())
+            .or_insert_with(fresh)
+            .snat
+            .entry(egress)
+            .or_default()
+            .extend(ips.iter().copied());
         if host != pod_node {
             let local = nodes.entry(pod_node.to_string()).or_insert_with(fresh);
             match index.nodes.get(host).and_then(|n| n.internal_ip) {
@@ -120,8 +153,11 @@ pub fn rollout(
         .into_iter()
         .filter(|(_, p)| !p.is_empty())
         .map(|(n, p)| {
-            let share =
-                NodeShare { snat: compact(p.snat), steer: compact(p.steer), blocked: p.blocked.into_iter().collect() };
+            let share = NodeShare {
+                snat: compact(p.snat),
+                steer: compact(p.steer),
+                blocked: p.blocked.into_iter().collect(),
+            };
             (intern(&n), share)
         })
         .collect();
@@ -129,7 +165,10 @@ pub fn rollout(
 }
 
 /// Assemble one node's plan from every gateway's rollout.
-pub fn node_plan<'a>(node: &str, rollouts: impl IntoIterator<Item = (&'a String, &'a GatewayRollout)>) -> NodePlan {
+pub fn node_plan<'a>(
+    node: &str,
+    rollouts: impl IntoIterator<Item = (&'a String, &'a GatewayRollout)>,
+) -> NodePlan {
     let mut plan = NodePlan::empty(node);
     for (gateway, r) in rollouts {
         if let Some(part) = r.node_part(node) {

@@ -35,8 +35,11 @@ pub struct PodGateways {
 
 /// Valid gateways ordered by seniority (older first, then name).
 pub fn by_seniority(index: &ClusterIndex) -> Vec<(&Gateway, &GatewaySpec)> {
-    let mut v: Vec<(&Gateway, &GatewaySpec)> =
-        index.gateways.values().filter_map(|g| g.spec.as_ref().ok().map(|s| (g, s))).collect();
+    let mut v: Vec<(&Gateway, &GatewaySpec)> = index
+        .gateways
+        .values()
+        .filter_map(|g| g.spec.as_ref().ok().map(|s| (g, s)))
+        .collect();
     v.sort_by(|a, b| a.0.seniority().cmp(&b.0.seniority()));
     v
 }
@@ -63,9 +66,9 @@ impl OverlapCache {
             return *v;
         }
         for k in [i, j] {
-            self.effective
-                .entry(k)
-                .or_insert_with(|| ranges::effective(&ordered[k].1.destinations, &ordered[k].1.excluded));
+            self.effective.entry(k).or_insert_with(|| {
+                ranges::effective(&ordered[k].1.destinations, &ordered[k].1.excluded)
+            });
         }
         let v = ranges::intersects(&self.effective[&i], &self.effective[&j]);
         self.pairs.insert(key, v);
@@ -84,7 +87,9 @@ pub fn resolve(
     let mut out = PodGateways::default();
     for &c in candidates {
         match won.iter().find(|&&w| cache.overlaps(ordered, w, c)) {
-            Some(&w) => out.lost.push((ordered[c].0.name.clone(), ordered[w].0.name.clone())),
+            Some(&w) => out
+                .lost
+                .push((ordered[c].0.name.clone(), ordered[w].0.name.clone())),
             None => won.push(c),
         }
     }
@@ -93,12 +98,17 @@ pub fn resolve(
 }
 
 /// The gateways one pod uses (the incremental path: one pod against every gateway).
-pub fn pod_gateways(index: &ClusterIndex, ordered: &[(&Gateway, &GatewaySpec)], pod: &Pod) -> PodGateways {
+pub fn pod_gateways(
+    index: &ClusterIndex,
+    ordered: &[(&Gateway, &GatewaySpec)],
+    pod: &Pod,
+) -> PodGateways {
     if !pod.is_routable() {
         return PodGateways::default();
     }
-    let candidates: Vec<usize> =
-        (0..ordered.len()).filter(|&i| selects(index, ordered[i].1, pod)).collect();
+    let candidates: Vec<usize> = (0..ordered.len())
+        .filter(|&i| selects(index, ordered[i].1, pod))
+        .collect();
     resolve(ordered, &candidates, &mut OverlapCache::default())
 }
 
@@ -113,12 +123,18 @@ impl<'a> Postings<'a> {
         let mut by_label: HashMap<(&str, &str), Vec<&Pod>> = HashMap::new();
         let mut by_namespace: HashMap<&str, Vec<&Pod>> = HashMap::new();
         for pod in index.pods.values().filter(|p| p.is_routable()) {
-            by_namespace.entry(&*pod.key.namespace).or_default().push(pod);
+            by_namespace
+                .entry(&*pod.key.namespace)
+                .or_default()
+                .push(pod);
             for (k, v) in pod.labels.iter() {
                 by_label.entry((k, v)).or_default().push(pod);
             }
         }
-        Self { by_label, by_namespace }
+        Self {
+            by_label,
+            by_namespace,
+        }
     }
 
     /// The smallest list of pods that surely contains every pod `selector` matches, or
@@ -131,13 +147,28 @@ impl<'a> Postings<'a> {
             }
         };
         for (k, v) in &selector.match_labels {
-            consider(self.by_label.get(&(k.as_str(), v.as_str())).cloned().unwrap_or_default());
+            consider(
+                self.by_label
+                    .get(&(k.as_str(), v.as_str()))
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
-        for e in selector.match_expressions.iter().filter(|e| e.operator == SelectorOperator::In) {
+        for e in selector
+            .match_expressions
+            .iter()
+            .filter(|e| e.operator == SelectorOperator::In)
+        {
             let mut c: Vec<&Pod> = e
                 .values
                 .iter()
-                .flat_map(|v| self.by_label.get(&(e.key.as_str(), v.as_str())).into_iter().flatten().copied())
+                .flat_map(|v| {
+                    self.by_label
+                        .get(&(e.key.as_str(), v.as_str()))
+                        .into_iter()
+                        .flatten()
+                        .copied()
+                })
                 .collect();
             c.sort_by(|a, b| a.key.cmp(&b.key));
             c.dedup_by(|a, b| a.key == b.key);
@@ -162,7 +193,9 @@ pub fn select_all(index: &ClusterIndex) -> Selections {
         if namespaces.is_empty() {
             continue;
         }
-        let check = |pod: &Pod| namespaces.contains(&*pod.key.namespace) && spec.pod_selector.matches(&pod.labels);
+        let check = |pod: &Pod| {
+            namespaces.contains(&*pod.key.namespace) && spec.pod_selector.matches(&pod.labels)
+        };
         match postings.narrowest(&spec.pod_selector) {
             Some(candidates) => {
                 for pod in candidates.into_iter().filter(|p| check(p)) {
@@ -171,7 +204,13 @@ pub fn select_all(index: &ClusterIndex) -> Selections {
             }
             None => {
                 for ns in &namespaces {
-                    for pod in postings.by_namespace.get(ns).into_iter().flatten().filter(|p| check(p)) {
+                    for pod in postings
+                        .by_namespace
+                        .get(ns)
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| check(p))
+                    {
                         pod_candidates.entry(&pod.key).or_default().push(i);
                     }
                 }
@@ -180,20 +219,32 @@ pub fn select_all(index: &ClusterIndex) -> Selections {
     }
     let mut out = Selections::default();
     for (g, _) in &ordered {
-        out.by_gateway.insert(g.name.clone(), GatewaySelection::default());
+        out.by_gateway
+            .insert(g.name.clone(), GatewaySelection::default());
     }
     let mut cache = OverlapCache::default();
     for (pod, candidates) in pod_candidates {
         let resolved = if candidates.len() == 1 {
-            PodGateways { won: vec![ordered[candidates[0]].0.name.clone()], lost: vec![] }
+            PodGateways {
+                won: vec![ordered[candidates[0]].0.name.clone()],
+                lost: vec![],
+            }
         } else {
             resolve(&ordered, &candidates, &mut cache)
         };
         for g in resolved.won {
-            out.by_gateway.get_mut(&g).expect("every ordered gateway has an entry").pods.insert(pod.clone());
+            out.by_gateway
+                .get_mut(&g)
+                .expect("every ordered gateway has an entry")
+                .pods
+                .insert(pod.clone());
         }
         for (loser, winner) in resolved.lost {
-            out.by_gateway.get_mut(&loser).expect("every ordered gateway has an entry").lost.insert(pod.clone(), winner);
+            out.by_gateway
+                .get_mut(&loser)
+                .expect("every ordered gateway has an entry")
+                .lost
+                .insert(pod.clone(), winner);
         }
     }
     out

@@ -147,7 +147,10 @@ fn table_cells(r: &IpRow) -> Vec<String> {
 pub fn render(rows: &[IpRow], format: IpsFormat) -> Result<String, PluginError> {
     match format {
         IpsFormat::Table | IpsFormat::Wide if rows.is_empty() => Ok(String::new()),
-        IpsFormat::Table => Ok(table::render(&TABLE_HEADERS, &rows.iter().map(table_cells).collect::<Vec<_>>())),
+        IpsFormat::Table => Ok(table::render(
+            &TABLE_HEADERS,
+            &rows.iter().map(table_cells).collect::<Vec<_>>(),
+        )),
         IpsFormat::Wide => Ok(table::render(
             &WIDE_HEADERS,
             &rows

@@ -1,6 +1,5 @@
 //! Label selectors in kubectl's words, and which of their requirements some labels fail.
 
-
 use crate::api::{LabelLookup, LabelSelector, LabelSelectorRequirement, SelectorOperator};
 
 /// `app=invoicer,tier in (a,b)` (`{}`, selecting everything, prints as `<everything>`).

@@ -40,8 +40,14 @@ pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (code, body, ctype) = match path {
                 "/healthz" | "/livez" => ("200 OK", "ok\n".to_string(), "text/plain"),
-                "/readyz" if health.ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_string(), "text/plain"),
-                "/readyz" => ("503 Service Unavailable", "not ready: watches syncing\n".to_string(), "text/plain"),
+                "/readyz" if health.ready.load(Ordering::Relaxed) => {
+                    ("200 OK", "ready\n".to_string(), "text/plain")
+                }
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "not ready: watches syncing\n".to_string(),
+                    "text/plain",
+                ),
                 "/metrics" => {
                     if let Some(refresh) = &health.refresh {
                         refresh();
@@ -50,7 +56,11 @@ pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
                         Ok(r) => super::metrics::render(&r),
                         Err(_) => String::new(),
                     };
-                    ("200 OK", body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                    (
+                        "200 OK",
+                        body,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
                 }
                 _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
             };

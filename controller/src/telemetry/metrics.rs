@@ -41,18 +41,46 @@ impl ControllerMetrics {
             is_leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_controller");
-        r.register("reconcile_duration_seconds", "Time to plan the cluster and hand changed statuses to the writer", m.reconcile_duration.clone());
-        r.register("egress_ips_placed", "Egress IPs hosted by a node", m.egress_ips_placed.clone());
-        r.register("egress_ips_unplaced", "Egress IPs without an eligible node (their pods' traffic is dropped)", m.egress_ips_unplaced.clone());
-        r.register("status_writes", "Gateway status updates written", m.status_writes.clone());
-        r.register("status_write_duration_seconds", "Round trip of one gateway status write", m.status_write_duration.clone());
-        r.register("failovers", "Egress IPs moved away from a node whose agent stopped renewing its lease", m.failovers.clone());
+        r.register(
+            "reconcile_duration_seconds",
+            "Time to plan the cluster and hand changed statuses to the writer",
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "egress_ips_placed",
+            "Egress IPs hosted by a node",
+            m.egress_ips_placed.clone(),
+        );
+        r.register(
+            "egress_ips_unplaced",
+            "Egress IPs without an eligible node (their pods' traffic is dropped)",
+            m.egress_ips_unplaced.clone(),
+        );
+        r.register(
+            "status_writes",
+            "Gateway status updates written",
+            m.status_writes.clone(),
+        );
+        r.register(
+            "status_write_duration_seconds",
+            "Round trip of one gateway status write",
+            m.status_write_duration.clone(),
+        );
+        r.register(
+            "failovers",
+            "Egress IPs moved away from a node whose agent stopped renewing its lease",
+            m.failovers.clone(),
+        );
         r.register(
             "failover_duration_seconds",
             "From the dead agent's last observed heartbeat to the status that moves its IP",
             m.failover_duration.clone(),
         );
-        r.register("leader", "1 while this replica is the leader", m.is_leader.clone());
+        r.register(
+            "leader",
+            "1 while this replica is the leader",
+            m.is_leader.clone(),
+        );
         m
     }
 }
@@ -103,23 +131,63 @@ impl AgentMetrics {
             m.program_latency.clone(),
         );
         r.register("applies", "Dataplane applies by result", m.applies.clone());
-        r.register("set_entries", "Pod IPs programmed, by gateway and role (snat, steer, blocked)", m.set_entries.clone());
-        r.register("snat_packets", "Packets SNATed to an egress IP, by gateway (nftables counters)", m.snat_packets.clone());
-        r.register("snat_bytes", "Bytes SNATed to an egress IP, by gateway (nftables counters)", m.snat_bytes.clone());
-        r.register("gratuitous_arps_sent", "Gratuitous ARP packets sent", m.garps_sent.clone());
-        r.register("conntrack_entries_deleted", "Conntrack entries deleted for pods that left a gateway or moved", m.conntrack_deleted.clone());
-        r.register("hosted_egress_ips", "Egress IPs on this node now", m.hosted_ips.clone());
-        r.register("fenced", "1 while the agent has dropped its egress IPs for lack of lease renewals", m.fenced.clone());
+        r.register(
+            "set_entries",
+            "Pod IPs programmed, by gateway and role (snat, steer, blocked)",
+            m.set_entries.clone(),
+        );
+        r.register(
+            "snat_packets",
+            "Packets SNATed to an egress IP, by gateway (nftables counters)",
+            m.snat_packets.clone(),
+        );
+        r.register(
+            "snat_bytes",
+            "Bytes SNATed to an egress IP, by gateway (nftables counters)",
+            m.snat_bytes.clone(),
+        );
+        r.register(
+            "gratuitous_arps_sent",
+            "Gratuitous ARP packets sent",
+            m.garps_sent.clone(),
+        );
+        r.register(
+            "conntrack_entries_deleted",
+            "Conntrack entries deleted for pods that left a gateway or moved",
+            m.conntrack_deleted.clone(),
+        );
+        r.register(
+            "hosted_egress_ips",
+            "Egress IPs on this node now",
+            m.hosted_ips.clone(),
+        );
+        r.register(
+            "fenced",
+            "1 while the agent has dropped its egress IPs for lack of lease renewals",
+            m.fenced.clone(),
+        );
         r.register("fences", "Times the agent fenced itself", m.fences.clone());
-        r.register("lease_renewals", "Lease renewals by result", m.lease_renewals.clone());
+        r.register(
+            "lease_renewals",
+            "Lease renewals by result",
+            m.lease_renewals.clone(),
+        );
         r.register(
             "lease_renewal_duration_seconds",
             "Round trip of successful Lease renewals (over --refresh-window-ms: lifetimes not extended; over --fence-ms: fenced)",
             m.lease_renewal_duration.clone(),
         );
-        r.register("pods_held", "Pods the agent holds (its own, and those of gateways it hosts or may host), each once", m.pods_held.clone());
+        r.register(
+            "pods_held",
+            "Pods the agent holds (its own, and those of gateways it hosts or may host), each once",
+            m.pods_held.clone(),
+        );
         r.register("heap_bytes", "Live heap as the allocator counts it (resident size minus this is code, stacks and free memory)", m.heap_bytes.clone());
-        r.register("pod_watches", "Pod watches of hosted or candidate gateways (one per selector and namespace scope)", m.pod_watches.clone());
+        r.register(
+            "pod_watches",
+            "Pod watches of hosted or candidate gateways (one per selector and namespace scope)",
+            m.pod_watches.clone(),
+        );
         m
     }
 }

@@ -197,7 +197,10 @@ impl Drop for ControlPlane {
         self.etcd.stop();
         if std::env::var_os(KEEP_DIRS_ENV).is_some() {
             self.dir.disable_cleanup(true);
-            eprintln!("kept {} ({KEEP_DIRS_ENV} is set): logs of every process are under it", self.dir.path().display());
+            eprintln!(
+                "kept {} ({KEEP_DIRS_ENV} is set): logs of every process are under it",
+                self.dir.path().display()
+            );
         }
     }
 }

@@ -401,7 +401,10 @@ impl Testbed {
 
     /// The index (from 1) of node `name`.
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.nodes().iter().position(|n| n.name() == name).map(|i| i + 1)
+        self.nodes()
+            .iter()
+            .position(|n| n.name() == name)
+            .map(|i| i + 1)
     }
 
     pub fn nodes(&self) -> &[Node] {

@@ -26,24 +26,60 @@ const GIVE_UP: Duration = Duration::from_secs(15);
 
 fn probe(sim: &SimCluster) -> Result<bool> {
     let ns = sim.tb.pod(1, 0).netns().path();
-    Ok(connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), Duration::from_millis(300))?.ok().map(|a| *a.ip()) == Some(EGRESS_IP))
+    Ok(connect_once(
+        ns,
+        SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT),
+        Duration::from_millis(300),
+    )?
+    .ok()
+    .map(|a| *a.ip())
+        == Some(EGRESS_IP))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let trials: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(DEFAULT_TRIALS);
+    let trials: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(DEFAULT_TRIALS);
     let mut sim = SimCluster::start(3, &[2, 3], &[EGRESS_IP], 1).await?;
-    sim.cp.create_namespace("billing", &[("team", "billing")]).await?;
-    sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0).await?;
-    let out = sim.cp.kubectl(["apply", "-f", &format!("{}/examples/01-one-ip.yaml", egressgw_tests::control_plane::repo_root().display())]).await?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sim.cp
+        .create_namespace("billing", &[("team", "billing")])
+        .await?;
+    sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0)
+        .await?;
+    let out = sim
+        .cp
+        .kubectl([
+            "apply",
+            "-f",
+            &format!(
+                "{}/examples/01-one-ip.yaml",
+                egressgw_tests::control_plane::repo_root().display()
+            ),
+        ])
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut failovers = Vec::new();
     let mut stalls = Vec::new();
     let mut survived = 0;
     println!("trial  host    failover    established  max-stall");
     for trial in 1..=trials {
-        let g = sim.wait_gateway(GATEWAY, Duration::from_secs(30), status::ready_and_programmed).await?;
-        let host = sim.node_index(&status::node_of(&g, "198.18.0.200").context("unassigned")?).context("unknown node")?;
+        let g = sim
+            .wait_gateway(
+                GATEWAY,
+                Duration::from_secs(30),
+                status::ready_and_programmed,
+            )
+            .await?;
+        let host = sim
+            .node_index(&status::node_of(&g, "198.18.0.200").context("unassigned")?)
+            .context("unknown node")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !probe(&sim)? {
             if Instant::now() > deadline {
@@ -51,7 +87,10 @@ async fn main() -> Result<()> {
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
-        let long = sim.tb.pod(1, 0).long_lived(PROTECTED_SERVER, Duration::from_millis(50))?;
+        let long = sim
+            .tb
+            .pod(1, 0)
+            .long_lived(PROTECTED_SERVER, Duration::from_millis(50))?;
         tokio::time::sleep(Duration::from_millis(700)).await;
         let died = Instant::now();
         sim.tb.kill_node(host)?;
@@ -64,10 +103,14 @@ async fn main() -> Result<()> {
             let ns = sim.tb.pod(1, 0).netns().path();
             let (tx, started) = (tx.clone(), died.elapsed());
             std::thread::spawn(move || {
-                let ok = connect_once(ns, SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT), PROBE_TIMEOUT)
-                    .ok()
-                    .and_then(Result::ok)
-                    .is_some_and(|a| *a.ip() == EGRESS_IP);
+                let ok = connect_once(
+                    ns,
+                    SocketAddrV4::new(PROTECTED_SERVER, SERVER_PORT),
+                    PROBE_TIMEOUT,
+                )
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|a| *a.ip() == EGRESS_IP);
                 if ok {
                     let _ = tx.send(started);
                 }
@@ -98,7 +141,9 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     if let Ok(dir) = std::env::var("EGRESSGW_KEEP_LOGS") {
-        let status = std::process::Command::new("cp").args(["-r", &sim.logs().display().to_string(), &dir]).status()?;
+        let status = std::process::Command::new("cp")
+            .args(["-r", &sim.logs().display().to_string(), &dir])
+            .status()?;
         println!("process logs copied to {dir}: {status}");
     }
     println!(

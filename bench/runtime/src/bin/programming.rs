@@ -23,10 +23,17 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Every IPv4 element of every set of our table in the node's namespace.
 fn kernel_elements(netns: &str) -> Vec<Ipv4Addr> {
-    let Ok(out) = std::process::Command::new("ip").args(["netns", "exec", netns, "nft", "-j", "list", "table", "ip", "egressgw"]).output() else {
+    let Ok(out) = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", netns, "nft", "-j", "list", "table", "ip", "egressgw",
+        ])
+        .output()
+    else {
         return Vec::new();
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return Vec::new() };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
     let mut ips = Vec::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
         for e in item["set"]["elem"].as_array().into_iter().flatten() {
@@ -40,25 +47,65 @@ fn kernel_elements(netns: &str) -> Vec<Ipv4Addr> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let pods: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(DEFAULT_PODS);
+    let pods: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(DEFAULT_PODS);
     let sim = SimCluster::start(3, &[2, 3], &[EGRESS_IP], 1).await?;
-    sim.cp.create_namespace("billing", &[("team", "billing")]).await?;
-    let out = sim.cp.kubectl(["apply", "-f", &format!("{}/examples/01-one-ip.yaml", egressgw_tests::control_plane::repo_root().display())]).await?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let g = sim.wait_gateway(GATEWAY, Duration::from_secs(30), status::ready_and_programmed).await?;
-    let host = sim.node_index(&status::node_of(&g, "198.18.0.200").context("unassigned")?).context("unknown node")?;
+    sim.cp
+        .create_namespace("billing", &[("team", "billing")])
+        .await?;
+    let out = sim
+        .cp
+        .kubectl([
+            "apply",
+            "-f",
+            &format!(
+                "{}/examples/01-one-ip.yaml",
+                egressgw_tests::control_plane::repo_root().display()
+            ),
+        ])
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = sim
+        .wait_gateway(
+            GATEWAY,
+            Duration::from_secs(30),
+            status::ready_and_programmed,
+        )
+        .await?;
+    let host = sim
+        .node_index(&status::node_of(&g, "198.18.0.200").context("unassigned")?)
+        .context("unknown node")?;
 
     // Pod objects (no network namespaces needed): IPs in the nodes' pod CIDRs.
     let specs: Vec<(String, usize, Ipv4Addr)> = (0..pods)
         .map(|i| {
             let node = 1 + (i / PODS_PER_NODE_CIDR) % 3;
             let block = i / (PODS_PER_NODE_CIDR * 3);
-            let ip = Ipv4Addr::new(198, 19, (node + 10 * block) as u8, (10 + i % PODS_PER_NODE_CIDR) as u8);
+            let ip = Ipv4Addr::new(
+                198,
+                19,
+                (node + 10 * block) as u8,
+                (10 + i % PODS_PER_NODE_CIDR) as u8,
+            );
             (format!("burst-{i}"), node, ip)
         })
         .collect();
     for (name, node, _) in &specs {
-        sim.cp.create_pod("billing", name, &[("app", "invoicer")], sim.tb.node(*node).name()).await?;
+        sim.cp
+            .create_pod(
+                "billing",
+                name,
+                &[("app", "invoicer")],
+                sim.tb.node(*node).name(),
+            )
+            .await?;
     }
     println!("{pods} pods created (Pending, no IP); gateway node: node-{host}");
 
@@ -108,9 +155,16 @@ async fn main() -> Result<()> {
 
     let written = written.lock().expect("lock").clone();
     let seen = seen.lock().expect("lock").clone();
-    let mut lat: Vec<Duration> = written.iter().filter_map(|(ip, t)| seen.get(ip).map(|s| s.saturating_duration_since(*t))).collect();
+    let mut lat: Vec<Duration> = written
+        .iter()
+        .filter_map(|(ip, t)| seen.get(ip).map(|s| s.saturating_duration_since(*t)))
+        .collect();
     let missing = pods - lat.len();
-    println!("status writes of {pods} pod IPs took {} ({} concurrent)", ms(burst), CONCURRENCY);
+    println!(
+        "status writes of {pods} pod IPs took {} ({} concurrent)",
+        ms(burst),
+        CONCURRENCY
+    );
     println!(
         "status write -> SNAT entry in the gateway node's kernel: p50 {}  p99 {}  max {}  ({missing} missing; {} ms polling)",
         ms(quantile(&mut lat, 0.5)),
@@ -122,9 +176,14 @@ async fn main() -> Result<()> {
     let hist: BTreeMap<String, String> = metrics
         .lines()
         .filter(|l| l.starts_with("egressgw_agent_program_latency_seconds"))
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
-    println!("agent input-to-commit histogram on node-{host} (egressgw_agent_program_latency_seconds):");
+    println!(
+        "agent input-to-commit histogram on node-{host} (egressgw_agent_program_latency_seconds):"
+    );
     for (k, v) in hist {
         println!("    {k} {v}");
     }

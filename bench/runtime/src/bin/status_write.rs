@@ -73,7 +73,12 @@ fn status(i: usize, count: usize) -> serde_json::Value {
 
 fn cpu(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let f: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
     let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
     // SAFETY: sysconf has no preconditions.
     let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
@@ -93,14 +98,23 @@ async fn write(api: &Api<EgressGateway>, kind: Kind, i: usize, count: usize) -> 
                 "kind": "EgressGateway",
                 "status": status(i, count),
             });
-            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
         }
         Kind::JsonPatch => {
             let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
                 { "op": "add", "path": "/status", "value": status(i, count) }
             ]))?;
-            let pp = PatchParams { field_manager: Some(MANAGER.into()), ..PatchParams::default() };
-            api.patch_status(&name, &pp, &Patch::Json::<()>(patch)).await?;
+            let pp = PatchParams {
+                field_manager: Some(MANAGER.into()),
+                ..PatchParams::default()
+            };
+            api.patch_status(&name, &pp, &Patch::Json::<()>(patch))
+                .await?;
         }
     }
     Ok(t.elapsed())
@@ -110,7 +124,10 @@ async fn write(api: &Api<EgressGateway>, kind: Kind, i: usize, count: usize) -> 
 async fn main() -> Result<()> {
     let cp = ControlPlane::start_with_crds().await?;
     let (apiserver, etcd) = cp.pids();
-    let (apiserver, etcd) = (apiserver.context("apiserver pid")?, etcd.context("etcd pid")?);
+    let (apiserver, etcd) = (
+        apiserver.context("apiserver pid")?,
+        etcd.context("etcd pid")?,
+    );
     let api: Api<EgressGateway> = Api::all(cp.client());
     for i in 0..GATEWAYS {
         api.create(&PostParams::default(), &gateway(i)?).await?;
@@ -121,13 +138,20 @@ async fn main() -> Result<()> {
     }
     let mut lat = [Vec::new(), Vec::new()];
     let mut used = [(Duration::ZERO, Duration::ZERO); 2];
-    let mut count = 1;
     for round in 0..ROUNDS * 2 {
-        let (slot, kind) = if round % 2 == 0 { (0, Kind::ServerSideApply) } else { (1, Kind::JsonPatch) };
-        count += 1;
+        // A count the stored status does not have yet, so every write changes it.
+        let count = round + 2;
+        let (slot, kind) = if round % 2 == 0 {
+            (0, Kind::ServerSideApply)
+        } else {
+            (1, Kind::JsonPatch)
+        };
         let (a0, e0) = (cpu(apiserver)?, cpu(etcd)?);
-        let results: Vec<Result<Duration>> =
-            futures::stream::iter(0..GATEWAYS).map(|i| write(&api, kind, i, count)).buffer_unordered(IN_FLIGHT).collect().await;
+        let results: Vec<Result<Duration>> = futures::stream::iter(0..GATEWAYS)
+            .map(|i| write(&api, kind, i, count))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
         let (a1, e1) = (cpu(apiserver)?, cpu(etcd)?);
         for r in results {
             lat[slot].push(r?);
@@ -136,7 +160,10 @@ async fn main() -> Result<()> {
         used[slot].1 += e1 - e0;
     }
     let n = (ROUNDS * GATEWAYS) as f64;
-    println!("{} status writes each, {GATEWAYS} gateways, {IN_FLIGHT} in flight, kinds alternating by round", ROUNDS * GATEWAYS);
+    println!(
+        "{} status writes each, {GATEWAYS} gateways, {IN_FLIGHT} in flight, kinds alternating by round",
+        ROUNDS * GATEWAYS
+    );
     for (slot, kind) in [(0, Kind::ServerSideApply), (1, Kind::JsonPatch)] {
         let (a, e) = used[slot];
         println!(

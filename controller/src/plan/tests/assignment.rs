@@ -12,13 +12,23 @@ fn why(c: &Cluster, gw: &str) -> std::collections::BTreeMap<Ineligible, Vec<Stri
 #[test]
 fn two_ips_spread_over_two_gateway_nodes() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"]))
-        .node(gw_node("n1", 11))
-        .node(gw_node("n2", 12))
-        .node(worker("w3", 13));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200", "198.18.0.201"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(gw_node("n2", 12))
+    .node(worker("w3", 13));
     let nodes = nodes_of(&c.plan(), "g");
     assert_eq!(nodes.len(), 2);
-    assert_ne!(nodes[0], nodes[1], "one gateway's IPs go to different nodes when possible");
+    assert_ne!(
+        nodes[0], nodes[1],
+        "one gateway's IPs go to different nodes when possible"
+    );
     assert!(nodes.iter().all(|n| n.as_deref() != Some("w3")));
 }
 
@@ -27,10 +37,19 @@ fn load_is_spread_across_gateways() {
     let mut c = Cluster::new();
     c.node(gw_node("n1", 11)).node(gw_node("n2", 12));
     for i in 0..4 {
-        c.gw(gateway(&format!("g{i}"), i, "billing", "inv", &[&format!("198.18.0.{}", 200 + i)], &["203.0.113.0/24"]));
+        c.gw(gateway(
+            &format!("g{i}"),
+            i,
+            "billing",
+            "inv",
+            &[&format!("198.18.0.{}", 200 + i)],
+            &["203.0.113.0/24"],
+        ));
     }
     let plan = c.plan();
-    let on_n1 = (0..4).filter(|i| nodes_of(&plan, &format!("g{i}"))[0].as_deref() == Some("n1")).count();
+    let on_n1 = (0..4)
+        .filter(|i| nodes_of(&plan, &format!("g{i}"))[0].as_deref() == Some("n1"))
+        .count();
     assert_eq!(on_n1, 2);
 }
 
@@ -42,12 +61,22 @@ fn each_reason_an_ip_cannot_be_placed_is_reported_per_node() {
     let mut agent_down = gw_node("agent-down", 12);
     agent_down.agent_alive = false;
     let mut elsewhere = gw_node("elsewhere", 13);
-    elsewhere.interfaces = vec![NodeInterface { name: "eth1".into(), network: "198.51.100.13/24".parse().unwrap() }];
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"]))
-        .node(not_ready)
-        .node(agent_down)
-        .node(elsewhere)
-        .node(worker("worker", 14));
+    elsewhere.interfaces = vec![NodeInterface {
+        name: "eth1".into(),
+        network: "198.51.100.13/24".parse().unwrap(),
+    }];
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(not_ready)
+    .node(agent_down)
+    .node(elsewhere)
+    .node(worker("worker", 14));
     let why = why(&c, "g");
     assert_eq!(why[&Ineligible::NotReady], vec!["not-ready"]);
     assert_eq!(why[&Ineligible::AgentDown], vec!["agent-down"]);
@@ -58,15 +87,28 @@ fn each_reason_an_ip_cannot_be_placed_is_reported_per_node() {
 #[test]
 fn an_explicit_interface_must_exist_on_the_node() {
     let mut c = Cluster::new();
-    let mut g = gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"]);
+    let mut g = gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    );
     g.spec.as_mut().unwrap().interface = Some("bond0".into());
     c.gw(g).node(gw_node("n1", 11));
     assert_eq!(why(&c, "g")[&Ineligible::NoInterface], vec!["n1"]);
     let mut n2 = gw_node("n2", 12);
-    n2.interfaces.push(NodeInterface { name: "bond0".into(), network: "198.51.100.12/24".parse().unwrap() });
+    n2.interfaces.push(NodeInterface {
+        name: "bond0".into(),
+        network: "198.51.100.12/24".parse().unwrap(),
+    });
     c.node(n2);
     let plan = c.plan();
-    let pl = plan.assignments.by_gateway["g"][0].placement.as_ref().unwrap();
+    let pl = plan.assignments.by_gateway["g"][0]
+        .placement
+        .as_ref()
+        .unwrap();
     assert_eq!((pl.node.as_str(), pl.interface.as_str()), ("n2", "bond0"));
 }
 
@@ -74,15 +116,44 @@ fn an_explicit_interface_must_exist_on_the_node() {
 fn the_interface_whose_subnet_holds_the_ip_is_chosen() {
     let mut c = Cluster::new();
     let mut n1 = gw_node("n1", 11);
-    n1.interfaces.insert(0, NodeInterface { name: "eth0".into(), network: "198.51.100.11/24".parse().unwrap() });
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(n1);
-    assert_eq!(c.plan().assignments.by_gateway["g"][0].placement.as_ref().unwrap().interface, "eth1");
+    n1.interfaces.insert(
+        0,
+        NodeInterface {
+            name: "eth0".into(),
+            network: "198.51.100.11/24".parse().unwrap(),
+        },
+    );
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(n1);
+    assert_eq!(
+        c.plan().assignments.by_gateway["g"][0]
+            .placement
+            .as_ref()
+            .unwrap()
+            .interface,
+        "eth1"
+    );
 }
 
 #[test]
 fn a_recorded_assignment_stays_while_its_node_is_eligible_and_nothing_flaps_back() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11));
     let first = c.plan();
     c.record(&first.assignments);
     assert_eq!(nodes_of(&first, "g"), vec![Some("n1".into())]);
@@ -103,11 +174,22 @@ fn a_recorded_assignment_stays_while_its_node_is_eligible_and_nothing_flaps_back
 #[test]
 fn an_agent_back_with_a_new_epoch_gets_an_assignment_for_that_epoch() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11));
     let first = c.plan();
     c.record(&first.assignments);
     c.index.nodes.get_mut("n1").unwrap().agent_epoch = 2;
-    let pl = c.plan().assignments.by_gateway["g"][0].placement.clone().unwrap();
+    let pl = c.plan().assignments.by_gateway["g"][0]
+        .placement
+        .clone()
+        .unwrap();
     assert_eq!((pl.node.as_str(), pl.epoch), ("n1", 2));
     // The agent, reading the old status, does not host the IP until status carries epoch 2.
     let from_status = crate::plan::assign::from_status(&c.index, Some(("n1", 2)));

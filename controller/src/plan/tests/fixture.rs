@@ -6,15 +6,24 @@ use std::net::IpAddr;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{EgressGatewaySpec, LabelSelector, LabelSelectorRequirement, SelectorOperator};
-use crate::index::{ClusterIndex, Gateway, Node, NodeInterface, Pod, PodKey, RecordedAssignment, gateway::parse_spec};
+use crate::index::{
+    ClusterIndex, Gateway, Node, NodeInterface, Pod, PodKey, RecordedAssignment,
+    gateway::parse_spec,
+};
 use crate::plan::{Assignments, ClusterPlan};
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn sel(pairs: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(pairs), match_expressions: vec![] }
+    LabelSelector {
+        match_labels: labels(pairs),
+        match_expressions: vec![],
+    }
 }
 
 pub fn expr(key: &str, operator: SelectorOperator, values: &[&str]) -> LabelSelector {
@@ -34,7 +43,14 @@ pub fn ip(s: &str) -> IpAddr {
 
 /// A gateway selecting `app=<app>` pods in `team=<team>` namespaces, gateway nodes labelled
 /// `egressgw.io/gateway=true`, created `age` seconds after the epoch (smaller = older).
-pub fn gateway(name: &str, age: i64, team: &str, app: &str, ips: &[&str], dsts: &[&str]) -> Gateway {
+pub fn gateway(
+    name: &str,
+    age: i64,
+    team: &str,
+    app: &str,
+    ips: &[&str],
+    dsts: &[&str],
+) -> Gateway {
     let spec = EgressGatewaySpec {
         namespace_selector: sel(&[("team", team)]),
         pod_selector: sel(&[("app", app)]),
@@ -68,13 +84,19 @@ pub fn gw_node(name: &str, n: u8) -> Node {
         agent_epoch: 1,
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
-        interfaces: vec![NodeInterface { name: "eth1".into(), network: format!("198.18.0.{n}/24").parse().unwrap() }],
+        interfaces: vec![NodeInterface {
+            name: "eth1".into(),
+            network: format!("198.18.0.{n}/24").parse().unwrap(),
+        }],
     }
 }
 
 /// A worker node (not a gateway candidate).
 pub fn worker(name: &str, n: u8) -> Node {
-    Node { labels: BTreeMap::new(), ..gw_node(name, n) }
+    Node {
+        labels: BTreeMap::new(),
+        ..gw_node(name, n)
+    }
 }
 
 /// A running pod with one IP.
@@ -129,7 +151,15 @@ impl Cluster {
                 .iter()
                 .filter_map(|p| {
                     p.placement.as_ref().ok().map(|pl| {
-                        (p.ip, RecordedAssignment { node: pl.node.clone(), interface: Some(pl.interface.clone()), epoch: Some(pl.epoch), since: None })
+                        (
+                            p.ip,
+                            RecordedAssignment {
+                                node: pl.node.clone(),
+                                interface: Some(pl.interface.clone()),
+                                epoch: Some(pl.epoch),
+                                since: None,
+                            },
+                        )
                     })
                 })
                 .collect();
@@ -139,5 +169,8 @@ impl Cluster {
 
 /// The node each IP of `gateway` is placed on (None when unplaced), in spec order.
 pub fn nodes_of(plan: &ClusterPlan, gateway: &str) -> Vec<Option<String>> {
-    plan.assignments.by_gateway[gateway].iter().map(|p| p.placement.as_ref().ok().map(|pl| pl.node.clone())).collect()
+    plan.assignments.by_gateway[gateway]
+        .iter()
+        .map(|p| p.placement.as_ref().ok().map(|pl| pl.node.clone()))
+        .collect()
 }

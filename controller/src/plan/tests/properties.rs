@@ -11,7 +11,12 @@ use crate::plan::{ClusterPlan, Unplaced};
 
 const TEAMS: [&str; 3] = ["billing", "payments", "other"];
 const APPS: [&str; 3] = ["inv", "pay", "web"];
-const DSTS: [&str; 4] = ["203.0.113.0/24", "203.0.113.0/25", "198.51.100.0/24", "198.51.100.128/25"];
+const DSTS: [&str; 4] = [
+    "203.0.113.0/24",
+    "203.0.113.0/25",
+    "198.51.100.0/24",
+    "198.51.100.128/25",
+];
 
 #[derive(Clone, Debug)]
 struct NodeGen {
@@ -38,18 +43,43 @@ struct PodGen {
 }
 
 fn node_gen() -> impl Strategy<Value = NodeGen> {
-    (any::<bool>(), prop::bool::weighted(0.85), prop::bool::weighted(0.85), prop::bool::weighted(0.9))
-        .prop_map(|(gateway, ready, alive, on_lan)| NodeGen { gateway, ready, alive, on_lan })
+    (
+        any::<bool>(),
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.9),
+    )
+        .prop_map(|(gateway, ready, alive, on_lan)| NodeGen {
+            gateway,
+            ready,
+            alive,
+            on_lan,
+        })
 }
 
 fn gw_gen() -> impl Strategy<Value = GwGen> {
-    (0i64..4, 0..TEAMS.len(), 0..APPS.len(), prop::collection::btree_set(0u8..8, 1..4), 0..DSTS.len()).prop_map(
-        |(age, team, app, ips, dst)| GwGen { age, team, app, ips: ips.into_iter().collect(), dst },
+    (
+        0i64..4,
+        0..TEAMS.len(),
+        0..APPS.len(),
+        prop::collection::btree_set(0u8..8, 1..4),
+        0..DSTS.len(),
     )
+        .prop_map(|(age, team, app, ips, dst)| GwGen {
+            age,
+            team,
+            app,
+            ips: ips.into_iter().collect(),
+            dst,
+        })
 }
 
 fn pod_gen() -> impl Strategy<Value = PodGen> {
-    (0..TEAMS.len(), 0..APPS.len(), 0usize..8).prop_map(|(team, app, node)| PodGen { team, app, node })
+    (0..TEAMS.len(), 0..APPS.len(), 0usize..8).prop_map(|(team, app, node)| PodGen {
+        team,
+        app,
+        node,
+    })
 }
 
 fn build(nodes: &[NodeGen], gws: &[GwGen], pods: &[PodGen]) -> Cluster {
@@ -67,13 +97,30 @@ fn build(nodes: &[NodeGen], gws: &[GwGen], pods: &[PodGen]) -> Cluster {
         c.node(node);
     }
     for (i, g) in gws.iter().enumerate() {
-        let ips: Vec<String> = g.ips.iter().map(|o| format!("198.18.0.{}", 200 + o)).collect();
+        let ips: Vec<String> = g
+            .ips
+            .iter()
+            .map(|o| format!("198.18.0.{}", 200 + o))
+            .collect();
         let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
-        c.gw(gateway(&format!("g{i}"), g.age, TEAMS[g.team], APPS[g.app], &ips, &[DSTS[g.dst]]));
+        c.gw(gateway(
+            &format!("g{i}"),
+            g.age,
+            TEAMS[g.team],
+            APPS[g.app],
+            &ips,
+            &[DSTS[g.dst]],
+        ));
     }
     for (i, p) in pods.iter().enumerate() {
         let node = format!("n{}", p.node % nodes.len().max(1));
-        c.pod(pod(TEAMS[p.team], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 10 + i)));
+        c.pod(pod(
+            TEAMS[p.team],
+            &format!("p{i}"),
+            APPS[p.app],
+            &node,
+            &format!("198.19.{}.{}", p.node, 10 + i),
+        ));
     }
     c
 }
@@ -82,12 +129,23 @@ fn placed(plan: &ClusterPlan) -> BTreeMap<(String, IpAddr), String> {
     plan.assignments
         .by_gateway
         .iter()
-        .flat_map(|(g, ps)| ps.iter().filter_map(move |p| p.placement.as_ref().ok().map(|pl| ((g.clone(), p.ip), pl.node.clone()))))
+        .flat_map(|(g, ps)| {
+            ps.iter().filter_map(move |p| {
+                p.placement
+                    .as_ref()
+                    .ok()
+                    .map(|pl| ((g.clone(), p.ip), pl.node.clone()))
+            })
+        })
         .collect()
 }
 
 fn cluster_strategy() -> impl Strategy<Value = (Vec<NodeGen>, Vec<GwGen>, Vec<PodGen>)> {
-    (prop::collection::vec(node_gen(), 1..6), prop::collection::vec(gw_gen(), 1..7), prop::collection::vec(pod_gen(), 0..30))
+    (
+        prop::collection::vec(node_gen(), 1..6),
+        prop::collection::vec(gw_gen(), 1..7),
+        prop::collection::vec(pod_gen(), 0..30),
+    )
 }
 
 /// Replace (or, with `None`, delete) pod `p{i}` in the index; returns its key.
@@ -96,7 +154,13 @@ fn change_pod(c: &mut Cluster, nodes: usize, (i, change): (usize, Option<PodGen>
     c.index.pods.remove(&key);
     if let Some(p) = change {
         let node = format!("n{}", p.node % nodes);
-        let mut new = pod(TEAMS[i % 3], &format!("p{i}"), APPS[p.app], &node, &format!("198.19.{}.{}", p.node, 100 + i));
+        let mut new = pod(
+            TEAMS[i % 3],
+            &format!("p{i}"),
+            APPS[p.app],
+            &node,
+            &format!("198.19.{}.{}", p.node, 100 + i),
+        );
         new.key = key.clone();
         c.pod(new);
     }

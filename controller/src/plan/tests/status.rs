@@ -2,8 +2,14 @@ use super::fixture::*;
 use crate::status::{Programming, condition, gateway_status, reason};
 use k8s_openapi::jiff::Timestamp;
 
-fn cond<'a>(s: &'a crate::api::EgressGatewayStatus, t: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    s.conditions.iter().find(|c| c.type_ == t).unwrap_or_else(|| panic!("no {t} condition"))
+fn cond<'a>(
+    s: &'a crate::api::EgressGatewayStatus,
+    t: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    s.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition"))
 }
 
 fn now() -> Timestamp {
@@ -13,15 +19,38 @@ fn now() -> Timestamp {
 #[test]
 fn a_healthy_gateway_is_ready_and_shows_where_its_ips_live() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.201", "198.18.0.200"], &["203.0.113.0/24"]))
-        .node(gw_node("n1", 11))
-        .node(gw_node("n2", 12))
-        .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.201", "198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(gw_node("n2", 12))
+    .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
     let plan = c.plan();
-    let s = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &plan,
+        &Programming::default(),
+        None,
+        now(),
+    );
     assert_eq!(s.selected_pods, Some(1));
-    assert_eq!(s.assignments.iter().map(|a| a.egress_ip.as_str()).collect::<Vec<_>>(), vec!["198.18.0.201", "198.18.0.200"]);
-    let nodes: Vec<String> = s.assignments.iter().map(|a| a.node.clone().unwrap()).collect();
+    assert_eq!(
+        s.assignments
+            .iter()
+            .map(|a| a.egress_ip.as_str())
+            .collect::<Vec<_>>(),
+        vec!["198.18.0.201", "198.18.0.200"]
+    );
+    let nodes: Vec<String> = s
+        .assignments
+        .iter()
+        .map(|a| a.node.clone().unwrap())
+        .collect();
     assert_eq!(s.gateway_nodes.as_deref(), Some(nodes.join(",").as_str()));
     assert_eq!(cond(&s, condition::READY).status, "True");
     assert_eq!(cond(&s, condition::PROGRAMMED).status, "True");
@@ -35,17 +64,53 @@ fn an_ip_without_a_node_degrades_and_says_why() {
     let mut c = Cluster::new();
     let mut down = gw_node("n2", 12);
     down.agent_alive = false;
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"])).node(gw_node("n1", 11)).node(down);
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200", "198.18.0.201"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(down);
     // n1 already holds .200 (recorded), so .201 can only go to n1 too: it does (spread is a preference).
-    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
     assert_eq!(cond(&s, condition::DEGRADED).status, "False");
     c.index.nodes.get_mut("n1").unwrap().ready = false;
-    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
     let ready = cond(&s, condition::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::NO_ELIGIBLE_NODE));
-    assert!(ready.message.contains("n1: is not Ready"), "{}", ready.message);
-    assert!(ready.message.contains("n2: has no live egressgw agent"), "{}", ready.message);
-    assert!(ready.message.contains("dropped"), "the operator learns traffic is held back: {}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::NO_ELIGIBLE_NODE)
+    );
+    assert!(
+        ready.message.contains("n1: is not Ready"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("n2: has no live egressgw agent"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("dropped"),
+        "the operator learns traffic is held back: {}",
+        ready.message
+    );
     assert_eq!(cond(&s, condition::DEGRADED).status, "True");
     assert_eq!(s.gateway_nodes.as_deref(), Some("<none>,<none>"));
 }
@@ -53,18 +118,63 @@ fn an_ip_without_a_node_degrades_and_says_why() {
 #[test]
 fn the_loser_of_a_conflict_names_the_winner() {
     let mut c = Cluster::new();
-    c.gw(gateway("old", 1, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"]))
-        .gw(gateway("young", 2, "billing", "inv", &["198.18.0.200", "198.18.0.201"], &["203.0.113.0/24"]))
-        .node(gw_node("n1", 11))
-        .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
+    c.gw(gateway(
+        "old",
+        1,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .gw(gateway(
+        "young",
+        2,
+        "billing",
+        "inv",
+        &["198.18.0.200", "198.18.0.201"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
     let plan = c.plan();
-    let s = gateway_status(&c.index.gateways["young"], &plan, &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["young"],
+        &plan,
+        &Programming::default(),
+        None,
+        now(),
+    );
     let conflicted = cond(&s, condition::CONFLICTED);
-    assert_eq!((conflicted.status.as_str(), conflicted.reason.as_str()), ("True", reason::EGRESS_IP_CONFLICT));
-    assert!(conflicted.message.contains("198.18.0.200 is claimed by older gateway old"), "{}", conflicted.message);
-    assert!(conflicted.message.contains("also selected by older gateway old"), "{}", conflicted.message);
-    assert_eq!(cond(&s, condition::READY).status, "True", "it still has .201");
-    let s_old = gateway_status(&c.index.gateways["old"], &plan, &Programming::default(), None, now());
+    assert_eq!(
+        (conflicted.status.as_str(), conflicted.reason.as_str()),
+        ("True", reason::EGRESS_IP_CONFLICT)
+    );
+    assert!(
+        conflicted
+            .message
+            .contains("198.18.0.200 is claimed by older gateway old"),
+        "{}",
+        conflicted.message
+    );
+    assert!(
+        conflicted
+            .message
+            .contains("also selected by older gateway old"),
+        "{}",
+        conflicted.message
+    );
+    assert_eq!(
+        cond(&s, condition::READY).status,
+        "True",
+        "it still has .201"
+    );
+    let s_old = gateway_status(
+        &c.index.gateways["old"],
+        &plan,
+        &Programming::default(),
+        None,
+        now(),
+    );
     assert_eq!(cond(&s_old, condition::CONFLICTED).status, "False");
 }
 
@@ -81,41 +191,106 @@ fn an_invalid_spec_is_a_condition_not_a_crash() {
         interface: None,
     };
     c.gw(from_spec("bad", 0, &spec)).node(gw_node("n1", 11));
-    let s = gateway_status(&c.index.gateways["bad"], &c.plan(), &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["bad"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
     let ready = cond(&s, condition::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::INVALID_SPEC));
-    assert!(ready.message.contains("spec.destinationCIDRs[0]"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::INVALID_SPEC)
+    );
+    assert!(
+        ready.message.contains("spec.destinationCIDRs[0]"),
+        "{}",
+        ready.message
+    );
     assert!(s.assignments.is_empty());
 }
 
 #[test]
 fn pending_nodes_keep_programmed_false_and_transition_times_survive() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11));
     let plan = c.plan();
-    let pending = Programming { pending: vec!["n1".into()] };
+    let pending = Programming {
+        pending: vec!["n1".into()],
+    };
     let first = gateway_status(&c.index.gateways["g"], &plan, &pending, None, now());
     let p = cond(&first, condition::PROGRAMMED);
-    assert_eq!((p.status.as_str(), p.reason.as_str()), ("False", reason::PENDING));
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", reason::PENDING)
+    );
     assert!(p.message.contains("n1"));
     let later = Timestamp::from_second(1_800_000_100).unwrap();
-    let second = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), Some(&first), later);
-    assert_eq!(cond(&second, condition::PROGRAMMED).last_transition_time.0, later, "changed: new time");
-    assert_eq!(cond(&second, condition::READY).last_transition_time.0, now(), "unchanged: time kept");
-    assert_eq!(second.assignments[0].since.as_ref().unwrap().0, now(), "the IP did not move");
+    let second = gateway_status(
+        &c.index.gateways["g"],
+        &plan,
+        &Programming::default(),
+        Some(&first),
+        later,
+    );
+    assert_eq!(
+        cond(&second, condition::PROGRAMMED).last_transition_time.0,
+        later,
+        "changed: new time"
+    );
+    assert_eq!(
+        cond(&second, condition::READY).last_transition_time.0,
+        now(),
+        "unchanged: time kept"
+    );
+    assert_eq!(
+        second.assignments[0].since.as_ref().unwrap().0,
+        now(),
+        "the IP did not move"
+    );
 }
 
 #[test]
 fn a_status_read_back_from_the_api_computes_to_itself() {
     let mut c = Cluster::new();
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(gw_node("n1", 11));
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11));
     let plan = c.plan();
     let sub_second = |ms: i64| Timestamp::from_millisecond(1_800_000_000_000 + ms).unwrap();
-    let written = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, sub_second(250));
+    let written = gateway_status(
+        &c.index.gateways["g"],
+        &plan,
+        &Programming::default(),
+        None,
+        sub_second(250),
+    );
     // The API keeps whole seconds; what comes back is what was computed.
-    let read_back: crate::api::EgressGatewayStatus = serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
+    let read_back: crate::api::EgressGatewayStatus =
+        serde_json::from_value(serde_json::to_value(&written).unwrap()).unwrap();
     assert_eq!(read_back, written);
-    let next = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), Some(&written), sub_second(700));
+    let next = gateway_status(
+        &c.index.gateways["g"],
+        &plan,
+        &Programming::default(),
+        Some(&written),
+        sub_second(700),
+    );
     assert_eq!(next, read_back, "nothing changed: no write");
 }
 
@@ -124,16 +299,48 @@ fn idle_agents_make_the_gateway_wait_not_warn() {
     let mut c = Cluster::new();
     let mut n = gw_node("n1", 11);
     n.agent_idle = true;
-    c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"])).node(n);
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(n);
     let plan = c.plan();
-    let s = gateway_status(&c.index.gateways["g"], &plan, &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &plan,
+        &Programming::default(),
+        None,
+        now(),
+    );
     let ready = cond(&s, condition::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::WAITING_FOR_AGENTS));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::WAITING_FOR_AGENTS)
+    );
     assert!(ready.message.contains("idle cadence"), "{}", ready.message);
-    assert!(crate::controller::notices::notices(None, &s).iter().all(|n| !n.warning), "no warning while agents switch");
+    assert!(
+        crate::controller::notices::notices(None, &s)
+            .iter()
+            .all(|n| !n.warning),
+        "no warning while agents switch"
+    );
     // A dead agent is a real problem: warned about.
     c.index.nodes.get_mut("n1").unwrap().agent_alive = false;
-    let s = gateway_status(&c.index.gateways["g"], &c.plan(), &Programming::default(), None, now());
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
     assert_eq!(cond(&s, condition::READY).reason, reason::NO_ELIGIBLE_NODE);
-    assert!(crate::controller::notices::notices(None, &s).iter().any(|n| n.warning));
+    assert!(
+        crate::controller::notices::notices(None, &s)
+            .iter()
+            .any(|n| n.warning)
+    );
 }

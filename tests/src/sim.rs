@@ -216,7 +216,15 @@ impl SimCluster {
             self.agent_metrics[&i].to_string(),
         ];
         let args = [args, Self::extra_args("EGRESSGW_SIM_AGENT_ARGS")].concat();
-        let n = self.agents.len();
+        // One log per process: a restarted agent must not truncate its predecessor's log.
+        let n = (0..)
+            .find(|n| {
+                !self
+                    .logs
+                    .join(format!("agent-{}-{n}.log", node.name()))
+                    .exists()
+            })
+            .unwrap_or(0);
         let child = self.spawn(&format!("agent-{}-{n}.log", node.name()), &args)?;
         self.agents.insert(i, child);
         Ok(())

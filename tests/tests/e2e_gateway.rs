@@ -132,6 +132,24 @@ async fn gateway_lifecycle_failover_and_cleanup() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // After its agent returns, the old host's own selected pod must be steered. The IP lands
+    // on node 2 or 3 (whichever gateway node's agent is ready first), and node 3 has no
+    // selected pod yet: give it one.
+    if host_idx == 3 {
+        sim.add_pod("billing", "invoicer-3", &[("app", "invoicer")], 3, 0)
+            .await
+            .unwrap();
+        wait_seen(
+            &sim,
+            3,
+            0,
+            PROTECTED_SERVER,
+            EGRESS_IP,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+
     // The gateway node's agent is SIGKILLed: the IP moves, the old node drops it (kernel
     // lifetime), new connections from every node arrive from the same IP.
     let killed = Instant::now();

@@ -165,8 +165,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         namespaces: namespaces.store,
         leases: leases.store,
     };
-    // Leadership is sought while the watches list (a restarted leader re-takes its own Lease
-    // at once); nothing is written before both are done.
+    // Leadership is sought only once every watch has synced: a replica that is still listing
+    // must not win a released Lease from a synced standby and then sit on it unrenewed.
     let elector = LeaderElector::new(
         client.clone(),
         LeaderConfig {
@@ -201,15 +201,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         ready.store(true, Ordering::Relaxed);
         anyhow::Ok(())
     };
-    let (synced, led) = tokio::select! {
-        r = async { tokio::join!(synced, elector.acquire()) } => r,
+    tokio::select! {
+        r = synced => r?,
         () = &mut stop => {
             info!("stopping (not the leader)");
             return Ok(());
         }
-    };
-    synced?;
-    led?;
+    }
+    tokio::select! {
+        r = elector.acquire() => r?,
+        () = &mut stop => {
+            // A take-over write may have landed as the attempt was dropped.
+            elector.release().await?;
+            info!("stopping (not the leader)");
+            return Ok(());
+        }
+    }
     // Agents seen before we led were judged by nothing yet: give each a full takeover window
     // from now, so a fresh leader never fails an IP over on stale information.
     {
@@ -249,14 +256,33 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             Err(anyhow::anyhow!("stepping down: {lost}"))
         }
         r = control_loop(&reconciler, notify, stop) => {
-            r?;
-            // The loop stopped between reconciles with its status writes done: nothing of
-            // ours is in flight when the standby takes over.
             metrics.is_leader.set(0);
-            elector.release().await?;
-            Ok(())
+            match r? {
+                // Stopped with its status writes done: nothing of ours is in flight when the
+                // standby takes over.
+                Stopped::Clean => {
+                    elector.release().await?;
+                    Ok(())
+                }
+                Stopped::WritesHung => Err(anyhow::anyhow!(
+                    "status writes still unfinished {STOP_GRACE:?} after the stop request; leaving the leader Lease to expire"
+                )),
+            }
         }
     }
+}
+
+/// How long a stopping leader lets its reconcile (and its status writes) finish before it
+/// exits without releasing the leader Lease (the standby then waits for it to expire, so a
+/// write still on its way cannot land after the standby's).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How the control loop stopped.
+enum Stopped {
+    /// Between reconciles: nothing in flight.
+    Clean,
+    /// A reconcile's status writes did not finish within [`STOP_GRACE`].
+    WritesHung,
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed now, so a signal that
@@ -273,13 +299,13 @@ fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Reconcile until `stop` resolves; it is only looked at between reconciles, so the loop
-/// returns with no status write in flight.
+/// Reconcile until `stop` resolves. A reconcile under way when it does gets [`STOP_GRACE`] to
+/// finish its status writes, so a clean stop leaves nothing in flight.
 async fn control_loop(
     reconciler: &Reconciler,
     notify: Arc<Notify>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
     let mut dirty = true;
@@ -297,7 +323,19 @@ async fn control_loop(
         }
         let full = now.duration_since(last_full) >= RESYNC;
         if dirty || full {
-            match reconciler.reconcile(full).await {
+            let reconcile = reconciler.reconcile(full);
+            tokio::pin!(reconcile);
+            let result = tokio::select! {
+                r = &mut reconcile => r,
+                () = &mut stop => {
+                    info!("stop requested during a reconcile: letting its status writes finish");
+                    return Ok(match tokio::time::timeout(STOP_GRACE, reconcile).await {
+                        Ok(_) => Stopped::Clean,
+                        Err(_) => Stopped::WritesHung,
+                    });
+                }
+            };
+            match result {
                 Ok(_) => {
                     dirty = false;
                     if full {
@@ -326,7 +364,7 @@ async fn control_loop(
             _ = tokio::time::sleep(wake) => {}
             () = &mut stop => {
                 info!("stopping: leaving leadership to the standby");
-                return Ok(());
+                return Ok(Stopped::Clean);
             }
         }
     }

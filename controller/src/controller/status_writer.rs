@@ -45,6 +45,9 @@ struct Job {
 struct State {
     /// The last status handed over per gateway (queued, in flight or written).
     sent: HashMap<String, EgressGatewayStatus>,
+    /// The status the apiserver returned for the last successful write per gateway: what it
+    /// stored, which differs from what was sent when it prunes fields its CRD does not know.
+    stored: HashMap<String, EgressGatewayStatus>,
     /// The next write per gateway, behind the one in flight.
     queued: HashMap<String, Job>,
     in_flight: HashSet<String>,
@@ -98,12 +101,14 @@ impl StatusWriter {
     /// Whether `desired` must be written: the watch shows something else, or the last status
     /// handed over (maybe still in flight, or not yet seen by the watch) differs.
     pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
-        gateway.status.as_ref() != Some(desired)
-            || self
-                .lock()
-                .sent
-                .get(&gateway.name_any())
-                .is_some_and(|s| s != desired)
+        let name = gateway.name_any();
+        let st = self.lock();
+        must_write(
+            gateway.status.as_ref(),
+            desired,
+            st.sent.get(&name),
+            st.stored.get(&name),
+        )
     }
 
     /// Wait until every status handed over has been written (or has failed).
@@ -124,7 +129,9 @@ impl StatusWriter {
 
     /// Forget gateways that no longer exist.
     pub fn retain(&self, names: &BTreeSet<String>) {
-        self.lock().sent.retain(|n, _| names.contains(n));
+        let mut st = self.lock();
+        st.sent.retain(|n, _| names.contains(n));
+        st.stored.retain(|n, _| names.contains(n));
     }
 
     /// Hand `desired` over for `gateway`; returns at once.
@@ -178,16 +185,23 @@ impl StatusWriter {
             let result = self.write(&job).await;
             drop(permit);
             let mut st = self.lock();
-            if let Err(e) = result {
-                warn!(gateway = %name, error = %e, "status write failed; the next reconcile plans and compares everything");
-                st.sent.remove(&name);
-                st.queued.remove(&name);
-                st.in_flight.remove(&name);
-                drop(st);
-                self.failed.store(true, Ordering::Release);
-                self.wake.notify_one();
-                self.drained.notify_waiters();
-                return;
+            let stored = match result {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warn!(gateway = %name, error = %e, "status write failed; the next reconcile plans and compares everything");
+                    st.sent.remove(&name);
+                    st.stored.remove(&name);
+                    st.queued.remove(&name);
+                    st.in_flight.remove(&name);
+                    drop(st);
+                    self.failed.store(true, Ordering::Release);
+                    self.wake.notify_one();
+                    self.drained.notify_waiters();
+                    return;
+                }
+            };
+            if let Some(stored) = stored {
+                st.stored.insert(name.clone(), stored);
             }
             match st.queued.remove(&name) {
                 Some(next) => job = next,
@@ -201,7 +215,8 @@ impl StatusWriter {
         }
     }
 
-    async fn write(&self, job: &Job) -> Result<(), ReconcileError> {
+    /// Write one status; returns the status the apiserver stored.
+    async fn write(&self, job: &Job) -> Result<Option<EgressGatewayStatus>, ReconcileError> {
         let g = &job.gateway;
         let name = g.name_any();
         let started = Instant::now();
@@ -223,7 +238,8 @@ impl StatusWriter {
             field_manager: Some(FIELD_MANAGER_CONTROLLER.into()),
             ..PatchParams::default()
         };
-        self.api
+        let written = self
+            .api
             .patch_status(&name, &params, &Patch::Json::<()>(patch))
             .await
             .map_err(|source| ReconcileError::Status {
@@ -251,6 +267,88 @@ impl StatusWriter {
                 warn!(gateway = %name, error = %e, "cannot publish event");
             }
         }
-        Ok(())
+        Ok(written.status)
+    }
+}
+
+/// Whether `desired` must be written, given what the watch shows (`seen`), the last status
+/// handed over (`sent`: queued, in flight or written) and what the apiserver stored for the
+/// last successful write (`stored`).
+///
+/// A status handed over and not yet seen is not written again. A status the apiserver
+/// stored in another form (an older CRD prunes fields it does not know) counts as written:
+/// comparing only with the watch would rewrite it forever.
+fn must_write(
+    seen: Option<&EgressGatewayStatus>,
+    desired: &EgressGatewayStatus,
+    sent: Option<&EgressGatewayStatus>,
+    stored: Option<&EgressGatewayStatus>,
+) -> bool {
+    match sent {
+        Some(s) if s != desired => true,
+        Some(_) => seen != Some(desired) && (seen.is_none() || seen != stored),
+        None => seen != Some(desired),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::must_write;
+    use crate::api::EgressGatewayStatus;
+
+    fn status(pods: i64, list: Option<&str>) -> EgressGatewayStatus {
+        EgressGatewayStatus {
+            selected_pods: Some(pods),
+            egress_ip_list: list.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_status_is_written_when_the_watch_shows_another_and_nothing_was_handed_over() {
+        let want = status(2, Some("198.18.0.200"));
+        assert!(must_write(None, &want, None, None));
+        assert!(must_write(
+            Some(&status(1, Some("198.18.0.200"))),
+            &want,
+            None,
+            None
+        ));
+        assert!(!must_write(Some(&want), &want, None, None));
+    }
+
+    #[test]
+    fn a_status_handed_over_is_not_written_again_while_the_watch_lags() {
+        let old = status(1, Some("198.18.0.200"));
+        let want = status(2, Some("198.18.0.200"));
+        // In flight: the watch still shows the previous write, as stored.
+        assert!(!must_write(Some(&old), &want, Some(&want), Some(&old)));
+        // Handed over something else last: write the new one.
+        assert!(must_write(Some(&want), &want, Some(&old), Some(&old)));
+    }
+
+    #[test]
+    fn a_status_pruned_by_an_older_crd_counts_as_written() {
+        let want = status(2, Some("198.18.0.200"));
+        let pruned = status(2, None);
+        assert!(!must_write(
+            Some(&pruned),
+            &want,
+            Some(&want),
+            Some(&pruned)
+        ));
+    }
+
+    #[test]
+    fn a_status_someone_else_changed_is_written_back() {
+        let want = status(2, Some("198.18.0.200"));
+        let edited = status(7, Some("198.18.0.200"));
+        assert!(must_write(Some(&edited), &want, Some(&want), Some(&want)));
+        assert!(must_write(
+            Some(&edited),
+            &want,
+            Some(&want),
+            Some(&status(2, None))
+        ));
     }
 }

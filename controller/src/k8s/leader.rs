@@ -119,11 +119,23 @@ impl LeaderElector {
                 watcher::Config::default().fields(&format!("metadata.name={}", self.cfg.name));
             let mut events = std::pin::pin!(watcher(self.api.clone(), config).default_backoff());
             while let Some(event) = events.next().await {
-                if matches!(
-                    event,
-                    Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
-                ) {
-                    changed.notify_one();
+                // Only a released or deleted Lease is worth an attempt at once; a renewal by
+                // the holder is not (the poll judges expiry).
+                let free = |l: &Lease| {
+                    l.spec
+                        .as_ref()
+                        .and_then(|s| s.holder_identity.as_deref())
+                        .is_none_or(str::is_empty)
+                };
+                match event {
+                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) if free(&l) => {
+                        changed.notify_one()
+                    }
+                    Ok(watcher::Event::Delete(_)) => changed.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(lease = %self.cfg.name, error = %e, "cannot watch the leader lease; polling only until it recovers")
+                    }
                 }
             }
             // Polling alone still elects.

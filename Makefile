@@ -51,7 +51,10 @@ check-crds:
 	@diff -u $(CRD) $(DEPLOY_CRD) \
 	  || { echo "error: $(DEPLOY_CRD) differs from $(CRD); run 'make crds' and commit it" >&2; exit 1; }
 
+## lint: rustfmt and clippy -D warnings (adds the two rustup components when missing)
 lint:
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 \
+	  || rustup component add rustfmt clippy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -80,16 +80,38 @@ pub fn spawn_logged(
 
 /// The Prometheus text served at `http://addr/metrics` (egressgw's own tiny endpoint).
 pub fn scrape_metrics(addr: SocketAddr) -> Result<String> {
+    Ok(http_get(addr, "/metrics")?.1)
+}
+
+/// `GET path` on egressgw's tiny HTTP endpoint (/metrics, /healthz, /readyz): the status code
+/// and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default())
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status line")?;
+    Ok((code, body.to_string()))
+}
+
+/// SIGTERM our own child `child` (by PID), as a rolling update stops a pod.
+pub fn sigterm(child: &Child) -> Result<()> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: kill(2) on our own unreaped child's PID (it cannot have been reused); no memory
+    // is shared.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 pub struct SimCluster {
@@ -276,11 +298,7 @@ impl SimCluster {
         timeout: Duration,
     ) -> Result<std::process::ExitStatus> {
         let child = self.controllers.get_mut(i).context("no such controller")?;
-        let pid = libc::pid_t::try_from(child.id())?;
-        // SAFETY: kill(2) on our own child's PID; no memory is shared.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        sigterm(child)?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait()? {

@@ -222,30 +222,19 @@ async fn an_agent_cut_off_from_the_apiserver_keeps_steering_and_fences_its_ips()
 async fn the_standby_controller_takes_over_and_nothing_moves() {
     let _serial = SERIAL.lock().await;
     let (mut sim, host) = cluster(2).await;
-    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
-    let holder = |l: &Lease| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.clone())
-            .unwrap_or_default()
-    };
-    let leader = holder(&leases.get("egressgw-controller").await.unwrap());
+    let leader = leader_holder(&sim).await;
     let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
     let before = sim.wait_gateway(GATEWAY, CONVERGE, |_| true).await.unwrap();
     sim.kill_controller(idx).unwrap();
     let killed = Instant::now();
-    loop {
-        let now = holder(&leases.get("egressgw-controller").await.unwrap());
-        if now != leader && !now.is_empty() {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
-            "the standby never took over"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("standby leader after {:?}", killed.elapsed());
+    let took = wait_leader(
+        &sim,
+        killed + Duration::from_secs(15),
+        |h| h != leader && !h.is_empty(),
+        "the standby never took over",
+    )
+    .await;
+    eprintln!("standby leader after {took:?}");
     // The new leader writes the same assignment (status is the record) ...
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = sim
@@ -259,30 +248,7 @@ async fn the_standby_controller_takes_over_and_nothing_moves() {
     );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host]);
     // ... and acts: an extra egress IP is placed, on the other gateway node.
-    let out = sim
-        .cp
-        .kubectl([
-            "patch",
-            "egw",
-            GATEWAY,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"egressIPs":["198.18.0.200","198.18.0.201"]}}"#,
-        ])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let g = sim
-        .wait_gateway(GATEWAY, CONVERGE, |g| {
-            status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)
-        })
-        .await
-        .unwrap();
+    let g = add_second_ip(&sim).await;
     assert_eq!(
         status::node_of(&g, "198.18.0.201").as_deref(),
         Some(sim.tb.node(other_gateway(host)).name()),
@@ -297,14 +263,7 @@ async fn the_standby_controller_takes_over_and_nothing_moves() {
 async fn a_stopped_leader_hands_over_to_the_standby_at_once() {
     let _serial = SERIAL.lock().await;
     let (mut sim, host) = cluster(2).await;
-    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
-    let holder = |l: &Lease| {
-        l.spec
-            .as_ref()
-            .and_then(|s| s.holder_identity.clone())
-            .unwrap_or_default()
-    };
-    let leader = holder(&leases.get("egressgw-controller").await.unwrap());
+    let leader = leader_holder(&sim).await;
     let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
     let standby = format!("controller-{}", 1 - idx);
     sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
@@ -317,22 +276,49 @@ async fn a_stopped_leader_hands_over_to_the_standby_at_once() {
         "the leader exits cleanly on SIGTERM: {exit}"
     );
     let lease_duration = Duration::from_secs(4);
-    loop {
-        if holder(&leases.get("egressgw-controller").await.unwrap()) == standby {
-            break;
-        }
-        assert!(
-            stopped.elapsed() < lease_duration,
-            "the standby did not take the released Lease before it would have expired anyway"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!(
-        "standby leading {:?} after SIGTERM to the leader",
-        stopped.elapsed()
-    );
+    let took = wait_leader(
+        &sim,
+        stopped + lease_duration,
+        |h| h == standby,
+        "the standby did not take the released Lease before it would have expired anyway",
+    )
+    .await;
+    eprintln!("standby leading {took:?} after SIGTERM to the leader");
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host], "nothing moves");
     // The new leader acts: an extra egress IP is placed and programmed.
+    add_second_ip(&sim).await;
+}
+
+/// The holder of the controllers' leader Lease ("" when released).
+async fn leader_holder(sim: &SimCluster) -> String {
+    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), "egressgw-system");
+    leases
+        .get("egressgw-controller")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default()
+}
+
+/// Poll the leader Lease until its holder satisfies `want`; panics with `why` at `deadline`.
+/// Returns the time spent polling.
+async fn wait_leader(
+    sim: &SimCluster,
+    deadline: Instant,
+    want: impl Fn(&str) -> bool,
+    why: &str,
+) -> Duration {
+    let start = Instant::now();
+    while !want(&leader_holder(sim).await) {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// Add a second egress IP to the gateway; returns it once that IP is placed and programmed.
+async fn add_second_ip(sim: &SimCluster) -> EgressGateway {
     let out = sim
         .cp
         .kubectl([
@@ -355,7 +341,7 @@ async fn a_stopped_leader_hands_over_to_the_standby_at_once() {
         status::node_of(g, "198.18.0.201").is_some() && status::ready_and_programmed(g)
     })
     .await
-    .unwrap();
+    .unwrap()
 }
 
 fn gateway_yaml(name: &str, ip: &str, dst: &str, node_selector: &str) -> String {

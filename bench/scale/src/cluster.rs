@@ -235,15 +235,11 @@ impl ScaleCluster {
             bail!("no leader running");
         };
         let pid = leader.id();
-        let raw = libc::pid_t::try_from(pid).context("pid")?;
-        // SAFETY: kill(2) has no memory preconditions; `raw` is our own unreaped child, so
-        // the PID cannot have been reused by another process.
-        let rc = unsafe { libc::kill(raw, libc::SIGTERM) };
-        let err = std::io::Error::last_os_error();
+        let signalled = egressgw_tests::sim::sigterm(&leader);
         self.retiring = Some(leader);
         self.controller = Some(standby.child);
         self.controller_metrics = Some(standby.metrics);
-        ensure!(rc == 0, "SIGTERM to the leader (pid {pid}): {err}");
+        signalled.with_context(|| format!("SIGTERM to the leader (pid {pid})"))?;
         Ok(pid)
     }
 
@@ -378,7 +374,7 @@ impl Drop for ScaleCluster {
 pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Option<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        if http_status(addr, "/readyz").is_ok_and(|c| c == 200) {
+        if egressgw_tests::sim::http_get(addr, "/readyz").is_ok_and(|(code, _)| code == 200) {
             return Some(Instant::now());
         }
         if Instant::now() > deadline {
@@ -386,20 +382,4 @@ pub async fn wait_ready(addr: SocketAddr, timeout: Duration) -> Option<Instant> 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The status code of `GET path` on egressgw's tiny HTTP endpoint.
-fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut head = String::new();
-    s.read_to_string(&mut head)?;
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")
 }

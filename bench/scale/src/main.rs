@@ -203,6 +203,17 @@ impl Ctx {
         (ns, app, canary, node)
     }
 
+    /// The pod changes of a controller restart or handover: `--restart-changes` at full size
+    /// (half creates, half deletes); one pod of real-0's (named `prefix`-…) in the baseline.
+    async fn restart_changes(&self, prefix: &str) -> Result<()> {
+        if self.args.pods > 0 {
+            self.burst(self.args.restart_changes.div_ceil(2)).await?;
+        } else {
+            self.add_pod(&team_ns(3), 0, false, 2, prefix, true).await?;
+        }
+        Ok(())
+    }
+
     /// One churn burst: `n` creates and `n` deletes, concurrently.
     async fn burst(&self, n: usize) -> Result<usize> {
         let mut ops: Vec<Option<PodRec>> = Vec::new();
@@ -566,17 +577,10 @@ async fn leader_handover(cl: &mut ScaleCluster, ctx: &Ctx) -> Result<()> {
         );
     }
 
-    let changes = ctx.args.restart_changes.div_ceil(2);
     let t0 = Instant::now();
     let old_pid = cl.stop_leader()?;
     let statuses = async {
-        if ctx.args.pods > 0 {
-            ctx.burst(changes).await?;
-        } else {
-            // Baseline: one pod of real-0's.
-            ctx.add_pod(&team_ns(3), 0, false, 2, "handover", true)
-                .await?;
-        }
+        ctx.restart_changes("handover").await?;
         anyhow::Ok(
             watch
                 .wait(Duration::from_secs(120), |s| ctx.all_correct(s, None))
@@ -965,14 +969,7 @@ async fn run() -> Result<()> {
     // Cold restart of a single replica (no standby): changes while it is down, then time to
     // every status correct.
     cl.kill_controller()?;
-    let changes = args.restart_changes.div_ceil(2);
-    if args.pods > 0 {
-        ctx.burst(changes).await?;
-    } else {
-        // Baseline: one pod of real-0's.
-        ctx.add_pod(&team_ns(3), 0, false, 2, "restart", true)
-            .await?;
-    }
+    ctx.restart_changes("restart").await?;
     let t_restart = Instant::now();
     let new_pid = cl.start_controller()?;
     let resync = watch

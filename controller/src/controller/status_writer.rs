@@ -9,9 +9,11 @@
 //! (bench-scale: 69 status writes/s at 49 pod changes/s and status p50 3.3 s, against 62/s at
 //! 77 changes/s and p50 0.9 s when waiting).
 //!
-//! The writer also remembers the last status handed over per gateway: the watch may not have
-//! delivered a write yet, so "the watch shows the desired status" alone would skip a write
-//! that undoes one just made.
+//! The writer also remembers, per gateway, the last status handed over and what the apiserver
+//! stored for the last write ([`must_write`] decides from those and the watch copy): the watch
+//! may not have delivered a write yet, so "the watch shows the desired status" alone would
+//! skip a write that undoes one just made, and a status stored in another form (fields an
+//! older CRD prunes) would be rewritten forever.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,8 +100,7 @@ impl StatusWriter {
             .or_else(|| gateway.status.clone())
     }
 
-    /// Whether `desired` must be written: the watch shows something else, or the last status
-    /// handed over (maybe still in flight, or not yet seen by the watch) differs.
+    /// Whether `desired` must be written ([`must_write`]).
     pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
         let name = gateway.name_any();
         let st = self.lock();

@@ -73,6 +73,15 @@ impl Observation {
     }
 }
 
+/// Whether nobody holds `lease` (released, or never taken).
+fn released(lease: &Lease) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
+}
+
 /// Compare-and-swap attempts to release the Lease (each retry follows a conflicting write).
 const RELEASE_ATTEMPTS: usize = 3;
 
@@ -121,14 +130,8 @@ impl LeaderElector {
             while let Some(event) = events.next().await {
                 // Only a released or deleted Lease is worth an attempt at once; a renewal by
                 // the holder is not (the poll judges expiry).
-                let free = |l: &Lease| {
-                    l.spec
-                        .as_ref()
-                        .and_then(|s| s.holder_identity.as_deref())
-                        .is_none_or(str::is_empty)
-                };
                 match event {
-                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) if free(&l) => {
+                    Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) if released(&l) => {
                         changed.notify_one()
                     }
                     Ok(watcher::Event::Delete(_)) => changed.notify_one(),

@@ -330,6 +330,17 @@ impl SimCluster {
         Ok(())
     }
 
+    /// `kubectl apply -f file`; an error carries kubectl's stderr.
+    pub async fn apply(&self, file: &str) -> Result<()> {
+        let out = self.cp.kubectl(["apply", "-f", file]).await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply -f {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
     /// Poll the gateway until `check` holds or `timeout` passes.
     pub async fn wait_gateway(
         &self,

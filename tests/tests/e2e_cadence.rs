@@ -66,16 +66,7 @@ async fn a_worker_renews_at_the_idle_cadence_and_hosts_once_labelled() {
     sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0)
         .await
         .unwrap();
-    let out = sim
-        .cp
-        .kubectl(["apply", "-f", "../examples/01-one-ip.yaml"])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sim.apply("../examples/01-one-ip.yaml").await.unwrap();
     sim.wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
         .await
         .unwrap();

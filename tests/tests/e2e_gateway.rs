@@ -49,16 +49,7 @@ async fn gateway_lifecycle_failover_and_cleanup() {
         .await
         .unwrap();
 
-    let out = sim
-        .cp
-        .kubectl(["apply", "-f", "../examples/01-one-ip.yaml"])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sim.apply("../examples/01-one-ip.yaml").await.unwrap();
     let g = sim
         .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
         .await

@@ -46,7 +46,7 @@ async fn cluster(controllers: usize) -> (SimCluster, usize) {
     sim.add_pod("billing", "invoicer-0", &[("app", "invoicer")], 1, 0)
         .await
         .unwrap();
-    apply(&sim, "../examples/01-one-ip.yaml").await;
+    sim.apply("../examples/01-one-ip.yaml").await.unwrap();
     let g = sim
         .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
         .await
@@ -66,22 +66,13 @@ async fn cluster(controllers: usize) -> (SimCluster, usize) {
     (sim, host)
 }
 
-async fn apply(sim: &SimCluster, file: &str) {
-    let out = sim.cp.kubectl(["apply", "-f", file]).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn apply_yaml(sim: &SimCluster, yaml: &str) {
     let path = sim.logs().join(format!(
         "manifest-{}.yaml",
         Instant::now().elapsed().as_nanos()
     ));
     std::fs::write(&path, yaml).unwrap();
-    apply(sim, path.to_str().unwrap()).await;
+    sim.apply(path.to_str().unwrap()).await.unwrap();
 }
 
 fn other_gateway(host: usize) -> usize {

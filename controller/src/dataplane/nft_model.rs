@@ -360,23 +360,23 @@ mod tests {
             r("10.1.0.0/16"),
             r("10.0.0.0/8"),
             r("11.0.0.0/8"),
-            r("192.0.2.0/25"),
-            r("192.0.2.200/32"),
+            r("198.18.64.0/25"),
+            r("198.18.64.200/32"),
         ]);
         let v: Vec<String> = m.iter().map(|x| x.to_string()).collect();
         assert_eq!(
             v,
             [
                 "10.0.0.0-11.255.255.255",
-                "192.0.2.0-192.0.2.127",
-                "192.0.2.200-192.0.2.200"
+                "198.18.64.0-198.18.64.127",
+                "198.18.64.200-198.18.64.200"
             ]
         );
         let all = merge_ranges([r("0.0.0.0/0")]);
         assert_eq!(all.iter().next().unwrap().end, 1 << 32);
         assert!(ranges_contain(&m, "10.200.1.1".parse().unwrap()));
-        assert!(ranges_contain(&m, "192.0.2.200".parse().unwrap()));
-        assert!(!ranges_contain(&m, "192.0.2.201".parse().unwrap()));
+        assert!(ranges_contain(&m, "198.18.64.200".parse().unwrap()));
+        assert!(!ranges_contain(&m, "198.18.64.201".parse().unwrap()));
         assert!(!ranges_contain(&m, "9.255.255.255".parse().unwrap()));
         assert!(ranges_contain(&all, "255.255.255.255".parse().unwrap()));
     }

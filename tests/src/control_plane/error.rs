@@ -71,6 +71,9 @@ pub enum ControlPlaneError {
 
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
+
+    #[error(transparent)]
+    RootNetwork(#[from] crate::testbed::RootNetworkError),
 }
 
 impl ControlPlaneError {

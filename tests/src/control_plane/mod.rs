@@ -31,6 +31,7 @@ mod table;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ipnetwork::Ipv4Network;
 use tempfile::TempDir;
 
 pub use binaries::{
@@ -44,10 +45,13 @@ pub use kubelet::PAUSE_IMAGE;
 pub use ports::LOOPBACK;
 pub use table::{Row, parse_table};
 
+use crate::testbed::ranges::{self, CONTROL_PLANE_RANGES, SERVICE_RANGE};
 use process::ManagedProcess;
 
-/// The Service CIDR given to kube-apiserver (DESIGN.md: 192.0.2.0/24 carries no traffic).
-pub const SERVICE_CLUSTER_IP_RANGE: &str = "192.0.2.0/24";
+/// The Service CIDR given to kube-apiserver: [`SERVICE_RANGE`], 198.18.192.0/20 (DESIGN.md,
+/// "The testbed"). [`ControlPlane::start`] refuses to run when the root network namespace has
+/// an address or route in it.
+pub const SERVICE_CLUSTER_IP_RANGE: Ipv4Network = SERVICE_RANGE;
 /// How long etcd and kube-apiserver together may take to become ready.
 pub const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// Start-up attempts when a picked port was taken by someone else in the meantime.
@@ -81,8 +85,11 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver and waits until `/readyz` answers `ok`.
+    /// Starts etcd and kube-apiserver and waits until `/readyz` answers `ok`. Refuses to
+    /// start when the Service range overlaps an address or route of the root network
+    /// namespace ([`ranges::check_root_namespace`]).
     pub async fn start() -> Result<Self> {
+        ranges::check_root_namespace(&CONTROL_PLANE_RANGES)?;
         let binaries = Binaries::locate()?;
         let kubectl = locate_kubectl()?;
         let mut attempt = 1;

@@ -9,12 +9,17 @@
 pub mod client;
 pub mod netns;
 pub mod plans;
+pub mod ranges;
 pub mod server;
 pub mod topology;
 
 pub use client::{ConnectError, LongLived, LongLivedReport};
 pub use netns::{Netns, in_netns};
 pub use plans::{GatewaySpec, all_plans, apply_all, dataplane, dataplanes, node_plan};
+pub use ranges::{
+    LEGACY_NETWORK, NODE_LAN, OTHER_NETWORK, POD_NETWORK, RootNetworkError, SERVICE_RANGE,
+    TESTBED_RANGES,
+};
 pub use topology::{
     NODE_IFACE, Node, OPEN_SERVER, OTHER_SERVER, PROTECTED_NET, PROTECTED_SERVER, Pod, ROUTER,
     SERVER_PORT, Testbed, TestbedBuilder,

@@ -2,7 +2,9 @@
 //! .11, .12, … each with pods in 198.19.N.0/24 behind a `cni0` bridge (host-gw routes between
 //! nodes, a CNI-like masquerade on every node), and legacy servers behind the firewall.
 //!
-//! Addresses: only 198.18.0.0/15, 203.0.113.0/24, 198.51.100.0/24 and loopback.
+//! Addresses: only the ranges of [`super::ranges`] (198.18.0.0/15, 203.0.113.0/24,
+//! 198.51.100.0/24) and loopback. [`TestbedBuilder::build`] refuses to run when one of them is
+//! an address or route of the root network namespace.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -12,6 +14,9 @@ use anyhow::{Context, Result, bail};
 
 use super::client::{ConnectError, LongLived, connect_once};
 use super::netns::{Netns, unique_prefix};
+use super::ranges::{
+    LEGACY_NETWORK, NODE_LAN, OTHER_NETWORK, POD_NETWORK, TESTBED_RANGES, check_root_namespace,
+};
 use super::server::LegacyServer;
 
 /// TCP port of every legacy server.
@@ -76,7 +81,10 @@ impl TestbedBuilder {
         self
     }
 
+    /// Builds the namespaces, links and servers. Fails first, creating nothing, when a testbed
+    /// range overlaps an address or route of the root network namespace.
     pub fn build(self) -> Result<Testbed> {
+        check_root_namespace(&TESTBED_RANGES)?;
         Testbed::build(self)
     }
 }
@@ -145,7 +153,7 @@ impl Node {
 
     /// 198.19.<index>.0/24.
     pub fn pod_cidr(&self) -> String {
-        format!("198.19.{}.0/24", self.index)
+        format!("{}/24", pod_subnet_ip(self.index, 0))
     }
 
     pub fn netns(&self) -> &Netns {
@@ -158,8 +166,21 @@ impl Node {
     }
 }
 
+/// 198.18.0.(10 + index), on [`NODE_LAN`].
 fn node_ip(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, 10 + index as u8)
+    nth(NODE_LAN, 10 + index as u32)
+}
+
+/// 198.19.<node>.<host>, in node `node`'s /24 of [`POD_NETWORK`].
+fn pod_subnet_ip(node: usize, host: u8) -> Ipv4Addr {
+    nth(POD_NETWORK, ((node as u32) << 8) | host as u32)
+}
+
+/// The `n`th address of `net`.
+fn nth(net: ipnetwork::Ipv4Network, n: u32) -> Ipv4Addr {
+    let ip = Ipv4Addr::from(u32::from(net.network()) + n);
+    assert!(net.contains(ip), "{ip} is outside {net}");
+    ip
 }
 
 /// The whole simulated cluster. Every namespace is deleted on drop (also on panic).
@@ -256,10 +277,15 @@ impl Testbed {
             (
                 "eth1",
                 &self.legacy,
-                "203.0.113.1/24",
+                format!("{}/{}", nth(LEGACY_NETWORK, 1), LEGACY_NETWORK.prefix()),
                 vec![PROTECTED_SERVER, OPEN_SERVER],
             ),
-            ("eth2", &self.other, "198.51.100.1/24", vec![OTHER_SERVER]),
+            (
+                "eth2",
+                &self.other,
+                format!("{}/{}", nth(OTHER_NETWORK, 1), OTHER_NETWORK.prefix()),
+                vec![OTHER_SERVER],
+            ),
         ] {
             self.fw.ip(&[
                 "link",
@@ -273,7 +299,7 @@ impl Testbed {
                 "netns",
                 ns.name(),
             ])?;
-            self.fw.ip(&["addr", "add", net, "dev", dev])?;
+            self.fw.ip(&["addr", "add", &net, "dev", dev])?;
             self.fw.ip(&["link", "set", dev, "up"])?;
             for a in addrs {
                 ns.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
@@ -321,14 +347,20 @@ impl Testbed {
         ns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])?;
         ns.sysctl("net.ipv4.ip_forward", "1")?;
         ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
-        ns.ip(&["addr", "add", &format!("198.19.{i}.1/24"), "dev", "cni0"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", pod_subnet_ip(i, 1)),
+            "dev",
+            "cni0",
+        ])?;
         ns.ip(&["link", "set", "cni0", "up"])?;
         // host-gw routes to the other nodes' pods
         for j in (1..=b.nodes).filter(|j| *j != i) {
             ns.ip(&[
                 "route",
                 "add",
-                &format!("198.19.{j}.0/24"),
+                &format!("{}/24", pod_subnet_ip(j, 0)),
                 "via",
                 &node_ip(j).to_string(),
                 "dev",
@@ -336,14 +368,14 @@ impl Testbed {
             ])?;
         }
         // what a CNI does: pod traffic leaving the pod network is masqueraded to the node
-        ns.nft(
-            "table ip cni {
-  chain postrouting {
+        ns.nft(&format!(
+            "table ip cni {{
+  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr 198.19.0.0/16 ip daddr != 198.19.0.0/16 counter masquerade
-  }
-}",
-        )?;
+    ip saddr {POD_NETWORK} ip daddr != {POD_NETWORK} counter masquerade
+  }}
+}}"
+        ))?;
         ns.set_rp_filter(b.rp_filter)?;
         self.nodes.push(Node {
             ns,
@@ -355,7 +387,7 @@ impl Testbed {
     }
 
     fn add_pod(&mut self, node: usize, k: usize) -> Result<()> {
-        let ip = Ipv4Addr::new(198, 19, node as u8, 10 + k as u8);
+        let ip = pod_subnet_ip(node, 10 + k as u8);
         let ns = Netns::create(&format!("{}-n{node}p{k}", self.prefix))?;
         let n = &self.nodes[node - 1];
         let port = format!("vp{k}");
@@ -386,7 +418,7 @@ impl Testbed {
             "add",
             "default",
             "via",
-            &format!("198.19.{node}.1"),
+            &pod_subnet_ip(node, 1).to_string(),
         ])?;
         ns.sysctl("net.ipv4.ip_forward", "0")?;
         ns.set_rp_filter(1)?;
@@ -536,5 +568,27 @@ impl Drop for Testbed {
         self.servers.clear();
         self.pods.clear();
         self.nodes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ranges::SERVICE_RANGE;
+    use super::*;
+
+    #[test]
+    fn every_fixed_address_is_in_its_range() {
+        assert!(NODE_LAN.contains(ROUTER));
+        assert_eq!(node_ip(1), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(pod_subnet_ip(3, 10), Ipv4Addr::new(198, 19, 3, 10));
+        assert!(LEGACY_NETWORK.contains(PROTECTED_SERVER));
+        assert!(LEGACY_NETWORK.contains(OPEN_SERVER));
+        assert!(OTHER_NETWORK.contains(OTHER_SERVER));
+        let protected: ipnetwork::Ipv4Network = PROTECTED_NET.parse().unwrap();
+        assert!(protected.contains(PROTECTED_SERVER) && !protected.contains(OPEN_SERVER));
+        // The egress IPs 198.18.0.200–250 are on the LAN, and no node or pod is in the
+        // Service range.
+        assert!(NODE_LAN.contains(Ipv4Addr::new(198, 18, 0, 250)));
+        assert!(!SERVICE_RANGE.contains(node_ip(200)));
     }
 }

@@ -130,7 +130,7 @@ impl Inputs {
             }
         }
         if structural {
-            let scopes = self.scopes(epoch);
+            let scopes = self.scopes();
             self.pods.set_scopes(&scopes);
             self.pending_full = true;
         }
@@ -162,30 +162,39 @@ impl Inputs {
         })
     }
 
-    /// Pod watches for the gateways this node hosts under `epoch`, and for those it may host
-    /// (its labels match their gatewayNodeSelector): a standby already holds the pods when an
-    /// IP fails over to it, instead of listing them first.
-    fn scopes(&self, epoch: i32) -> BTreeMap<Scope, Keep> {
+    /// The gateways whose every pod this node guards: those whose gatewayNodeSelector matches
+    /// its labels, and those status records an IP of on it (under any epoch: other nodes may
+    /// steer that IP's pods here). The node watches their pods (see [`Self::scopes`]).
+    pub fn guarded_gateways(&self) -> BTreeSet<String> {
         let empty = Default::default();
         let my_labels = self
             .index
             .nodes
             .get(&self.node)
             .map_or(&empty, |n| &n.labels);
+        self.index
+            .gateways
+            .values()
+            .filter(|g| {
+                g.recorded.values().any(|r| r.node == self.node)
+                    || g
+                        .effective_spec()
+                        .is_some_and(|s| s.node_selector.matches(my_labels))
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    }
+
+    /// Pod watches for the gateways this node guards ([`Self::guarded_gateways`]: those it
+    /// hosts or may host): a standby already holds the pods when an IP fails over to it,
+    /// instead of listing them first, and drops what it will not SNAT.
+    fn scopes(&self) -> BTreeMap<Scope, Keep> {
+        let guarded = self.guarded_gateways();
         merge_scopes(
-            self.index
-                .gateways
-                .values()
-                .filter_map(|g| {
-                    let spec = g.spec.as_ref().ok()?;
-                    let hosting = g
-                        .recorded
-                        .values()
-                        .any(|r| r.node == self.node && r.epoch == Some(i64::from(epoch)));
-                    (hosting || spec.node_selector.matches(my_labels))
-                        .then(|| scopes_for(&self.index, spec))
-                })
-                .flatten(),
+            guarded
+                .iter()
+                .filter_map(|name| self.index.gateways.get(name)?.effective_spec())
+                .flat_map(|spec| scopes_for(&self.index, spec)),
         )
     }
 }

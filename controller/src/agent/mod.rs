@@ -2,6 +2,7 @@
 //! needs, computes its node plan and commits it to the kernel; fences itself when it cannot
 //! renew. Rules stay in place when it stops (`--cleanup` removes them).
 
+pub mod decide;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
@@ -28,6 +29,7 @@ use crate::plan::{ClusterPlan, NodePlan, assign, plan_with};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::{AgentMetrics, label};
 
+use decide::{Retention, Situation};
 use fence::{FenceClock, FenceTiming};
 use heartbeat::{Heartbeat, Report};
 use inputs::{Change, Inputs};
@@ -86,6 +88,10 @@ pub struct AgentArgs {
     /// Priority of the steering policy rules.
     #[arg(long, default_value_t = crate::dataplane::config::DEFAULT_RULE_PRIORITY)]
     pub rule_priority: u32,
+    /// How long a pod stays in this node's no-leak guard after it left it (other nodes may
+    /// still steer it here for a moment), milliseconds.
+    #[arg(long, default_value_t = decide::DEFAULT_GUARD_RETENTION.as_millis() as u64)]
+    pub guard_retention_ms: u64,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -99,6 +105,9 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 /// State shared by the heartbeat task and the apply loop.
 struct Shared {
     fence: FenceClock,
+    /// The first renewal of this process succeeded or failed: until then nothing inherited
+    /// from a predecessor is touched.
+    first_outcome: bool,
     /// The node may host nothing: renew at the idle cadence, host nothing, never fence.
     idle: bool,
     epoch: i32,
@@ -199,6 +208,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let idle_renew = (args.idle_renew_ms > 0).then(|| Duration::from_millis(args.idle_renew_ms));
     let shared = Arc::new(Mutex::new(Shared {
         fence: FenceClock::new(timing),
+        first_outcome: false,
         idle: false,
         epoch: 0,
         needs_new_epoch: false,
@@ -229,6 +239,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     info!(node = %node, "watches synced");
 
     let mut last_plan: Option<NodePlan> = None;
+    // The plan last committed (kept across failed applies, for the guard retention).
+    let mut committed: Option<NodePlan> = None;
+    let mut retention = Retention::new(Duration::from_millis(args.guard_retention_ms));
     let mut cluster: Option<ClusterPlan> = None;
     let mut last_fenced = false;
     let mut last_trim = Instant::now();
@@ -242,7 +255,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(TICK) => {}
         }
         let now = Instant::now();
-        let (fenced, idle, epoch) = {
+        let (fenced, idle, epoch, first_outcome) = {
             let mut s = shared.lock().expect("agent state lock");
             if !s.idle && s.fence.check(now) {
                 s.needs_new_epoch = true;
@@ -255,8 +268,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 last_plan = None;
                 dirty_since.get_or_insert(now);
             }
-            (s.fence.is_fenced(), s.idle, s.epoch)
+            (s.fence.is_fenced(), s.idle, s.epoch, s.first_outcome)
         };
+        if retention.next_expiry().is_some_and(|t| t <= now) {
+            dirty_since.get_or_insert(now);
+        }
         metrics.fenced.set(i64::from(fenced && !idle));
         if fenced != last_fenced {
             dirty_since.get_or_insert(now);
@@ -293,18 +309,33 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 assign::from_status(&inputs.index, Some((&node, i64::from(epoch)))),
             )),
         };
-        if unchanged && fenced == last_fenced && last_plan.is_some() {
+        let retention_due = retention.next_expiry().is_some_and(|t| t <= now);
+        if unchanged && fenced == last_fenced && last_plan.is_some() && !retention_due {
             dirty_since = None;
             continue;
         }
-        let mut plan = plan_now.node_plan(&node);
-        if fenced {
-            plan.hosted.clear();
-            for g in plan.gateways.values_mut() {
-                g.snat.clear();
-            }
-            plan.gateways.retain(|_, g| !g.is_empty());
-        }
+        let candidates = inputs.guarded_gateways();
+        let situation = Situation {
+            first_outcome_known: first_outcome,
+            fenced,
+            idle,
+        };
+        let Some(mut plan) = decide::program(
+            plan_now.node_plan_guarding(&node, |g| candidates.contains(g)),
+            situation,
+        ) else {
+            continue; // the first renewal outcome wakes the loop
+        };
+        let local_pods: BTreeSet<std::net::IpAddr> = inputs
+            .index
+            .pods
+            .values()
+            .filter(|p| p.node.as_deref() == Some(node.as_str()))
+            .flat_map(|p| p.ipv4())
+            .collect();
+        retention.apply(now, &mut plan, committed.as_ref(), |ip| {
+            local_pods.contains(&ip)
+        });
         if last_plan.as_ref() != Some(&plan) {
             let dp = dp.clone();
             let p = plan.clone();
@@ -331,6 +362,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         );
                     }
                     record_sizes(&metrics, &plan);
+                    committed = Some(plan.clone());
                 }
                 Err(e) => {
                     metrics
@@ -501,7 +533,18 @@ async fn heartbeat_loop(
             (s.report.clone(), s.idle)
         };
         next = started + report.renew_interval;
-        match hb.renew(&report).await {
+        let result = hb.renew(&report).await;
+        {
+            let mut s = shared.lock().expect("agent state lock");
+            if !std::mem::replace(&mut s.first_outcome, true) {
+                info!(
+                    renewed = result.is_ok(),
+                    "first renewal outcome known: the apply loop may change the kernel"
+                );
+                wakes.apply.notify_one();
+            }
+        }
+        match result {
             Ok(sent) => {
                 metrics
                     .lease_renewals
@@ -570,6 +613,7 @@ fn record_sizes(metrics: &AgentMetrics, plan: &NodePlan) {
         put("snat", p.snat.values().map(BTreeSet::len).sum());
         put("steer", p.steer.values().map(BTreeSet::len).sum());
         put("blocked", p.blocked.len());
+        put("guard", p.guard.len());
     }
 }
 

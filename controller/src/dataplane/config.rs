@@ -17,12 +17,20 @@ pub const CHAIN_GUARD: &str = "guard";
 /// Forward chain (filter): drops traffic of blocked pods, counts SNATed traffic.
 pub const CHAIN_FWD: &str = "fwd";
 
+/// Postrouting chain (filter, priority `srcnat + 10`): the no-leak guard. It runs after every
+/// NAT binding (ours and the CNI's masquerade), so it judges what really leaves: an original-
+/// direction packet of a pod a gateway selects, to that gateway's destinations, that is neither
+/// SNATed to one of the gateway's egress IPs nor marked for steering, is dropped.
+pub const CHAIN_NOLEAK: &str = "noleak";
+
 /// `NF_IP_PRI_MANGLE`.
 pub const PRIORITY_MANGLE: i32 = -150;
 /// `NF_IP_PRI_NAT_SRC` (`srcnat`).
 pub const PRIORITY_SRCNAT: i32 = 100;
 /// Our postrouting priority: `srcnat - 10`.
 pub const PRIORITY_POST: i32 = PRIORITY_SRCNAT - 10;
+/// Our no-leak guard's priority: after every source NAT at `srcnat`.
+pub const PRIORITY_NOLEAK: i32 = PRIORITY_SRCNAT + 10;
 /// `NF_IP_PRI_FILTER`.
 pub const PRIORITY_FILTER: i32 = 0;
 

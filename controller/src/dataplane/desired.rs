@@ -72,7 +72,9 @@ impl V4Filter {
 }
 
 /// The desired kernel state for `plan`, with next hops on the given `slots`
-/// (see [`super::slots::allocate_slots`]; next hops missing from `slots` are not steered).
+/// (see [`super::slots::allocate_slots`]). A next hop this dataplane cannot steer to (IPv6,
+/// or missing from `slots`) is never skipped: its pods are blocked, and the rest of the plan
+/// applies.
 pub fn desired(
     plan: &NodePlan,
     cfg: &DataplaneConfig,
@@ -165,15 +167,15 @@ pub fn desired(
                 None,
             );
         }
+        let mut blocked: BTreeSet<Ipv4Addr> = f.addrs(&g.blocked);
         for (nh, pods) in &g.steer {
-            let Some(next_hop) = v4(*nh) else {
-                f.ignored += 1;
+            let slot = v4(*nh).and_then(|n| Some((n, *slots.get(&n)?)));
+            let Some((next_hop, slot)) = slot else {
+                // No way there from this node: fail closed.
+                blocked.extend(f.addrs(pods));
                 continue;
             };
-            let Some(slot) = slots.get(&next_hop) else {
-                continue;
-            };
-            used_slots.insert(next_hop, *slot);
+            used_slots.insert(next_hop, slot);
             let pods = f.addrs(pods);
             set(
                 &mut st,
@@ -181,7 +183,7 @@ pub fn desired(
                 None,
                 SetContent::Addrs(pods),
             );
-            let (mark, mask) = (cfg.slot_mark(*slot), cfg.mark_mask);
+            let (mark, mask) = (cfg.slot_mark(slot), cfg.mark_mask);
             st.rules.insert(
                 RuleSpec::Steer {
                     gid: gid.clone(),
@@ -192,15 +194,35 @@ pub fn desired(
                 None,
             );
         }
-        if !g.blocked.is_empty() {
-            let pods = f.addrs(&g.blocked);
+        if !blocked.is_empty() {
             set(
                 &mut st,
                 SetName::Blocked(gid.clone()),
                 None,
-                SetContent::Addrs(pods),
+                SetContent::Addrs(blocked),
             );
             st.rules.insert(RuleSpec::Block { gid: gid.clone() }, None);
+        }
+        if !g.guard.is_empty() {
+            set(
+                &mut st,
+                SetName::Guard(gid.clone()),
+                None,
+                SetContent::Addrs(f.addrs(&g.guard)),
+            );
+            set(
+                &mut st,
+                SetName::Egress(gid.clone()),
+                None,
+                SetContent::Addrs(f.addrs(&g.egress_ips)),
+            );
+            st.rules.insert(
+                RuleSpec::Leak {
+                    gid: gid.clone(),
+                    mask: cfg.mark_mask,
+                },
+                None,
+            );
         }
     }
     DesiredNode {
@@ -241,6 +263,8 @@ mod tests {
             )]),
             steer: BTreeMap::from([(ip("198.18.0.13"), BTreeSet::from([ip("198.19.2.11")]))]),
             blocked: BTreeSet::new(),
+            guard: BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.2.11")]),
+            egress_ips: vec![ip("198.18.0.200"), ip("198.18.0.201")],
         };
         p.gateways.insert("gw".into(), g);
         p
@@ -280,10 +304,38 @@ mod tests {
             mark: cfg.slot_mark(2),
             mask: cfg.mark_mask
         }));
-        assert!(!st.sets.contains_key(&SetName::Blocked(gid).to_string()));
+        assert!(!st.sets.contains_key(&SetName::Blocked(gid.clone()).to_string()));
         assert_eq!(d.addresses[&e], "eth0");
         assert_eq!(d.slots[&nh], 2);
         assert_eq!(d.ipv6_ignored, 1);
         assert_eq!(wanted_next_hops(&plan()), BTreeSet::from([nh]));
+        assert_eq!(st.addrs(&SetName::Guard(gid.clone())).unwrap().len(), 3);
+        assert_eq!(st.addrs(&SetName::Egress(gid.clone())).unwrap().len(), 2);
+        assert!(st.rules.contains_key(&RuleSpec::Leak {
+            gid: gid.clone(),
+            mask: cfg.mark_mask
+        }));
+    }
+
+    #[test]
+    fn a_next_hop_without_a_slot_or_in_ipv6_blocks_its_pods_and_the_rest_applies() {
+        let cfg = DataplaneConfig::default();
+        let mut p = plan();
+        let g = p.gateways.get_mut("gw").unwrap();
+        g.steer
+            .insert(ip("2001:db8::13"), BTreeSet::from([ip("198.19.2.12")]));
+        // no slot for 198.18.0.13 either
+        let d = desired(&p, &cfg, &BTreeMap::new());
+        let st = d.nft.unwrap();
+        let gid = GatewayId::derive("gw", 0);
+        assert_eq!(
+            st.addrs(&SetName::Blocked(gid.clone())).unwrap(),
+            &BTreeSet::from(["198.19.2.11".parse().unwrap(), "198.19.2.12".parse().unwrap()])
+        );
+        assert!(st.rules.contains_key(&RuleSpec::Block { gid: gid.clone() }));
+        // the SNAT part still applies
+        let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
+        assert_eq!(st.addrs(&SetName::Snat(gid, e)).unwrap().len(), 2);
+        assert!(d.slots.is_empty());
     }
 }

@@ -167,17 +167,24 @@ impl Engine {
         let mut old = self.take_observed(&mut nfnl)?;
         let routing = rtnl.read(&cfg)?;
 
-        let slots = allocate_slots(
+        let (slots, unslotted) = allocate_slots(
             &routing.slots(&cfg),
             &routing.busy_slots(&cfg),
             &wanted_next_hops(plan),
             cfg.max_slot(),
-        )
-        .map_err(|nh| DataplaneError::SlotsExhausted {
-            next_hop: IpAddr::V4(nh),
-            mask: cfg.mark_mask,
-            max: cfg.max_slot(),
-        })?;
+        );
+        let mut slots = slots;
+        slots.retain(|nh, _| {
+            let ok = routing.on_link(*nh);
+            if !ok {
+                warn!(next_hop = %nh, "next hop is not on-link on this node: its pods are blocked");
+            }
+            ok
+        });
+        for nh in &unslotted {
+            warn!(next_hop = %nh, mask = format_args!("{:#010x}", cfg.mark_mask), max = cfg.max_slot(),
+                "no free mark slot for this next hop: its pods are blocked until one frees up (widen --mark-mask)");
+        }
         let want = desired(plan, &cfg, &slots);
         let recorded = old.as_ref().map(NftState::hosted).unwrap_or_default();
         let rplan =
@@ -391,6 +398,7 @@ impl Engine {
                     },
                 ),
                 RuleSpec::Block { gid } => (name(gid), CounterKind::Blocked),
+                RuleSpec::Leak { gid, .. } => (name(gid), CounterKind::LeakDropped),
             };
             out.push(RuleCounter {
                 gateway,

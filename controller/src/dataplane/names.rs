@@ -82,6 +82,11 @@ pub enum SetName {
     Via(GatewayId, Ipv4Addr),
     /// Local pods whose traffic to the destinations is dropped.
     Blocked(GatewayId),
+    /// Pods this node guards for the gateway (the no-leak rule): its own selected pods, and on
+    /// nodes that host or may host the gateway every pod it selects.
+    Guard(GatewayId),
+    /// The gateway's egress IPs: the only sources its guarded pods may leave with.
+    Egress(GatewayId),
 }
 
 fn hex_ip(ip: Ipv4Addr) -> String {
@@ -107,7 +112,9 @@ impl SetName {
             | SetName::Excl(g)
             | SetName::Snat(g, _)
             | SetName::Via(g, _)
-            | SetName::Blocked(g) => Some(g),
+            | SetName::Blocked(g)
+            | SetName::Guard(g)
+            | SetName::Egress(g) => Some(g),
         }
     }
 }
@@ -121,6 +128,8 @@ impl fmt::Display for SetName {
             SetName::Snat(g, ip) => write!(f, "{g}_snat_{}", hex_ip(*ip)),
             SetName::Via(g, ip) => write!(f, "{g}_via_{}", hex_ip(*ip)),
             SetName::Blocked(g) => write!(f, "{g}_blocked"),
+            SetName::Guard(g) => write!(f, "{g}_guard"),
+            SetName::Egress(g) => write!(f, "{g}_egress"),
         }
     }
 }
@@ -139,6 +148,8 @@ impl FromStr for SetName {
                 "dst" => Ok(SetName::Dst(gid)),
                 "excl" => Ok(SetName::Excl(gid)),
                 "blocked" => Ok(SetName::Blocked(gid)),
+                "guard" => Ok(SetName::Guard(gid)),
+                "egress" => Ok(SetName::Egress(gid)),
                 _ => Err(()),
             },
             Some(("snat", ip)) => parse_hex_ip(ip).map(|ip| SetName::Snat(gid, ip)).ok_or(()),
@@ -176,6 +187,8 @@ mod tests {
             SetName::Snat(g.clone(), ip),
             SetName::Via(g.clone(), ip),
             SetName::Blocked(g.clone()),
+            SetName::Guard(g.clone()),
+            SetName::Egress(g.clone()),
         ] {
             let s = n.to_string();
             assert!(s.len() <= 31, "{s} too long for old kernels");

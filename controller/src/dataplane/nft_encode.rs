@@ -180,6 +180,25 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
             v.push(Expr::Drop);
             v
         }
+        RuleSpec::Leak { gid, mask } => vec![
+            Expr::CtDirection,
+            Expr::CmpEq(vec![0]), // IP_CT_DIR_ORIGINAL
+            Expr::CtOriginalSaddr,
+            lookup(spec.source_set(), false),
+            Expr::Payload(Ip4Field::Daddr),
+            lookup(SetName::Dst(gid.clone()), false),
+            lookup(SetName::Excl(gid.clone()), true),
+            Expr::MarkLoad,
+            Expr::Bitwise {
+                mask: *mask,
+                xor: 0,
+            },
+            Expr::CmpEq(0u32.to_ne_bytes().to_vec()),
+            Expr::Payload(Ip4Field::Saddr),
+            lookup(SetName::Egress(gid.clone()), true),
+            Expr::Counter,
+            Expr::Drop,
+        ],
     }
 }
 

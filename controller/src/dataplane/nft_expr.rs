@@ -38,6 +38,12 @@ pub enum Expr {
     SnatReg1,
     /// drop
     Drop,
+    /// reg1 = ct original ip saddr (4 bytes; no conntrack entry: stop)
+    CtOriginalSaddr,
+    /// reg1 = ct direction (1 byte; no conntrack entry: stop)
+    CtDirection,
+    /// reg1 == data, else stop (the first `data.len()` bytes of reg1)
+    CmpEq(Vec<u8>),
 }
 
 fn alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
@@ -152,6 +158,39 @@ impl Expression for Expr {
                         libc::NFPROTO_IPV4 as u32,
                     );
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, reg1);
+                    e
+                }
+                Expr::CtOriginalSaddr | Expr::CtDirection => {
+                    let e = alloc(c"ct");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CT_DREG as u16, reg1);
+                    if matches!(self, Expr::CtOriginalSaddr) {
+                        sys::nftnl_expr_set_u32(
+                            p,
+                            sys::NFTNL_EXPR_CT_KEY as u16,
+                            libc::NFT_CT_SRC as u32,
+                        );
+                        // IP_CT_DIR_ORIGINAL
+                        sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_CT_DIR as u16, 0);
+                    } else {
+                        sys::nftnl_expr_set_u32(
+                            p,
+                            sys::NFTNL_EXPR_CT_KEY as u16,
+                            libc::NFT_CT_DIRECTION as u32,
+                        );
+                    }
+                    e
+                }
+                Expr::CmpEq(data) => {
+                    let e = alloc(c"cmp");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_CMP_SREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_CMP_OP as u16,
+                        libc::NFT_CMP_EQ as u32,
+                    );
+                    set_data(p, sys::NFTNL_EXPR_CMP_DATA, data);
                     e
                 }
                 Expr::Drop => {

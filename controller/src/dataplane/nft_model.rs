@@ -7,7 +7,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use super::config::{
-    CHAIN_FWD, CHAIN_GUARD, CHAIN_POST, CHAIN_PRE, PRIORITY_FILTER, PRIORITY_MANGLE, PRIORITY_POST,
+    CHAIN_FWD, CHAIN_GUARD, CHAIN_NOLEAK, CHAIN_POST, CHAIN_PRE, PRIORITY_FILTER, PRIORITY_MANGLE,
+    PRIORITY_NOLEAK, PRIORITY_POST,
 };
 use super::names::{GatewayId, SetName};
 
@@ -140,7 +141,7 @@ pub struct ChainSpec {
     pub priority: i32,
 }
 
-/// Our four base chains.
+/// Our five base chains.
 pub fn our_chains() -> BTreeMap<String, ChainSpec> {
     [
         (
@@ -166,6 +167,12 @@ pub fn our_chains() -> BTreeMap<String, ChainSpec> {
             ChainKind::Nat,
             ChainHook::Postrouting,
             PRIORITY_POST,
+        ),
+        (
+            CHAIN_NOLEAK,
+            ChainKind::Filter,
+            ChainHook::Postrouting,
+            PRIORITY_NOLEAK,
         ),
     ]
     .into_iter()
@@ -205,6 +212,11 @@ pub enum RuleSpec {
     },
     /// fwd: `ip saddr @<g>_blocked ip daddr @<g>_dst ip daddr != @<g>_excl counter drop`
     Block { gid: GatewayId },
+    /// noleak: `ct direction original ct original ip saddr @<g>_guard ip daddr @<g>_dst
+    ///          ip daddr != @<g>_excl meta mark & MASK == 0 ip saddr != @<g>_egress counter drop`
+    /// (after every NAT: a guarded pod's packet leaves SNATed to the gateway's egress IP,
+    /// steered, or not at all)
+    Leak { gid: GatewayId, mask: u32 },
 }
 
 impl RuleSpec {
@@ -214,6 +226,7 @@ impl RuleSpec {
             RuleSpec::MarkSnat { .. } | RuleSpec::Snat { .. } => CHAIN_POST,
             RuleSpec::Account { .. } | RuleSpec::Block { .. } => CHAIN_FWD,
             RuleSpec::Steer { .. } => CHAIN_PRE,
+            RuleSpec::Leak { .. } => CHAIN_NOLEAK,
         }
     }
 
@@ -223,7 +236,8 @@ impl RuleSpec {
             RuleSpec::Snat { gid, .. }
             | RuleSpec::Account { gid, .. }
             | RuleSpec::Steer { gid, .. }
-            | RuleSpec::Block { gid } => Some(gid),
+            | RuleSpec::Block { gid }
+            | RuleSpec::Leak { gid, .. } => Some(gid),
         }
     }
 
@@ -237,6 +251,7 @@ impl RuleSpec {
             }
             RuleSpec::Steer { gid, next_hop, .. } => SetName::Via(gid.clone(), *next_hop),
             RuleSpec::Block { gid } => SetName::Blocked(gid.clone()),
+            RuleSpec::Leak { gid, .. } => SetName::Guard(gid.clone()),
         }
     }
 
@@ -254,6 +269,7 @@ impl RuleSpec {
                 mask,
             } => format!("steer {gid} {next_hop} {mark:#010x}/{mask:#010x}"),
             RuleSpec::Block { gid } => format!("block {gid}"),
+            RuleSpec::Leak { gid, mask } => format!("noleak {gid} {mask:#010x}"),
         }
     }
 
@@ -286,6 +302,10 @@ impl RuleSpec {
                 }
             }
             ["block", g] => RuleSpec::Block { gid: gid(g)? },
+            ["noleak", g, mask] => RuleSpec::Leak {
+                gid: gid(g)?,
+                mask: hex(mask)?,
+            },
             _ => return None,
         };
         (spec.key() == key).then_some(spec)
@@ -403,6 +423,10 @@ mod tests {
                 mask: 0x0ff0_0000,
             },
             RuleSpec::Block { gid: gid.clone() },
+            RuleSpec::Leak {
+                gid: gid.clone(),
+                mask: 0x0ff0_0000,
+            },
         ] {
             assert!(spec.key().len() < 128);
             assert_eq!(RuleSpec::parse_key(&spec.key()), Some(spec));

@@ -52,6 +52,8 @@ pub enum CounterKind {
     Steer { next_hop: IpAddr },
     /// Packets and bytes dropped because the gateway has no egress IP (fail closed).
     Blocked,
+    /// Packets of guarded pods the no-leak rule dropped (they would have left unSNATed).
+    LeakDropped,
     /// Packets addressed to a hosted egress IP dropped by the guard (no gateway).
     Guard,
     /// Connections of steered pods given the identity SNAT (no gateway).

@@ -83,6 +83,15 @@ impl RoutingState {
     }
 
     /// Every slot with any rule or route of ours.
+    /// Whether `nh` lies in a subnet configured on one of the node's interfaces (a next hop a
+    /// `default via` route can use).
+    pub fn on_link(&self, nh: Ipv4Addr) -> bool {
+        self.addresses.iter().any(|a| {
+            a.prefix < 32
+                && ipnetwork::Ipv4Network::new(a.ip, a.prefix).is_ok_and(|n| n.contains(nh))
+        })
+    }
+
     pub fn busy_slots(&self, cfg: &DataplaneConfig) -> BTreeSet<u32> {
         self.routes
             .iter()

@@ -9,13 +9,14 @@ use std::net::Ipv4Addr;
 
 /// Slots for `wanted` next hops. `current` is what the kernel holds (next hop -> slot),
 /// `busy` every slot that has any of our rules or routes in the kernel right now.
-/// Returns the next hop that found no free slot as the error.
+/// Returns the slots, and the next hops that found no free slot (their pods are blocked,
+/// never skipped: see [`super::desired::desired`]).
 pub fn allocate_slots(
     current: &BTreeMap<Ipv4Addr, u32>,
     busy: &BTreeSet<u32>,
     wanted: &BTreeSet<Ipv4Addr>,
     max_slot: u32,
-) -> Result<BTreeMap<Ipv4Addr, u32>, Ipv4Addr> {
+) -> (BTreeMap<Ipv4Addr, u32>, Vec<Ipv4Addr>) {
     let mut out: BTreeMap<Ipv4Addr, u32> = wanted
         .iter()
         .filter_map(|nh| current.get(nh).map(|s| (*nh, *s)))
@@ -26,12 +27,17 @@ pub fn allocate_slots(
         .filter(|nh| !out.contains_key(nh))
         .copied()
         .collect();
+    let mut unslotted = Vec::new();
     for nh in new {
-        let slot = (1..=max_slot).find(|s| !used.contains(s)).ok_or(nh)?;
-        used.insert(slot);
-        out.insert(nh, slot);
+        match (1..=max_slot).find(|s| !used.contains(s)) {
+            Some(slot) => {
+                used.insert(slot);
+                out.insert(nh, slot);
+            }
+            None => unslotted.push(nh),
+        }
     }
-    Ok(out)
+    (out, unslotted)
 }
 
 #[cfg(test)]
@@ -47,8 +53,9 @@ mod tests {
         let current = BTreeMap::from([(ip(12), 3), (ip(13), 1)]);
         let busy = BTreeSet::from([1, 3, 4]);
         let wanted = BTreeSet::from([ip(12), ip(14), ip(15)]);
-        let got = allocate_slots(&current, &busy, &wanted, 255).unwrap();
+        let (got, none) = allocate_slots(&current, &busy, &wanted, 255);
         assert_eq!(got, BTreeMap::from([(ip(12), 3), (ip(14), 2), (ip(15), 5)]));
+        assert!(none.is_empty());
     }
 
     #[test]
@@ -56,7 +63,7 @@ mod tests {
         let wanted = BTreeSet::from([ip(12), ip(13)]);
         assert_eq!(
             allocate_slots(&BTreeMap::new(), &BTreeSet::new(), &wanted, 1),
-            Err(ip(13))
+            (BTreeMap::from([(ip(12), 1)]), vec![ip(13)])
         );
     }
 }

@@ -106,6 +106,10 @@ pub struct Gateway {
     /// `metadata.creationTimestamp`: the older gateway wins a conflict.
     pub created: Timestamp,
     pub spec: Result<GatewaySpec, SpecError>,
+    /// The last valid spec this process saw of the gateway, kept while the current one is
+    /// invalid: the gateway keeps blocking the pods it selected (fail closed) instead of
+    /// letting them leave from their nodes' addresses.
+    pub fallback: Option<GatewaySpec>,
     /// `status.assignments` as last written.
     pub recorded: BTreeMap<IpAddr, RecordedAssignment>,
 }
@@ -114,6 +118,12 @@ impl Gateway {
     /// The total order conflicts are resolved by: older first, then name.
     pub fn seniority(&self) -> (Timestamp, &str) {
         (self.created, &self.name)
+    }
+
+    /// The spec to select and block pods by: the valid one, or else the last valid one seen.
+    /// Only a valid spec places egress IPs.
+    pub fn effective_spec(&self) -> Option<&GatewaySpec> {
+        self.spec.as_ref().ok().or(self.fallback.as_ref())
     }
 
     /// Cut an `EgressGateway` down, re-validating its spec.
@@ -152,6 +162,7 @@ impl Gateway {
             generation: gw.metadata.generation.unwrap_or(0),
             created,
             spec: parse_spec(&gw.spec),
+            fallback: None,
             recorded,
         })
     }

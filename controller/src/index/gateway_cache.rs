@@ -30,7 +30,13 @@ impl GatewayCache {
             let rv = &g.metadata.resource_version;
             let entry = match self.parsed.remove(name) {
                 Some((old_rv, gw)) if rv.is_some() && old_rv == *rv => Some((old_rv, gw)),
-                _ => Gateway::from_kube(g).map(|gw| (rv.clone(), gw)),
+                old => Gateway::from_kube(g).map(|mut gw| {
+                    if gw.spec.is_err() {
+                        // Fail closed: keep selecting (and blocking) by the last valid spec.
+                        gw.fallback = old.and_then(|(_, o)| o.effective_spec().cloned());
+                    }
+                    (rv.clone(), gw)
+                }),
             };
             if let Some((rv, gw)) = entry {
                 out.insert(name.clone(), gw.clone());
@@ -56,6 +62,25 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn an_invalid_spec_keeps_the_last_valid_one_as_fallback() {
+        let mut c = GatewayCache::default();
+        c.build(&[gw("a", "1", "198.18.0.200")]);
+        let bad = c.build(&[gw("a", "2", "not-an-ip")]);
+        assert!(bad["a"].spec.is_err());
+        let fb = bad["a"].effective_spec().expect("fallback kept");
+        assert_eq!(fb.egress_ips, vec!["198.18.0.200".parse::<std::net::IpAddr>().unwrap()]);
+        // still invalid at the next version: the fallback stays
+        let worse = c.build(&[gw("a", "3", "also-bad")]);
+        assert!(worse["a"].effective_spec().is_some());
+        // valid again: no fallback
+        let good = c.build(&[gw("a", "4", "198.18.0.201")]);
+        assert!(good["a"].fallback.is_none());
+        // a gateway first seen invalid has nothing to fall back to
+        let mut fresh = GatewayCache::default();
+        assert!(fresh.build(&[gw("b", "1", "x")])["b"].effective_spec().is_none());
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub struct Placement {
     pub interface: String,
     /// The node agent's epoch the placement is made for.
     pub epoch: i64,
+    /// In the local agent's view only: the placement is on this node but for an older epoch
+    /// of its agent. The IP keeps its pods (hashing is the same in every view, so other nodes
+    /// keep steering them here), but this node may not hold it: it blocks them until status
+    /// carries its current epoch.
+    pub stale_epoch: bool,
 }
 
 /// Why an egress IP has no node.
@@ -79,6 +84,9 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
             let winner = owner[ip];
             let placement = if winner != g.name {
                 Err(Unplaced::ClaimedBy(winner.to_string()))
+            } else if g.spec.is_err() {
+                // An invalid spec places nothing; its pods stay blocked by the last valid one.
+                Err(Unplaced::NoEligibleNode(BTreeMap::new()))
             } else if let Some(p) = keep_recorded(index, g, spec, *ip) {
                 *load.entry(index.nodes[&p.node].name.as_str()).or_default() += 1;
                 *per_gateway
@@ -128,6 +136,7 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
                     node: node.name.clone(),
                     interface,
                     epoch: node.agent_epoch,
+                    stale_epoch: false,
                 })
             }
             None => Err(Unplaced::NoEligibleNode(why)),
@@ -153,13 +162,16 @@ fn keep_recorded(
         node: node.name.clone(),
         interface: iface.name.clone(),
         epoch: node.agent_epoch,
+        stale_epoch: false,
     })
 }
 
 /// Assignments as status records them (the agent's view: it trusts status, not its own
-/// judgement of other nodes). A placement on `local` is honoured only if it was made for the
+/// judgement of other nodes). A placement on `local` is held only if it was made for the
 /// local agent's current epoch, so an agent that was fenced never re-hosts an IP on the
-/// strength of a status written before it was declared dead.
+/// strength of a status written before it was declared dead; until then it is kept, marked
+/// [`Placement::stale_epoch`], so the pods keep the same IP in every node's view and this
+/// node blocks them instead of rehashing them onto other IPs.
 pub fn from_status(index: &ClusterIndex, local: Option<(&str, i64)>) -> Assignments {
     let ordered = by_seniority(index);
     let mut owner: HashMap<IpAddr, &str> = HashMap::new();
@@ -176,19 +188,17 @@ pub fn from_status(index: &ClusterIndex, local: Option<(&str, i64)>) -> Assignme
             .map(|ip| {
                 let placement = match g.recorded.get(ip) {
                     _ if owner[ip] != g.name => Err(Unplaced::ClaimedBy(owner[ip].to_string())),
+                    _ if g.spec.is_err() => Err(Unplaced::NoEligibleNode(BTreeMap::new())),
                     Some(rec) => {
-                        let stale = local.is_some_and(|(name, epoch)| {
+                        let stale_epoch = local.is_some_and(|(name, epoch)| {
                             rec.node == name && rec.epoch != Some(epoch)
                         });
-                        if stale {
-                            Err(Unplaced::NoEligibleNode(BTreeMap::new()))
-                        } else {
-                            Ok(Placement {
-                                node: rec.node.clone(),
-                                interface: rec.interface.clone().unwrap_or_default(),
-                                epoch: rec.epoch.unwrap_or_default(),
-                            })
-                        }
+                        Ok(Placement {
+                            node: rec.node.clone(),
+                            interface: rec.interface.clone().unwrap_or_default(),
+                            epoch: rec.epoch.unwrap_or_default(),
+                            stale_epoch,
+                        })
                     }
                     None => Err(Unplaced::NoEligibleNode(BTreeMap::new())),
                 };

@@ -56,7 +56,7 @@ pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan 
 
 impl ClusterPlan {
     fn rebuild_rollout(&mut self, index: &ClusterIndex, gateway: &str) {
-        let Some(Ok(spec)) = index.gateways.get(gateway).map(|g| g.spec.as_ref()) else {
+        let Some(spec) = index.gateways.get(gateway).and_then(|g| g.effective_spec()) else {
             self.rollouts.remove(gateway);
             return;
         };
@@ -131,9 +131,20 @@ impl ClusterPlan {
         affected
     }
 
-    /// One node's plan.
+    /// One node's plan, guarding only its own pods (and those of the gateways whose IPs it
+    /// hosts).
     pub fn node_plan(&self, node: &str) -> NodePlan {
-        rollout::node_plan(node, &self.rollouts)
+        rollout::node_plan(node, &self.rollouts, |g| {
+            self.rollouts
+                .get(g)
+                .is_some_and(|r| r.hosted.values().any(|(n, _)| n == node))
+        })
+    }
+
+    /// One node's plan, guarding every pod of the gateways `candidate` names (those the node
+    /// hosts or may host) as well as its own.
+    pub fn node_plan_guarding(&self, node: &str, candidate: impl Fn(&str) -> bool) -> NodePlan {
+        rollout::node_plan(node, &self.rollouts, candidate)
     }
 
     /// Nodes that must act for `gateway` (host one of its IPs or carry rules for it).

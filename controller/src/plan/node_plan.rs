@@ -44,12 +44,22 @@ pub struct GatewayNodePlan {
     /// This node's selected pods whose gateway has no egress IP on any node right now: their
     /// traffic to the destinations is dropped rather than leaking from the node's address.
     pub blocked: BTreeSet<IpAddr>,
+    /// Pods whose traffic to the destinations may leave this node only SNATed to one of
+    /// `egress_ips` or steered, never otherwise (the no-leak rule, enforced after every NAT):
+    /// this node's own selected pods, and on a node that hosts or may host the gateway every
+    /// pod the gateway selects.
+    pub guard: BTreeSet<IpAddr>,
+    /// The gateway's egress IPs (all of them, wherever they live).
+    pub egress_ips: Vec<IpAddr>,
 }
 
 impl GatewayNodePlan {
     /// Whether the node has nothing to do for this gateway.
     pub fn is_empty(&self) -> bool {
-        self.snat.is_empty() && self.steer.is_empty() && self.blocked.is_empty()
+        self.snat.is_empty()
+            && self.steer.is_empty()
+            && self.blocked.is_empty()
+            && self.guard.is_empty()
     }
 
     /// Number of pod IPs programmed for this gateway on this node (all roles).
@@ -72,7 +82,8 @@ impl NodePlan {
 
 /// A stable digest of what a node does for one gateway: the agent reports it once it has
 /// committed that state, the controller compares it with its own plan to tell whether the
-/// gateway is `Programmed` on that node.
+/// gateway is `Programmed` on that node. The guard is left out: it depends on which gateways
+/// the node may host and on pods the agent still guards for a while after they left.
 pub fn digest<'a>(
     part: Option<&GatewayNodePlan>,
     hosted: impl IntoIterator<Item = (&'a IpAddr, &'a HostedIp)>,

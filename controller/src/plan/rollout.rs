@@ -23,6 +23,11 @@ pub struct GatewayRollout {
     /// The gateway's destinations and exclusions (the same on every node).
     destinations: Box<[IpNetwork]>,
     excluded: Box<[IpNetwork]>,
+    /// The gateway's egress IPs (spec order).
+    egress_ips: Box<[IpAddr]>,
+    /// The IPs of every pod the gateway selects (sorted): what a node that hosts or may host
+    /// the gateway guards.
+    all_pods: Box<[IpAddr]>,
     /// Node name (interned) to its share of the work, sorted by name; no empty shares.
     nodes: Box<[(Sym, NodeShare)]>,
     /// Egress IPs hosted, with the node hosting each.
@@ -38,6 +43,8 @@ struct NodeShare {
     snat: Box<[(IpAddr, Box<[IpAddr]>)]>,
     steer: Box<[(IpAddr, Box<[IpAddr]>)]>,
     blocked: Box<[IpAddr]>,
+    /// The node's own selected pods.
+    local: Box<[IpAddr]>,
 }
 
 fn compact(m: BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Box<[(IpAddr, Box<[IpAddr]>)]> {
@@ -58,7 +65,7 @@ impl GatewayRollout {
         self.nodes.iter().map(|(n, _)| &**n)
     }
 
-    /// What `node` does for this gateway, if anything.
+    /// What `node` does for this gateway, if anything (its guard: its own pods).
     pub fn node_part(&self, node: &str) -> Option<GatewayNodePlan> {
         let i = self.nodes.binary_search_by(|(n, _)| (**n).cmp(node)).ok()?;
         let share = &self.nodes[i].1;
@@ -68,7 +75,23 @@ impl GatewayRollout {
             snat: expand(&share.snat),
             steer: expand(&share.steer),
             blocked: share.blocked.iter().copied().collect(),
+            guard: share.local.iter().copied().collect(),
+            egress_ips: self.egress_ips.to_vec(),
         })
+    }
+
+    /// What a node that hosts or may host the gateway does for it: its own part, and a guard
+    /// over every pod the gateway selects (traffic steered to it that it will not SNAT is
+    /// dropped, whatever the source node believed).
+    pub fn candidate_part(&self, node: &str) -> GatewayNodePlan {
+        let mut part = self.node_part(node).unwrap_or_else(|| GatewayNodePlan {
+            destinations: self.destinations.to_vec(),
+            excluded: self.excluded.to_vec(),
+            egress_ips: self.egress_ips.to_vec(),
+            ..GatewayNodePlan::default()
+        });
+        part.guard.extend(self.all_pods.iter().copied());
+        part
     }
 }
 
@@ -83,8 +106,10 @@ pub fn rollout(
     let mut out = GatewayRollout {
         destinations: spec.destinations.as_slice().into(),
         excluded: spec.excluded.as_slice().into(),
+        egress_ips: spec.egress_ips.as_slice().into(),
         ..Default::default()
     };
+    let mut all_pods: BTreeSet<IpAddr> = BTreeSet::new();
     // Built with maps, then compacted.
     let mut nodes: BTreeMap<String, GatewayNodePlan> = BTreeMap::new();
     let fresh = GatewayNodePlan::default;
@@ -94,6 +119,9 @@ pub fn rollout(
         .collect();
     let placed_ips: Vec<IpAddr> = placed.iter().map(|(ip, _)| *ip).collect();
     for (ip, pl) in &placed {
+        if pl.stale_epoch {
+            continue; // this node may not hold it until status carries its current epoch
+        }
         let hosted = HostedIp {
             gateway: gateway.to_string(),
             interface: pl.interface.clone(),
@@ -118,28 +146,34 @@ pub fn rollout(
         if ips.is_empty() {
             continue;
         }
+        all_pods.extend(ips.iter().copied());
+        let local = nodes.entry(pod_node.to_string()).or_insert_with(fresh);
+        local.guard.extend(ips.iter().copied());
         let Some(egress) = hash::choose(key, &placed_ips) else {
-            nodes
-                .entry(pod_node.to_string())
-                .or_insert_with(fresh)
-                .blocked
-                .extend(ips);
+            local.blocked.extend(ips);
             continue;
         };
         out.pod_ip.insert(key.clone(), egress);
-        let host = &placed
+        let placement = placed
             .iter()
             .find(|(ip, _)| *ip == egress)
             .expect("chosen among placed")
-            .1
-            .node;
-        nodes
-            .entry(host.clone())
-            .or_insert_with(fresh)
-            .snat
-            .entry(egress)
-            .or_default()
-            .extend(ips.iter().copied());
+            .1;
+        let host = &placement.node;
+        if placement.stale_epoch && host == pod_node {
+            local.blocked.extend(ips); // held by nobody in this node's view: fail closed
+            continue;
+        }
+        if !placement.stale_epoch {
+            nodes
+                .entry(host.clone())
+                .or_insert_with(fresh)
+                .snat
+                .entry(egress)
+                .or_default()
+                .extend(ips.iter().copied());
+        } // else: another node's pod, steered to the stale host, whose guard drops it
+
         if host != pod_node {
             let local = nodes.entry(pod_node.to_string()).or_insert_with(fresh);
             match index.nodes.get(host).and_then(|n| n.internal_ip) {
@@ -157,21 +191,30 @@ pub fn rollout(
                 snat: compact(p.snat),
                 steer: compact(p.steer),
                 blocked: p.blocked.into_iter().collect(),
+                local: p.guard.into_iter().collect(),
             };
             (intern(&n), share)
         })
         .collect();
+    out.all_pods = all_pods.into_iter().collect();
     out
 }
 
-/// Assemble one node's plan from every gateway's rollout.
+/// Assemble one node's plan from every gateway's rollout; `candidate` says which gateways
+/// the node hosts or may host (it guards all of their pods).
 pub fn node_plan<'a>(
     node: &str,
     rollouts: impl IntoIterator<Item = (&'a String, &'a GatewayRollout)>,
+    candidate: impl Fn(&str) -> bool,
 ) -> NodePlan {
     let mut plan = NodePlan::empty(node);
     for (gateway, r) in rollouts {
-        if let Some(part) = r.node_part(node) {
+        let part = if candidate(gateway) {
+            Some(r.candidate_part(node))
+        } else {
+            r.node_part(node)
+        };
+        if let Some(part) = part {
             plan.gateways.insert(gateway.clone(), part);
         }
         for (ip, (host, hosted)) in &r.hosted {

@@ -33,12 +33,13 @@ pub struct PodGateways {
     pub lost: Vec<(String, String)>,
 }
 
-/// Valid gateways ordered by seniority (older first, then name).
+/// Gateways with a spec to select by (valid, or the last valid one of a gateway whose spec
+/// turned invalid: it keeps its pods, blocked) ordered by seniority (older first, then name).
 pub fn by_seniority(index: &ClusterIndex) -> Vec<(&Gateway, &GatewaySpec)> {
     let mut v: Vec<(&Gateway, &GatewaySpec)> = index
         .gateways
         .values()
-        .filter_map(|g| g.spec.as_ref().ok().map(|s| (g, s)))
+        .filter_map(|g| g.effective_spec().map(|s| (g, s)))
         .collect();
     v.sort_by(|a, b| a.0.seniority().cmp(&b.0.seniority()));
     v

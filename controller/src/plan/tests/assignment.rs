@@ -191,9 +191,22 @@ fn an_agent_back_with_a_new_epoch_gets_an_assignment_for_that_epoch() {
         .clone()
         .unwrap();
     assert_eq!((pl.node.as_str(), pl.epoch), ("n1", 2));
-    // The agent, reading the old status, does not host the IP until status carries epoch 2.
+    // The agent, reading the old status, does not host the IP until status carries epoch 2,
+    // but keeps the placement (marked stale) so its pods keep the IP in every view.
     let from_status = crate::plan::assign::from_status(&c.index, Some(("n1", 2)));
-    assert!(from_status.by_gateway["g"][0].placement.is_err());
+    let stale = from_status.by_gateway["g"][0].placement.clone().unwrap();
+    assert!(stale.stale_epoch);
     let from_status = crate::plan::assign::from_status(&c.index, Some(("n1", 1)));
-    assert!(from_status.by_gateway["g"][0].placement.is_ok());
+    assert!(!from_status.by_gateway["g"][0].placement.clone().unwrap().stale_epoch);
+    // Planned from the stale view, n1 hosts nothing and blocks its pods hashing to the IP.
+    c.pod(pod("billing", "p1", "inv", "n1", "198.19.1.10"));
+    let view = crate::plan::plan_with(
+        &c.index,
+        crate::plan::assign::from_status(&c.index, Some(("n1", 2))),
+    );
+    let n1 = view.node_plan("n1");
+    assert!(n1.hosted.is_empty());
+    let g = &n1.gateways["g"];
+    assert!(g.snat.is_empty());
+    assert!(g.blocked.contains(&"198.19.1.10".parse().unwrap()));
 }

@@ -69,6 +69,7 @@ pub fn from_spec(name: &str, age: i64, spec: &EgressGatewaySpec) -> Gateway {
         generation: 1,
         created: Timestamp::from_second(1_700_000_000 + age).unwrap(),
         spec: parse_spec(spec),
+        fallback: None,
         recorded: BTreeMap::new(),
     }
 }

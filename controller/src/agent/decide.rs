@@ -1,0 +1,316 @@
+//! What the agent programs, decided without any I/O: given the node plan from its view, its
+//! fencing state and the pods it guarded a moment ago, the plan to commit (or nothing yet).
+//!
+//! The rules (DESIGN.md, "Invariants", 1):
+//! - **Nothing inherited is removed before the first renewal outcome is known.** A restarted
+//!   agent finds its predecessor's table, addresses and routes and keeps them until it knows
+//!   whether it may host (renewed) or must fence (could not).
+//! - **Fencing converts, never removes.** A fenced node gives up its egress addresses and turns
+//!   its SNAT into drops; its table, guard, steering and blocks stay, so nothing that reaches
+//!   it or starts on it leaves with the node's address.
+//! - **Guarded pods stay guarded for a while after they leave.** Other nodes may still steer a
+//!   pod here for a moment after this node stopped serving it (a move, a pod deleted, the
+//!   node no longer a candidate); for [`DEFAULT_GUARD_RETENTION`] the pod stays in the guard,
+//!   so that traffic is dropped rather than forwarded through the node's masquerade.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+
+use crate::plan::{GatewayNodePlan, NodePlan};
+
+/// How long a pod stays guarded on a node after it left the node's guard.
+pub const DEFAULT_GUARD_RETENTION: Duration = Duration::from_secs(5);
+
+/// The agent's state that decides what it may program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Situation {
+    /// The first renewal of this process has succeeded or failed.
+    pub first_outcome_known: bool,
+    /// No renewal succeeded in time: the node holds no egress IP.
+    pub fenced: bool,
+    /// The node may host nothing (idle cadence): fencing does not apply.
+    pub idle: bool,
+}
+
+/// The plan to commit, or `None` while nothing may be changed yet.
+pub fn program(mut plan: NodePlan, situation: Situation) -> Option<NodePlan> {
+    if !situation.first_outcome_known {
+        return None;
+    }
+    if situation.fenced && !situation.idle {
+        fence(&mut plan);
+    }
+    Some(plan)
+}
+
+/// Fence a plan: no hosted address, and every pod this node would SNAT is dropped instead.
+pub fn fence(plan: &mut NodePlan) {
+    plan.hosted.clear();
+    for g in plan.gateways.values_mut() {
+        let snat = std::mem::take(&mut g.snat);
+        for pods in snat.into_values() {
+            g.guard.extend(pods.iter().copied());
+            g.blocked.extend(pods);
+        }
+    }
+}
+
+/// The shape of a gateway's rules, kept to guard its pods after it left the node's plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Template {
+    destinations: Vec<IpNetwork>,
+    excluded: Vec<IpNetwork>,
+    egress_ips: Vec<IpAddr>,
+}
+
+/// Pods still guarded after they left the guard, per gateway, with their expiry.
+#[derive(Clone, Debug, Default)]
+pub struct Retention {
+    period: Duration,
+    by_gateway: BTreeMap<String, (Template, BTreeMap<IpAddr, Instant>)>,
+}
+
+impl Retention {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            by_gateway: BTreeMap::new(),
+        }
+    }
+
+    /// Bring `plan` (what the view asks for now) up to the guard it must keep: pods in
+    /// `previous` (the plan last committed) that left the guard stay in it until their
+    /// retention ends. Pods `is_local` says live on this node are not retained: this node
+    /// itself stops steering them in the same transaction, so nobody else sends them here.
+    pub fn apply(
+        &mut self,
+        now: Instant,
+        plan: &mut NodePlan,
+        previous: Option<&NodePlan>,
+        is_local: impl Fn(IpAddr) -> bool,
+    ) {
+        if let Some(prev) = previous {
+            for (name, old) in &prev.gateways {
+                let new_guard = plan.gateways.get(name).map(|g| &g.guard);
+                let gone: Vec<IpAddr> = old
+                    .guard
+                    .iter()
+                    .filter(|ip| new_guard.is_none_or(|g| !g.contains(ip)))
+                    .filter(|ip| !is_local(**ip))
+                    .copied()
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
+                let entry = self.by_gateway.entry(name.clone()).or_insert_with(|| {
+                    (
+                        Template {
+                            destinations: old.destinations.clone(),
+                            excluded: old.excluded.clone(),
+                            egress_ips: old.egress_ips.clone(),
+                        },
+                        BTreeMap::new(),
+                    )
+                });
+                for ip in gone {
+                    entry.1.entry(ip).or_insert(now + self.period);
+                }
+            }
+        }
+        self.by_gateway.retain(|name, (_, pods)| {
+            let back = plan.gateways.get(name).map(|g| &g.guard);
+            pods.retain(|ip, until| *until > now && back.is_none_or(|g| !g.contains(ip)));
+            !pods.is_empty()
+        });
+        for (name, (t, pods)) in &self.by_gateway {
+            let g = plan
+                .gateways
+                .entry(name.clone())
+                .or_insert_with(|| GatewayNodePlan {
+                    destinations: t.destinations.clone(),
+                    excluded: t.excluded.clone(),
+                    egress_ips: t.egress_ips.clone(),
+                    ..GatewayNodePlan::default()
+                });
+            g.guard.extend(pods.keys().copied());
+        }
+    }
+
+    /// When the next retained pod leaves the guard (the agent re-applies then).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_gateway
+            .values()
+            .flat_map(|(_, pods)| pods.values().copied())
+            .min()
+    }
+
+    /// Number of retained pods (all gateways).
+    pub fn len(&self) -> usize {
+        self.by_gateway.values().map(|(_, p)| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The pods of `plan` that leave the node unguarded: selected pods of a gateway (known to
+/// the plan through its SNAT, steering or blocks) missing from that gateway's guard. Empty
+/// for every plan the planner and [`program`] produce; a check for tests and debugging.
+pub fn unguarded(plan: &NodePlan) -> BTreeSet<(String, IpAddr)> {
+    let mut out = BTreeSet::new();
+    for (name, g) in &plan.gateways {
+        let pods = g
+            .snat
+            .values()
+            .chain(g.steer.values())
+            .flatten()
+            .chain(g.blocked.iter());
+        for ip in pods {
+            if !g.guard.contains(ip) {
+                out.insert((name.clone(), *ip));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::HostedIp;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn gw_plan(snat: &[&str], steer: &[&str], guard: &[&str]) -> GatewayNodePlan {
+        GatewayNodePlan {
+            destinations: vec!["203.0.113.0/24".parse().unwrap()],
+            excluded: vec![],
+            snat: BTreeMap::from([(ip("198.18.0.200"), snat.iter().map(|s| ip(s)).collect())]),
+            steer: if steer.is_empty() {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([(ip("198.18.0.13"), steer.iter().map(|s| ip(s)).collect())])
+            },
+            blocked: BTreeSet::new(),
+            guard: guard.iter().map(|s| ip(s)).collect(),
+            egress_ips: vec![ip("198.18.0.200")],
+        }
+    }
+
+    fn gateway_node() -> NodePlan {
+        let mut p = NodePlan::empty("node-2");
+        p.hosted.insert(
+            ip("198.18.0.200"),
+            HostedIp {
+                gateway: "gw".into(),
+                interface: "eth0".into(),
+            },
+        );
+        p.gateways.insert(
+            "gw".into(),
+            gw_plan(
+                &["198.19.1.10", "198.19.2.10"],
+                &[],
+                &["198.19.1.10", "198.19.2.10", "198.19.3.10"],
+            ),
+        );
+        p
+    }
+
+    const LIVE: Situation = Situation {
+        first_outcome_known: true,
+        fenced: false,
+        idle: false,
+    };
+
+    #[test]
+    fn nothing_is_programmed_before_the_first_renewal_outcome() {
+        let s = Situation {
+            first_outcome_known: false,
+            fenced: true,
+            idle: false,
+        };
+        assert_eq!(program(gateway_node(), s), None);
+        assert_eq!(program(gateway_node(), LIVE), Some(gateway_node()));
+    }
+
+    #[test]
+    fn fencing_drops_addresses_and_turns_snat_into_blocks_keeping_the_table() {
+        let fenced = Situation {
+            fenced: true,
+            ..LIVE
+        };
+        let p = program(gateway_node(), fenced).unwrap();
+        assert!(p.hosted.is_empty());
+        let g = &p.gateways["gw"];
+        assert!(g.snat.is_empty());
+        assert_eq!(
+            g.blocked,
+            BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")])
+        );
+        assert_eq!(g.guard.len(), 3, "the guard stays");
+        assert!(unguarded(&p).is_empty());
+        // an idle node never fences
+        let idle = Situation {
+            idle: true,
+            ..fenced
+        };
+        assert_eq!(program(gateway_node(), idle), Some(gateway_node()));
+    }
+
+    #[test]
+    fn a_pod_that_left_stays_guarded_for_the_retention_then_goes() {
+        let t0 = Instant::now();
+        let mut r = Retention::new(Duration::from_secs(5));
+        let prev = gateway_node();
+        // 198.19.3.10 (another node's pod) left the selection; 198.19.2.10 (local) too
+        let mut now = gateway_node();
+        let g = now.gateways.get_mut("gw").unwrap();
+        g.guard.remove(&ip("198.19.3.10"));
+        g.guard.remove(&ip("198.19.2.10"));
+        g.snat.values_mut().for_each(|s| {
+            s.remove(&ip("198.19.2.10"));
+        });
+        let local = |i: IpAddr| i == ip("198.19.2.10");
+        let mut p = now.clone();
+        r.apply(t0, &mut p, Some(&prev), local);
+        assert!(p.gateways["gw"].guard.contains(&ip("198.19.3.10")));
+        assert!(!p.gateways["gw"].guard.contains(&ip("198.19.2.10")));
+        assert_eq!(r.next_expiry(), Some(t0 + Duration::from_secs(5)));
+        // still retained a little later, even though the previous plan now carries it only
+        // because of the retention
+        let mut p2 = now.clone();
+        r.apply(t0 + Duration::from_secs(4), &mut p2, Some(&p), local);
+        assert!(p2.gateways["gw"].guard.contains(&ip("198.19.3.10")));
+        // gone after the period
+        let mut p3 = now.clone();
+        r.apply(t0 + Duration::from_secs(6), &mut p3, Some(&p2), local);
+        assert!(!p3.gateways["gw"].guard.contains(&ip("198.19.3.10")));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_gateway_that_left_the_node_keeps_its_guard_for_the_retention() {
+        let t0 = Instant::now();
+        let mut r = Retention::new(Duration::from_secs(5));
+        let prev = gateway_node();
+        let mut p = NodePlan::empty("node-2");
+        r.apply(t0, &mut p, Some(&prev), |_| false);
+        let g = &p.gateways["gw"];
+        assert_eq!(g.guard.len(), 3);
+        assert!(g.snat.is_empty() && p.hosted.is_empty());
+        assert_eq!(g.destinations, prev.gateways["gw"].destinations);
+        assert_eq!(g.egress_ips, prev.gateways["gw"].egress_ips);
+        // a pod coming back is simply guarded again, not retained twice
+        let mut back = gateway_node();
+        r.apply(t0 + Duration::from_secs(1), &mut back, Some(&p), |_| false);
+        assert!(r.is_empty());
+        assert_eq!(back, gateway_node());
+    }
+}

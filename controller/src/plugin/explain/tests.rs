@@ -54,6 +54,7 @@ fn gateway(
         generation: 1,
         created: Timestamp::from_second(1_700_000_000 + age).unwrap(),
         spec: parse_spec(&spec),
+        fallback: None,
         recorded: recorded
             .iter()
             .map(|(i, n)| {

@@ -428,6 +428,38 @@ impl SimCluster {
     pub fn logs(&self) -> &std::path::Path {
         &self.logs
     }
+
+    /// `kubectl apply` of `yaml` (written to a numbered file among the logs, so a failed
+    /// test shows what it applied).
+    pub async fn apply_yaml(&self, yaml: &str) -> Result<()> {
+        let n = (0..)
+            .find(|n| !self.logs.join(format!("manifest-{n}.yaml")).exists())
+            .unwrap_or(0);
+        let path = self.logs.join(format!("manifest-{n}.yaml"));
+        std::fs::write(&path, yaml)?;
+        self.apply(&path.display().to_string()).await
+    }
+
+    /// `kubectl label node <node i> <label> --overwrite`: `key=value` sets, `key-` removes.
+    pub async fn label_node(&self, i: usize, label: &str) -> Result<()> {
+        let node = self.tb.node(i).name().to_string();
+        let out = self
+            .cp
+            .kubectl(["label", "node", &node, label, "--overwrite"])
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl label node {node} {label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// A leak probe on the testbed's pods `(node, k)` against the open server
+    /// ([`crate::leak`]).
+    pub fn leak_probe(&self, pods: &[(usize, usize)]) -> Result<crate::leak::LeakProbe> {
+        crate::leak::LeakProbe::start(&self.tb, pods)
+    }
 }
 
 impl Drop for SimCluster {

@@ -18,6 +18,8 @@ pub struct GatewaySpec {
     pub egress: Vec<(Ipv4Addr, usize)>,
     /// Selected pods (IP, node); pod `i` (in this order) leaves with egress IP `i % n`.
     pub pods: Vec<(Ipv4Addr, usize)>,
+    /// Nodes that guard every pod of the gateway besides the hosting ones (candidates).
+    pub candidates: Vec<usize>,
 }
 
 impl GatewaySpec {
@@ -28,7 +30,14 @@ impl GatewaySpec {
             excluded: Vec::new(),
             egress: Vec::new(),
             pods: Vec::new(),
+            candidates: Vec::new(),
         }
+    }
+
+    /// `node` may host the gateway: it guards all of its pods.
+    pub fn candidate(mut self, node: usize) -> Self {
+        self.candidates.push(node);
+        self
     }
 
     pub fn excluded(mut self, nets: &[&str]) -> Self {
@@ -47,7 +56,9 @@ impl GatewaySpec {
     }
 }
 
-/// The plan of node `node` (1-based) for the given gateways.
+/// The plan of node `node` (1-based) for the given gateways. As the planner does, a node
+/// guards its own selected pods, and a node that hosts (or is a candidate for) a gateway
+/// guards every pod of it.
 pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePlan {
     let mut plan = NodePlan::empty(tb.node(node).name());
     for g in gateways {
@@ -62,8 +73,15 @@ pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePla
                 .iter()
                 .map(|d| d.parse().expect("cidr"))
                 .collect(),
+            egress_ips: g.egress.iter().map(|(e, _)| IpAddr::V4(*e)).collect(),
             ..Default::default()
         };
+        let candidate = g.candidates.contains(&node) || g.egress.iter().any(|(_, h)| *h == node);
+        for (pod, pod_node) in &g.pods {
+            if candidate || *pod_node == node {
+                gp.guard.insert(IpAddr::V4(*pod));
+            }
+        }
         gp.destinations.sort();
         gp.excluded.sort();
         for (e, host) in &g.egress {

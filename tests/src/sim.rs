@@ -155,6 +155,7 @@ impl SimCluster {
             };
             cp.create_node(n.name(), &labels, IpAddr::V4(n.ip()), true)
                 .await?;
+            cp.set_node_pod_cidr(n.name(), &n.pod_cidr()).await?;
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;

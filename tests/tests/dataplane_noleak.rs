@@ -120,3 +120,38 @@ fn a_gateway_node_that_will_not_snat_a_steered_pod_drops_it() {
     // the pod node-2 does SNAT still leaves with E1; an unselected pod is untouched
     assert_eq!(tb.pod(2, 1).connect(OPEN_SERVER).unwrap(), Ok(tb.node(2).ip()));
 }
+
+#[test]
+#[ignore = "needs root and network namespaces; run by make test"]
+fn a_candidate_drops_a_steered_pod_it_has_not_heard_of_by_the_source_nodes_pod_range() {
+    let tb = testbed();
+    let pod = tb.pod(1, 0);
+    let source_view = GatewaySpec::new("billing", &["203.0.113.0/24"])
+        .egress(E1, 2)
+        .pod(pod.ip(), 1);
+    // node-2 hosts E1 and knows no pod of the gateway at all, only the other nodes' ranges
+    let gateway_view = GatewaySpec::new("billing", &["203.0.113.0/24"]).egress(E1, 2);
+    let mut gw_plan = node_plan(&tb, 2, std::slice::from_ref(&gateway_view));
+    gw_plan.gateways.get_mut("billing").unwrap().guard_remote = true;
+    gw_plan.remote_pod_ranges = vec![
+        tb.node(1).pod_cidr().parse().unwrap(),
+        tb.node(3).pod_cidr().parse().unwrap(),
+    ];
+    let mut dps = dataplanes(&tb);
+    let plans = [
+        (1, node_plan(&tb, 1, std::slice::from_ref(&source_view))),
+        (2, gw_plan),
+    ]
+    .into_iter()
+    .collect();
+    apply_all(&mut dps, &plans);
+    assert_eq!(pod.connect(OPEN_SERVER).unwrap(), Err(ConnectError::Timeout));
+    assert!(
+        !tb.server_peers(OPEN_SERVER)
+            .iter()
+            .any(|p| *p.ip() == tb.node(2).ip()),
+        "node-2 forwarded an unknown steered pod through its masquerade"
+    );
+    // node-2's own unselected pod is not in a remote range: it still leaves as before
+    assert_eq!(tb.pod(2, 1).connect(OPEN_SERVER).unwrap(), Ok(tb.node(2).ip()));
+}

@@ -64,6 +64,7 @@ struct Template {
     destinations: Vec<IpNetwork>,
     excluded: Vec<IpNetwork>,
     egress_ips: Vec<IpAddr>,
+    guard_remote: bool,
 }
 
 /// Pods still guarded after they left the guard, per gateway, with their expiry.
@@ -111,6 +112,7 @@ impl Retention {
                             destinations: old.destinations.clone(),
                             excluded: old.excluded.clone(),
                             egress_ips: old.egress_ips.clone(),
+                            guard_remote: old.guard_remote,
                         },
                         BTreeMap::new(),
                     )
@@ -133,6 +135,7 @@ impl Retention {
                     destinations: t.destinations.clone(),
                     excluded: t.excluded.clone(),
                     egress_ips: t.egress_ips.clone(),
+                    guard_remote: t.guard_remote,
                     ..GatewayNodePlan::default()
                 });
             g.guard.extend(pods.keys().copied());
@@ -200,6 +203,7 @@ mod tests {
             blocked: BTreeSet::new(),
             guard: guard.iter().map(|s| ip(s)).collect(),
             egress_ips: vec![ip("198.18.0.200")],
+            guard_remote: false,
         }
     }
 

@@ -162,27 +162,9 @@ impl Inputs {
         })
     }
 
-    /// The gateways whose every pod this node guards: those whose gatewayNodeSelector matches
-    /// its labels, and those status records an IP of on it (under any epoch: other nodes may
-    /// steer that IP's pods here). The node watches their pods (see [`Self::scopes`]).
+    /// The gateways whose every pod this node guards (see [`crate::plan::guard`]).
     pub fn guarded_gateways(&self) -> BTreeSet<String> {
-        let empty = Default::default();
-        let my_labels = self
-            .index
-            .nodes
-            .get(&self.node)
-            .map_or(&empty, |n| &n.labels);
-        self.index
-            .gateways
-            .values()
-            .filter(|g| {
-                g.recorded.values().any(|r| r.node == self.node)
-                    || g
-                        .effective_spec()
-                        .is_some_and(|s| s.node_selector.matches(my_labels))
-            })
-            .map(|g| g.name.clone())
-            .collect()
+        crate::plan::guard::guarded_gateways(&self.index, &self.node)
     }
 
     /// Pod watches for the gateways this node guards ([`Self::guarded_gateways`]: those it

@@ -326,6 +326,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ) else {
             continue; // the first renewal outcome wakes the loop
         };
+        plan.remote_pod_ranges = crate::plan::guard::remote_pod_ranges(&inputs.index, &node);
         let local_pods: BTreeSet<std::net::IpAddr> = inputs
             .index
             .pods

@@ -36,6 +36,8 @@ pub const PRIORITY_FILTER: i32 = 0;
 
 /// Set of the egress IPs this node hosts; also the record of which addresses are ours.
 pub const SET_HOSTED: &str = "hosted";
+/// Interval set of the other nodes' pod ranges (guarded on nodes that host or may host).
+pub const SET_REMOTE_PODS: &str = "remote_pods";
 
 /// Default packet-mark field that carries the next-hop slot of steered packets (255 slots).
 /// Avoids kube-proxy (0x4000, 0x8000), Cilium (0x0f00, 0xf000) and flannel bits.

@@ -95,6 +95,7 @@ pub fn desired(
         .iter()
         .filter(|(_, g)| !g.is_empty())
         .collect();
+    let remote = f.ranges(&plan.remote_pod_ranges);
     if addresses.is_empty() && active.is_empty() {
         return DesiredNode {
             ipv6_ignored: f.ignored,
@@ -125,6 +126,15 @@ pub fn desired(
         None,
     );
 
+    let guard_remote = !remote.is_empty() && active.iter().any(|(_, g)| g.guard_remote);
+    if guard_remote {
+        set(
+            &mut st,
+            SetName::RemotePods,
+            None,
+            SetContent::Ranges(remote),
+        );
+    }
     let mut used_slots = BTreeMap::new();
     for (name, g) in active {
         let gid: GatewayId = ids[name.as_str()].clone();
@@ -203,7 +213,16 @@ pub fn desired(
             );
             st.rules.insert(RuleSpec::Block { gid: gid.clone() }, None);
         }
-        if !g.guard.is_empty() {
+        if guard_remote && g.guard_remote {
+            st.rules.insert(
+                RuleSpec::LeakRemote {
+                    gid: gid.clone(),
+                    mask: cfg.mark_mask,
+                },
+                None,
+            );
+        }
+        if !g.guard.is_empty() || (guard_remote && g.guard_remote) {
             set(
                 &mut st,
                 SetName::Guard(gid.clone()),
@@ -265,6 +284,7 @@ mod tests {
             blocked: BTreeSet::new(),
             guard: BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.2.11")]),
             egress_ips: vec![ip("198.18.0.200"), ip("198.18.0.201")],
+            guard_remote: false,
         };
         p.gateways.insert("gw".into(), g);
         p

@@ -398,7 +398,9 @@ impl Engine {
                     },
                 ),
                 RuleSpec::Block { gid } => (name(gid), CounterKind::Blocked),
-                RuleSpec::Leak { gid, .. } => (name(gid), CounterKind::LeakDropped),
+                RuleSpec::Leak { gid, .. } | RuleSpec::LeakRemote { gid, .. } => {
+                    (name(gid), CounterKind::LeakDropped)
+                }
             };
             out.push(RuleCounter {
                 gateway,

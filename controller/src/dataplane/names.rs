@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::config::SET_HOSTED;
+use super::config::{SET_HOSTED, SET_REMOTE_PODS};
 
 /// Short, stable id of a gateway inside our table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,6 +72,8 @@ pub fn assign_gateway_ids<'a>(
 pub enum SetName {
     /// Egress IPs this node hosts (guard + ownership record of addresses).
     Hosted,
+    /// The other nodes' pod ranges (interval set).
+    RemotePods,
     /// Destination networks of a gateway (interval set; comment = gateway name).
     Dst(GatewayId),
     /// Excluded networks of a gateway (interval set).
@@ -102,12 +104,15 @@ fn parse_hex_ip(s: &str) -> Option<Ipv4Addr> {
 impl SetName {
     /// Whether the set holds intervals (networks) rather than single addresses.
     pub fn is_interval(&self) -> bool {
-        matches!(self, SetName::Dst(_) | SetName::Excl(_))
+        matches!(
+            self,
+            SetName::Dst(_) | SetName::Excl(_) | SetName::RemotePods
+        )
     }
 
     pub fn gateway(&self) -> Option<&GatewayId> {
         match self {
-            SetName::Hosted => None,
+            SetName::Hosted | SetName::RemotePods => None,
             SetName::Dst(g)
             | SetName::Excl(g)
             | SetName::Snat(g, _)
@@ -123,6 +128,7 @@ impl fmt::Display for SetName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SetName::Hosted => f.write_str(SET_HOSTED),
+            SetName::RemotePods => f.write_str(SET_REMOTE_PODS),
             SetName::Dst(g) => write!(f, "{g}_dst"),
             SetName::Excl(g) => write!(f, "{g}_excl"),
             SetName::Snat(g, ip) => write!(f, "{g}_snat_{}", hex_ip(*ip)),
@@ -140,6 +146,9 @@ impl FromStr for SetName {
     fn from_str(s: &str) -> Result<Self, ()> {
         if s == SET_HOSTED {
             return Ok(SetName::Hosted);
+        }
+        if s == SET_REMOTE_PODS {
+            return Ok(SetName::RemotePods);
         }
         let (gid, rest) = s.split_once('_').ok_or(())?;
         let gid = GatewayId::parse(gid).ok_or(())?;
@@ -182,6 +191,7 @@ mod tests {
         let ip = Ipv4Addr::new(198, 18, 0, 200);
         for n in [
             SetName::Hosted,
+            SetName::RemotePods,
             SetName::Dst(g.clone()),
             SetName::Excl(g.clone()),
             SetName::Snat(g.clone(), ip),

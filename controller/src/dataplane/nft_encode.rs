@@ -180,7 +180,7 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
             v.push(Expr::Drop);
             v
         }
-        RuleSpec::Leak { gid, mask } => vec![
+        RuleSpec::Leak { gid, mask } | RuleSpec::LeakRemote { gid, mask } => vec![
             Expr::CtDirection,
             Expr::CmpEq(vec![0]), // IP_CT_DIR_ORIGINAL
             Expr::CtOriginalSaddr,

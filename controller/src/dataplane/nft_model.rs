@@ -217,6 +217,9 @@ pub enum RuleSpec {
     /// (after every NAT: a guarded pod's packet leaves SNATed to the gateway's egress IP,
     /// steered, or not at all)
     Leak { gid: GatewayId, mask: u32 },
+    /// noleak: the same with `ct original ip saddr @remote_pods`: pods of other nodes this
+    /// node has not heard of yet
+    LeakRemote { gid: GatewayId, mask: u32 },
 }
 
 impl RuleSpec {
@@ -226,7 +229,7 @@ impl RuleSpec {
             RuleSpec::MarkSnat { .. } | RuleSpec::Snat { .. } => CHAIN_POST,
             RuleSpec::Account { .. } | RuleSpec::Block { .. } => CHAIN_FWD,
             RuleSpec::Steer { .. } => CHAIN_PRE,
-            RuleSpec::Leak { .. } => CHAIN_NOLEAK,
+            RuleSpec::Leak { .. } | RuleSpec::LeakRemote { .. } => CHAIN_NOLEAK,
         }
     }
 
@@ -237,7 +240,8 @@ impl RuleSpec {
             | RuleSpec::Account { gid, .. }
             | RuleSpec::Steer { gid, .. }
             | RuleSpec::Block { gid }
-            | RuleSpec::Leak { gid, .. } => Some(gid),
+            | RuleSpec::Leak { gid, .. }
+            | RuleSpec::LeakRemote { gid, .. } => Some(gid),
         }
     }
 
@@ -252,6 +256,7 @@ impl RuleSpec {
             RuleSpec::Steer { gid, next_hop, .. } => SetName::Via(gid.clone(), *next_hop),
             RuleSpec::Block { gid } => SetName::Blocked(gid.clone()),
             RuleSpec::Leak { gid, .. } => SetName::Guard(gid.clone()),
+            RuleSpec::LeakRemote { .. } => SetName::RemotePods,
         }
     }
 
@@ -270,6 +275,7 @@ impl RuleSpec {
             } => format!("steer {gid} {next_hop} {mark:#010x}/{mask:#010x}"),
             RuleSpec::Block { gid } => format!("block {gid}"),
             RuleSpec::Leak { gid, mask } => format!("noleak {gid} {mask:#010x}"),
+            RuleSpec::LeakRemote { gid, mask } => format!("noleak-remote {gid} {mask:#010x}"),
         }
     }
 
@@ -303,6 +309,10 @@ impl RuleSpec {
             }
             ["block", g] => RuleSpec::Block { gid: gid(g)? },
             ["noleak", g, mask] => RuleSpec::Leak {
+                gid: gid(g)?,
+                mask: hex(mask)?,
+            },
+            ["noleak-remote", g, mask] => RuleSpec::LeakRemote {
                 gid: gid(g)?,
                 mask: hex(mask)?,
             },
@@ -424,6 +434,10 @@ mod tests {
             },
             RuleSpec::Block { gid: gid.clone() },
             RuleSpec::Leak {
+                gid: gid.clone(),
+                mask: 0x0ff0_0000,
+            },
+            RuleSpec::LeakRemote {
                 gid: gid.clone(),
                 mask: 0x0ff0_0000,
             },

@@ -33,6 +33,9 @@ pub struct Node {
     pub internal_ip: Option<IpAddr>,
     /// Interfaces the agent reported, with their subnets.
     pub interfaces: Vec<NodeInterface>,
+    /// The node's pod ranges (`spec.podCIDRs`, or `spec.podCIDR`), when the cluster allocates
+    /// them per node. Other nodes drop forwarded traffic from them that they will not SNAT.
+    pub pod_cidrs: Vec<IpNetwork>,
 }
 
 /// Why a node cannot host an egress IP.
@@ -119,11 +122,22 @@ impl Node {
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .and_then(|a| a.address.parse().ok());
+        let spec = node.spec.as_ref();
+        let mut pod_cidrs: Vec<IpNetwork> = spec
+            .and_then(|s| s.pod_cidrs.as_ref())
+            .into_iter()
+            .flatten()
+            .chain(spec.and_then(|s| s.pod_cidr.as_ref()))
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        pod_cidrs.sort();
+        pod_cidrs.dedup();
         Some(Self {
             name,
             labels: node.metadata.labels.clone().unwrap_or_default(),
             ready,
             internal_ip,
+            pod_cidrs,
             ..Default::default()
         })
     }

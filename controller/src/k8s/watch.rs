@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeStatus};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeSpec, NodeStatus};
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -125,7 +125,11 @@ fn trim_meta(meta: &mut ObjectMeta) {
 /// Ready condition (images, capacity, node info and the other conditions go).
 pub fn trim_node(node: &mut Node) {
     trim_meta(&mut node.metadata);
-    node.spec = None;
+    node.spec = node.spec.take().map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..Default::default()
+    });
     node.status = node.status.take().map(|s| NodeStatus {
         addresses: s.addresses,
         conditions: s.conditions.map(|cs| {

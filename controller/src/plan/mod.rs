@@ -4,10 +4,12 @@
 //! - [`assign`]: which node hosts each egress IP, conflicts over IPs;
 //! - [`rollout`]: one gateway's work on every node, pods spread over its IPs by [`hash`];
 //! - [`node_plan`]: what one node's kernel must hold (the dataplane's input);
-//! - [`cluster`]: all of it, in full or updated after one pod change.
+//! - [`cluster`]: all of it, in full or updated after one pod change;
+//! - [`guard`]: which traffic a node guards against leaks.
 
 pub mod assign;
 pub mod cluster;
+pub mod guard;
 pub mod hash;
 pub mod node_plan;
 pub mod ranges;

@@ -17,6 +17,9 @@ pub struct NodePlan {
     pub hosted: BTreeMap<IpAddr, HostedIp>,
     /// Per gateway (by name), the work this node does for it. Only gateways with work here.
     pub gateways: BTreeMap<String, GatewayNodePlan>,
+    /// Pod ranges of the other nodes: forwarded traffic from them toward the destinations of
+    /// a gateway with [`GatewayNodePlan::guard_remote`] is guarded like a known pod's.
+    pub remote_pod_ranges: Vec<IpNetwork>,
 }
 
 /// One egress IP this node hosts.
@@ -51,6 +54,9 @@ pub struct GatewayNodePlan {
     pub guard: BTreeSet<IpAddr>,
     /// The gateway's egress IPs (all of them, wherever they live).
     pub egress_ips: Vec<IpAddr>,
+    /// The node hosts or may host the gateway: it also guards the other nodes' pod ranges
+    /// ([`NodePlan::remote_pod_ranges`]), covering pods it has not heard of yet.
+    pub guard_remote: bool,
 }
 
 impl GatewayNodePlan {

@@ -77,6 +77,7 @@ impl GatewayRollout {
             blocked: share.blocked.iter().copied().collect(),
             guard: share.local.iter().copied().collect(),
             egress_ips: self.egress_ips.to_vec(),
+            guard_remote: false,
         })
     }
 
@@ -91,6 +92,7 @@ impl GatewayRollout {
             ..GatewayNodePlan::default()
         });
         part.guard.extend(self.all_pods.iter().copied());
+        part.guard_remote = true;
         part
     }
 }

@@ -109,6 +109,18 @@ impl ControlPlane {
             )))
     }
 
+    /// Gives the node its pod range (`spec.podCIDR` and `spec.podCIDRs`), as the node IPAM
+    /// controller does.
+    pub async fn set_node_pod_cidr(&self, name: &str, cidr: &str) -> Result<Node> {
+        let spec = json!({ "spec": { "podCIDR": cidr, "podCIDRs": [cidr] } });
+        Api::<Node>::all(self.client())
+            .patch(name, &PatchParams::default(), &Patch::Merge(&spec))
+            .await
+            .map_err(ControlPlaneError::api(format!(
+                "setting the pod range {cidr} of node {name}"
+            )))
+    }
+
     /// Sets the node's `Ready` condition (other conditions untouched), as a kubelet going
     /// healthy or unhealthy would.
     pub async fn set_node_ready(&self, name: &str, ready: bool) -> Result<Node> {

@@ -85,6 +85,7 @@ pub fn gw_node(name: &str, n: u8) -> Node {
         agent_epoch: 1,
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
+        pod_cidrs: vec![],
         interfaces: vec![NodeInterface {
             name: "eth1".into(),
             network: format!("198.18.0.{n}/24").parse().unwrap(),

@@ -2,7 +2,7 @@
 
 mod assignment;
 mod conflicts;
-mod fixture;
+pub(crate) mod fixture;
 mod node_plans;
 mod properties;
 mod selection;

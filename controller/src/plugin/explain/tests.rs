@@ -85,6 +85,7 @@ fn node(name: &str, n: u8, gateway: bool) -> Node {
         agent_epoch: 1,
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
+        pod_cidrs: vec![],
         interfaces: vec![NodeInterface {
             name: "eth1".into(),
             network: format!("198.18.0.{n}/24").parse().unwrap(),
@@ -191,10 +192,10 @@ fn selectors_that_do_not_match_are_named_requirement_by_requirement() {
     let e = explain(&index, &key, &no_status(), None).unwrap();
     assert!(e.uses.is_empty());
     let text = render(&e);
-    assert!(text.contains("payments   namespace billing does not match namespaceSelector team=payments: team=payments (has team=billing)"), "{text}");
+    assert!(text.contains("payments   namespace billing does not match namespaceSelector team=payments (has team=billing)\n"), "{text}");
     assert!(
         text.contains(
-            "web        pod does not match podSelector app=web: app=web (has app=invoicer)"
+            "web        pod does not match podSelector app=web (has app=invoicer)\n"
         ),
         "{text}"
     );

@@ -294,9 +294,7 @@ async fn explain_says_which_ip_a_pod_uses_or_exactly_why_none() {
     );
     assert!(
         out.contains("partner")
-            && out.contains(
-                "pod does not match podSelector app=partner: app=partner (has app=invoicer)"
-            ),
+            && out.contains("pod does not match podSelector app=partner (has app=invoicer)\n"),
         "{out}"
     );
 

@@ -111,8 +111,47 @@ pub enum AllowlistFormat {
     /// `SOURCE DESTINATION` per line.
     Lines,
     Json,
-    /// `add rule …` lines for `nft -f`.
+    /// `add rule …` lines for `nft -f` (`-o nft` for short).
+    #[value(alias = "nft")]
     Nftables,
     /// `iptables -A …` commands.
     Iptables,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn allowlist_format(args: &[&str]) -> Result<AllowlistFormat, clap::Error> {
+        let argv = ["kubectl-egress", "allowlist"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Allowlist(a) => Ok(a.output),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nft_is_short_for_nftables() {
+        assert_eq!(
+            allowlist_format(&["-o", "nft"]).unwrap(),
+            AllowlistFormat::Nftables
+        );
+        assert_eq!(
+            allowlist_format(&["--output", "nftables"]).unwrap(),
+            AllowlistFormat::Nftables
+        );
+        assert_eq!(
+            allowlist_format(&["-o", "iptables"]).unwrap(),
+            AllowlistFormat::Iptables
+        );
+        assert_eq!(allowlist_format(&[]).unwrap(), AllowlistFormat::Lines);
+        assert!(allowlist_format(&["-o", "nf"]).is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::selector_text::{describe, unmatched};
+use super::selector_text::mismatch;
 use crate::api::EgressGatewayStatus;
 use crate::index::{ClusterIndex, Ineligible, PodKey};
 use crate::plan::assign::from_status;
@@ -65,13 +65,14 @@ pub enum Verdict {
     InvalidSpec(String),
     /// The namespace is unknown to the API (or unreadable).
     NamespaceUnknown,
+    /// The namespace's labels fail the namespaceSelector: the selector, each requirement
+    /// once, a failed one with what the namespace has ([`mismatch`]).
     NamespaceMismatch {
-        selector: String,
-        unmatched: Vec<String>,
+        mismatch: String,
     },
+    /// The pod's labels fail the podSelector, the same way.
     PodMismatch {
-        selector: String,
-        unmatched: Vec<String>,
+        mismatch: String,
     },
     /// An older gateway selects the pod for overlapping destinations.
     Lost {
@@ -153,13 +154,11 @@ pub fn explain(
             None => Some(Verdict::NamespaceUnknown),
             Some(labels) if !spec.namespace_selector.matches(labels) => {
                 Some(Verdict::NamespaceMismatch {
-                    selector: describe(&spec.namespace_selector),
-                    unmatched: unmatched(&spec.namespace_selector, labels),
+                    mismatch: mismatch(&spec.namespace_selector, labels),
                 })
             }
             Some(_) if !spec.pod_selector.matches(&p.labels) => Some(Verdict::PodMismatch {
-                selector: describe(&spec.pod_selector),
-                unmatched: unmatched(&spec.pod_selector, &p.labels),
+                mismatch: mismatch(&spec.pod_selector, &p.labels),
             }),
             Some(_) => None,
         };
@@ -379,22 +378,12 @@ pub fn render(e: &Explanation) -> String {
             let why = match v {
                 Verdict::InvalidSpec(err) => format!("invalid spec: {err}"),
                 Verdict::NamespaceUnknown => format!("namespace {} is unknown", e.pod.namespace),
-                Verdict::NamespaceMismatch {
-                    selector,
-                    unmatched,
-                } => format!(
-                    "namespace {} does not match namespaceSelector {selector}: {}",
-                    e.pod.namespace,
-                    unmatched.join(", ")
+                Verdict::NamespaceMismatch { mismatch } => format!(
+                    "namespace {} does not match namespaceSelector {mismatch}",
+                    e.pod.namespace
                 ),
-                Verdict::PodMismatch {
-                    selector,
-                    unmatched,
-                } => {
-                    format!(
-                        "pod does not match podSelector {selector}: {}",
-                        unmatched.join(", ")
-                    )
+                Verdict::PodMismatch { mismatch } => {
+                    format!("pod does not match podSelector {mismatch}")
                 }
                 Verdict::Lost { winner } => {
                     format!(

@@ -35,19 +35,51 @@ fn has<L: LabelLookup + ?Sized>(labels: &L, key: &str) -> String {
 /// Each requirement of `selector` that `labels` fail, with what the object has instead:
 /// `app=invoicer (has app=web)`. Empty when the selector matches.
 pub fn unmatched<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> Vec<String> {
-    let mut out: Vec<String> = selector
+    annotated(selector, labels)
+        .into_iter()
+        .filter_map(|(text, failed)| failed.then_some(text))
+        .collect()
+}
+
+/// Why `labels` fail `selector`, naming each requirement once: the whole selector, each
+/// failed requirement followed by what the object has instead:
+/// `team in (payments,payments-batch) (has team=billing)`, or for a selector of several
+/// requirements `app=invoicer (has app=web), team=billing`.
+pub fn mismatch<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> String {
+    if selector.is_empty() {
+        return describe(selector);
+    }
+    annotated(selector, labels)
+        .into_iter()
+        .map(|(text, _)| text)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every requirement in kubectl's words, a failed one with what the object has; and whether
+/// it failed.
+fn annotated<L: LabelLookup + ?Sized>(selector: &LabelSelector, labels: &L) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = selector
         .match_labels
         .iter()
-        .filter(|(k, v)| labels.label(k) != Some(v.as_str()))
-        .map(|(k, v)| format!("{k}={v} ({})", has(labels, k)))
+        .map(|(k, v)| {
+            if labels.label(k) == Some(v.as_str()) {
+                (format!("{k}={v}"), false)
+            } else {
+                (format!("{k}={v} ({})", has(labels, k)), true)
+            }
+        })
         .collect();
-    out.extend(
-        selector
-            .match_expressions
-            .iter()
-            .filter(|e| !e.matches(labels))
-            .map(|e| format!("{} ({})", requirement(e), has(labels, &e.key))),
-    );
+    out.extend(selector.match_expressions.iter().map(|e| {
+        if e.matches(labels) {
+            (requirement(e), false)
+        } else {
+            (
+                format!("{} ({})", requirement(e), has(labels, &e.key)),
+                true,
+            )
+        }
+    }));
     out
 }
 
@@ -105,5 +137,31 @@ mod tests {
             .is_empty()
         );
         assert_eq!(describe(&LabelSelector::default()), "<everything>");
+        assert_eq!(
+            mismatch(
+                &s,
+                &labels(&[("app", "web"), ("team", "billing"), ("debug", "1")])
+            ),
+            "app=invoicer (has app=web), team=billing, tier in (a,b) (has no label tier), \
+             !debug (has debug=1)"
+        );
+    }
+
+    #[test]
+    fn a_one_requirement_selector_is_named_once() {
+        // kubectl egress explain said "namespaceSelector team in (payments,payments-batch):
+        // team in (payments,payments-batch) (has team=billing)" (issue 16).
+        let s = LabelSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: SelectorOperator::In,
+                values: vec!["payments".into(), "payments-batch".into()],
+            }],
+        };
+        assert_eq!(
+            mismatch(&s, &labels(&[("team", "billing")])),
+            "team in (payments,payments-batch) (has team=billing)"
+        );
     }
 }

@@ -194,9 +194,7 @@ fn selectors_that_do_not_match_are_named_requirement_by_requirement() {
     let text = render(&e);
     assert!(text.contains("payments   namespace billing does not match namespaceSelector team=payments (has team=billing)\n"), "{text}");
     assert!(
-        text.contains(
-            "web        pod does not match podSelector app=web (has app=invoicer)\n"
-        ),
+        text.contains("web        pod does not match podSelector app=web (has app=invoicer)\n"),
         "{text}"
     );
     assert!(

@@ -3,6 +3,7 @@
 mod assignment;
 mod conflicts;
 pub(crate) mod fixture;
+mod no_leak;
 mod node_plans;
 mod properties;
 mod selection;

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrac
 CRD := crds/egressgateways.egressgw.io.yaml
 DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan bench-scale crds checkov check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-failover bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -24,12 +24,40 @@ deps:
 build: deps
 	$(CARGO) build --workspace
 
-## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~6 min, then the 3-node baseline)
+# Benchmarks (docs/BENCHMARKS.md): each target builds exactly what it runs, in release, and
+# passes ARGS to the benchmark, e.g. `make bench-failover ARGS=5`; ARGS=--help lists them.
+# Cargo applies --bin to every -p of one command, so every package is built by its own command.
+ARGS ?=
+RELEASE_DIR = $${CARGO_TARGET_DIR:-target}/release
+
+## bench-scale: 10,000 pods, 500 gateways, 100 nodes against the real control plane (as root, ~6 min, then the 3-node baseline; ARGS go to both runs)
 bench-scale: deps control-plane
 	$(CARGO) build --release -p egressgw --bin egressgw
-	$(CARGO) build --release -p egressgw-bench-scale
-	$${CARGO_TARGET_DIR:-target}/release/bench-scale
-	$${CARGO_TARGET_DIR:-target}/release/bench-scale --baseline
+	$(CARGO) build --release -p egressgw-bench-scale --bin bench-scale
+	$(RELEASE_DIR)/bench-scale $(ARGS)
+	$(RELEASE_DIR)/bench-scale --baseline $(ARGS)
+
+## bench-dataplane: nftables sets vs one iptables rule per pod in a scratch namespace (as root; ARGS="--sizes 10000,100000 --repeat 21")
+bench-dataplane: deps
+	$(CARGO) build --release -p egressgw-bench-dataplane --bin bench-dataplane
+	$(RELEASE_DIR)/bench-dataplane $(ARGS)
+
+## bench-failover: failover time on the simulated cluster (as root; ARGS=<trials>, default 20)
+bench-failover: deps control-plane
+	$(CARGO) build --release -p egressgw --bin egressgw
+	$(CARGO) build --release -p egressgw-bench-runtime --bin failover
+	$(RELEASE_DIR)/failover $(ARGS)
+
+## bench-programming: apply-to-kernel latency on the simulated cluster (as root; ARGS=<pods>, default 1000)
+bench-programming: deps control-plane
+	$(CARGO) build --release -p egressgw --bin egressgw
+	$(CARGO) build --release -p egressgw-bench-runtime --bin programming
+	$(RELEASE_DIR)/programming $(ARGS)
+
+## bench-status-write: status as server-side apply vs one JSON patch, against the real apiserver
+bench-status-write: control-plane
+	$(CARGO) build --release -p egressgw-bench-runtime --bin status-write
+	$(RELEASE_DIR)/status-write $(ARGS)
 
 ## bench-plan: the planner benchmark (10k pods, 500 gateways, 100 nodes)
 bench-plan:

@@ -362,6 +362,11 @@ async fn allowlist_prints_lines_json_and_firewall_rules() {
     );
     let nft = ok(plugin(&cp, &["allowlist", "-o", "nftables"]));
     assert!(nft.contains("add rule inet filter forward ip saddr { 198.18.0.200 } ip daddr { 203.0.113.0/25 } accept comment \"egressgw billing-to-mainframe\""), "{nft}");
+    assert_eq!(
+        ok(plugin(&cp, &["allowlist", "-o", "nft"])),
+        nft,
+        "-o nft is short for -o nftables"
+    );
     let ipt = ok(plugin(
         &cp,
         &[

@@ -3,7 +3,7 @@
 //! the same the way iptables-based egress controllers do (one SNAT rule per pod, loaded with
 //! `iptables-restore`, changed with `iptables -A/-D`), and print a Markdown table.
 //!
-//! `bench-dataplane [--sizes 10000,100000] [--repeat 21]`
+//! `bench-dataplane [--sizes 10000,100000] [--repeat 21]`; `make bench-dataplane ARGS=...`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -25,6 +25,16 @@ const EGRESS_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const DESTINATION: &str = "203.0.113.0/24";
 const GATEWAY: &str = "bench";
 const IFACE: &str = "b0";
+const USAGE: &str = "\
+Usage: bench-dataplane [--sizes N,N,...] [--repeat R]
+
+Dataplane benchmark (as root): in a scratch network namespace, programs N pod IPs with egressgw
+(one nftables transaction) and adds/removes one pod, then does the same with one iptables SNAT
+rule per pod, and prints a Markdown table.
+
+  --sizes N,N,...  pod counts to measure (default 10000,100000)
+  --repeat R       repetitions per measurement, the median is reported (default 21)
+";
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut child = Command::new(program)
@@ -289,6 +299,18 @@ fn bench_iptables(scratch: &Scratch, n: u32, repeat: usize) -> Result<Iptables> 
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    if let Some(unknown) = args
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .find(|a| !["--sizes", "--repeat"].contains(&a.as_str()))
+    {
+        bail!("unexpected argument {unknown:?}\n\n{USAGE}");
+    }
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)

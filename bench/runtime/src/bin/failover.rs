@@ -4,13 +4,14 @@
 //! whether the established connection survived, and its longest stall. The dead node is
 //! revived and its agent restarted before the next trial, which kills the new host.
 //!
-//! Run (as root): `cargo run --release -p egressgw-bench-runtime --bin failover [-- TRIALS]`
+//! Run (as root): `make bench-failover [ARGS=TRIALS]` (it builds the release `egressgw` binary
+//! the simulated cluster runs, then this one).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use egressgw_bench_runtime::{ms, quantile};
+use egressgw_bench_runtime::{exit_on_help, ms, quantile};
 use egressgw_tests::sim::{SimCluster, status};
 use egressgw_tests::testbed::client::connect_once;
 use egressgw_tests::testbed::topology::{PROTECTED_SERVER, SERVER_PORT};
@@ -23,6 +24,14 @@ const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// succeed late and be counted from its early start.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
 const GIVE_UP: Duration = Duration::from_secs(15);
+const USAGE: &str = "\
+Usage: failover [TRIALS]
+
+Failover benchmark on the simulated cluster (as root): each trial kills the node hosting the
+egress IP while a pod holds an established connection, and measures the time to the first new
+connection from the egress IP. TRIALS defaults to 20. Needs the release egressgw binary beside
+this one (make bench-failover builds both).
+";
 
 fn probe(sim: &SimCluster) -> Result<bool> {
     let ns = sim.tb.pod(1, 0).netns().path();
@@ -38,6 +47,7 @@ fn probe(sim: &SimCluster) -> Result<bool> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    exit_on_help(USAGE);
     let trials: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

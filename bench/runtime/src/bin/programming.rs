@@ -2,7 +2,8 @@
 //! time from its status write (acknowledged by the apiserver) to its IP being in the gateway
 //! node's SNAT set in the kernel, and the agent's own input-to-commit histogram.
 //!
-//! Run (as root): `cargo run --release -p egressgw-bench-runtime --bin programming [-- PODS]`
+//! Run (as root): `make bench-programming [ARGS=PODS]` (it builds the release `egressgw` binary
+//! the simulated cluster runs, then this one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use egressgw_bench_runtime::{ms, quantile};
+use egressgw_bench_runtime::{exit_on_help, ms, quantile};
 use egressgw_tests::sim::{SimCluster, status};
 use futures::StreamExt;
 
@@ -20,6 +21,14 @@ const DEFAULT_PODS: usize = 1000;
 const PODS_PER_NODE_CIDR: usize = 240;
 const CONCURRENCY: usize = 32;
 const POLL: Duration = Duration::from_millis(5);
+const USAGE: &str = "\
+Usage: programming [PODS]
+
+Programming-latency benchmark on the simulated cluster (as root): PODS selected pods (default
+1000) get their IPs in a burst; for each, the time from its status write to its IP being in the
+gateway node's nftables set. Needs the release egressgw binary beside this one (make
+bench-programming builds both).
+";
 
 /// Every IPv4 element of every set of our table in the node's namespace.
 fn kernel_elements(netns: &str) -> Vec<Ipv4Addr> {
@@ -47,6 +56,7 @@ fn kernel_elements(netns: &str) -> Vec<Ipv4Addr> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    exit_on_help(USAGE);
     let pods: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

@@ -9,13 +9,13 @@
 //! and etcd's CPU time per write, from /proc. The kinds alternate round by round so drift in
 //! the machine's load hits both alike.
 //!
-//! Run: `cargo run --release -p egressgw-bench-runtime --bin status-write` (as root not needed).
+//! Run: `make bench-status-write` (as root not needed).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use egressgw::api::EgressGateway;
-use egressgw_bench_runtime::{ms, quantile};
+use egressgw_bench_runtime::{exit_on_help, ms, quantile};
 use egressgw_tests::control_plane::ControlPlane;
 use futures::StreamExt;
 use kube::Api;
@@ -25,6 +25,13 @@ const GATEWAYS: usize = 100;
 const ROUNDS: usize = 20;
 const IN_FLIGHT: usize = 16;
 const MANAGER: &str = "status-write-bench";
+const USAGE: &str = "\
+Usage: status-write
+
+What one EgressGateway status write costs the apiserver: server-side apply against one JSON
+patch of /status, 2,000 writes of each kind against a real kube-apiserver and etcd (built by
+make control-plane). Takes no arguments; root is not needed.
+";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -122,6 +129,10 @@ async fn write(api: &Api<EgressGateway>, kind: Kind, i: usize, count: usize) -> 
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    exit_on_help(USAGE);
+    if let Some(extra) = std::env::args().nth(1) {
+        anyhow::bail!("unexpected argument {extra:?}\n\n{USAGE}");
+    }
     let cp = ControlPlane::start_with_crds().await?;
     let (apiserver, etcd) = cp.pids();
     let (apiserver, etcd) = (

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use egressgw_tests::control_plane::{ControlPlane, PAUSE_IMAGE};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use egressgw_tests::testbed::SERVICE_RANGE;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Api;
 
 /// Target for a start with the binaries already built (the issue asks for under 5 s);
@@ -76,6 +77,30 @@ async fn starts_serves_and_cleans_up_after_itself() {
     assert!(
         cp.dir().join("kubectl-cache").is_dir(),
         "kubectl keeps its discovery cache in the control-plane folder, not in ~/.kube"
+    );
+
+    // The `kubernetes` Service takes its ClusterIP from the testbed's Service range, never
+    // from the machine's real network (issue 18).
+    let services: Api<Service> = Api::namespaced(cp.client(), "default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cluster_ip = loop {
+        let ip = services
+            .get_opt("kubernetes")
+            .await
+            .expect("get service")
+            .and_then(|s| s.spec?.cluster_ip);
+        match ip {
+            Some(ip) => break ip,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => panic!("no kubernetes Service after 20 s"),
+        }
+    };
+    let cluster_ip: Ipv4Addr = cluster_ip.parse().expect("an IPv4 ClusterIP");
+    assert!(
+        SERVICE_RANGE.contains(cluster_ip),
+        "kubernetes Service at {cluster_ip}, outside {SERVICE_RANGE}"
     );
     let pids = cp.pids();
     assert!(pids.0.is_some() && pids.1.is_some());

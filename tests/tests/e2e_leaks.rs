@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use egressgw::k8s::names::{SYSTEM_NAMESPACE, agent_lease};
-use egressgw_tests::leak::{LeakProbe, LeakReport};
+use egressgw_tests::leak::{LeakProbe, LeakReport, Outcome};
 use egressgw_tests::sim::{SimCluster, status};
 use egressgw_tests::testbed::Testbed;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -159,7 +159,7 @@ async fn the_probe_reports_node_addresses_as_leaks_and_drops_as_timeouts() {
     // Pod (2, 0) loses its way out: every later sample must time out.
     tb.pod(2, 0)
         .netns()
-        .nft("table ip blackhole { chain out { type filter hook output priority 0; ip daddr 203.0.113.200 drop; } }")
+        .nft("table ip blackhole {\n chain out {\n  type filter hook output priority 0;\n  ip daddr 203.0.113.200 drop\n }\n}\n")
         .unwrap();
     probe.mark("drop");
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -180,8 +180,11 @@ async fn the_probe_reports_node_addresses_as_leaks_and_drops_as_timeouts() {
         "a dropped pod's samples time out, about one every 150 ms: {t}"
     );
     assert!(t.contains(&format!("{n1} LEAK")), "{t}");
-    let caught = std::panic::catch_unwind(|| report.assert_no_leaks(&[E1]));
-    assert!(caught.is_err(), "node addresses are leaks");
+    assert_eq!(
+        report.leaks(&[E1]).len(),
+        sum[0].samples + sum[1].seen[&n2],
+        "node addresses are leaks"
+    );
     report.assert_no_leaks(&[n1, n2]);
 }
 
@@ -313,7 +316,12 @@ async fn a_new_gateway_applied_while_pods_send_fails_closed() {
     probe.wait_steady(&[E1], HOLD, SETTLE).await.unwrap();
     let report = probe.stop();
     eprintln!("== new gateway\n{}", report.table(&[E1]));
-    if let Some(last) = report.since("applied").leak_runs(&[E1]).last() {
+    if let Some(last) = report
+        .since("applied")
+        .leak_runs(&[E1])
+        .into_iter()
+        .max_by_key(|r| r.to)
+    {
         eprintln!(
             "node addresses seen until {} (allowed until +{} ms)",
             report.when(last.to),
@@ -323,6 +331,7 @@ async fn a_new_gateway_applied_while_pods_send_fails_closed() {
     report
         .since_offset(applied + SEE_NEW_GATEWAY)
         .assert_no_leaks(&[E1]);
+    assert_closed_for_good(&report, applied, &[E1]);
 
     // An egress IP no node can host: Ready=False, and its pods get nowhere.
     let pods = [(1, 1), (2, 1), (3, 1)];
@@ -351,6 +360,23 @@ async fn a_new_gateway_applied_while_pods_send_fails_closed() {
     let after = report.since_offset(applied + SEE_NEW_GATEWAY);
     after.assert_no_leaks(&[]);
     assert!(!after.samples.is_empty());
+    assert_closed_for_good(&report, applied, &[]);
+}
+
+/// Within the grace too: once a pod's traffic after `applied` stopped leaving from its node
+/// (blocked, or from an allowed source), it never leaves from there again.
+fn assert_closed_for_good(report: &LeakReport, applied: Duration, allowed: &[Ipv4Addr]) {
+    let after = report.since_offset(applied);
+    for pod in 0..after.pods.len() {
+        let one = after.pods_only(&[pod]);
+        if let Some(closed) = one
+            .samples
+            .iter()
+            .find(|s| !matches!(s.outcome, Outcome::Seen(ip) if !allowed.contains(&ip)))
+        {
+            one.since_offset(closed.at).assert_no_leaks(allowed);
+        }
+    }
 }
 
 /// A probe that does not wait for a steady state (the pods are not selected yet).

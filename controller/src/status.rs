@@ -38,7 +38,7 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
 }
 
-/// Placeholder in `gatewayNodes` for an IP without a node.
+/// Placeholder in `gatewayNodes` for an IP without a node (alone when no IP has one).
 pub const NO_NODE: &str = "<none>";
 /// At most this many names are listed in a message before "and N more".
 const MAX_NAMES_IN_MESSAGE: usize = 5;
@@ -157,7 +157,12 @@ pub fn gateway_status(
                     .collect::<Vec<_>>()
                     .join(","),
             );
-            status.gateway_nodes = Some(nodes.join(","));
+            // One `<none>` when no IP has a node, not `<none>,<none>` (issue 16).
+            status.gateway_nodes = Some(if nodes.iter().all(|n| n == NO_NODE) {
+                NO_NODE.to_string()
+            } else {
+                nodes.join(",")
+            });
             let placed = placements.iter().filter(|p| p.placement.is_ok()).count();
             let homeless_reason = if all_waiting {
                 reason::WAITING_FOR_AGENTS

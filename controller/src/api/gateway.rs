@@ -106,7 +106,8 @@ pub struct EgressGatewayStatus {
     )]
     pub egress_ip_list: Option<String>,
     /// The nodes of `assignments`, comma-separated in the order of `spec.egressIPs`
-    /// (`<none>` for an IP without a node), for `kubectl get egw`.
+    /// (`<none>` for an IP without a node; just `<none>` when no IP has one), for
+    /// `kubectl get egw`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_nodes: Option<String>,
     /// Running pods with IPs whose traffic uses this gateway.

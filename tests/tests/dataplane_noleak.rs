@@ -67,9 +67,15 @@ fn a_fenced_gateway_node_drops_steered_and_local_traffic_and_keeps_its_table() {
         .into_iter()
         .filter(|p| node_ips.contains(p.ip()))
         .collect();
-    assert!(leaked.is_empty(), "the open server saw node addresses: {leaked:?}");
+    assert!(
+        leaked.is_empty(),
+        "the open server saw node addresses: {leaked:?}"
+    );
     let dp2 = dps.get_mut(&2).unwrap();
-    assert!(dropped(&dp2.counters().unwrap()) > before, "the drop counters rise");
+    assert!(
+        dropped(&dp2.counters().unwrap()) > before,
+        "the drop counters rise"
+    );
     let snap = dp2.snapshot().unwrap();
     assert!(snap.table.is_some(), "the fenced node keeps its table");
     assert!(
@@ -109,7 +115,10 @@ fn a_gateway_node_that_will_not_snat_a_steered_pod_drops_it() {
     .into_iter()
     .collect();
     apply_all(&mut dps, &plans);
-    assert_eq!(pod.connect(OPEN_SERVER).unwrap(), Err(ConnectError::Timeout));
+    assert_eq!(
+        pod.connect(OPEN_SERVER).unwrap(),
+        Err(ConnectError::Timeout)
+    );
     assert!(
         !tb.server_peers(OPEN_SERVER)
             .iter()
@@ -118,7 +127,10 @@ fn a_gateway_node_that_will_not_snat_a_steered_pod_drops_it() {
     );
     assert!(dropped(&dps.get_mut(&2).unwrap().counters().unwrap()) > 0);
     // the pod node-2 does SNAT still leaves with E1; an unselected pod is untouched
-    assert_eq!(tb.pod(2, 1).connect(OPEN_SERVER).unwrap(), Ok(tb.node(2).ip()));
+    assert_eq!(
+        tb.pod(2, 1).connect(OPEN_SERVER).unwrap(),
+        Ok(tb.node(2).ip())
+    );
 }
 
 #[test]
@@ -145,7 +157,10 @@ fn a_candidate_drops_a_steered_pod_it_has_not_heard_of_by_the_source_nodes_pod_r
     .into_iter()
     .collect();
     apply_all(&mut dps, &plans);
-    assert_eq!(pod.connect(OPEN_SERVER).unwrap(), Err(ConnectError::Timeout));
+    assert_eq!(
+        pod.connect(OPEN_SERVER).unwrap(),
+        Err(ConnectError::Timeout)
+    );
     assert!(
         !tb.server_peers(OPEN_SERVER)
             .iter()
@@ -153,5 +168,8 @@ fn a_candidate_drops_a_steered_pod_it_has_not_heard_of_by_the_source_nodes_pod_r
         "node-2 forwarded an unknown steered pod through its masquerade"
     );
     // node-2's own unselected pod is not in a remote range: it still leaves as before
-    assert_eq!(tb.pod(2, 1).connect(OPEN_SERVER).unwrap(), Ok(tb.node(2).ip()));
+    assert_eq!(
+        tb.pod(2, 1).connect(OPEN_SERVER).unwrap(),
+        Ok(tb.node(2).ip())
+    );
 }

@@ -324,7 +324,10 @@ mod tests {
             mark: cfg.slot_mark(2),
             mask: cfg.mark_mask
         }));
-        assert!(!st.sets.contains_key(&SetName::Blocked(gid.clone()).to_string()));
+        assert!(
+            !st.sets
+                .contains_key(&SetName::Blocked(gid.clone()).to_string())
+        );
         assert_eq!(d.addresses[&e], "eth0");
         assert_eq!(d.slots[&nh], 2);
         assert_eq!(d.ipv6_ignored, 1);
@@ -350,7 +353,10 @@ mod tests {
         let gid = GatewayId::derive("gw", 0);
         assert_eq!(
             st.addrs(&SetName::Blocked(gid.clone())).unwrap(),
-            &BTreeSet::from(["198.19.2.11".parse().unwrap(), "198.19.2.12".parse().unwrap()])
+            &BTreeSet::from([
+                "198.19.2.11".parse().unwrap(),
+                "198.19.2.12".parse().unwrap()
+            ])
         );
         assert!(st.rules.contains_key(&RuleSpec::Block { gid: gid.clone() }));
         // the SNAT part still applies

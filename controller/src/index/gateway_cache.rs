@@ -71,7 +71,10 @@ mod tests {
         let bad = c.build(&[gw("a", "2", "not-an-ip")]);
         assert!(bad["a"].spec.is_err());
         let fb = bad["a"].effective_spec().expect("fallback kept");
-        assert_eq!(fb.egress_ips, vec!["198.18.0.200".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            fb.egress_ips,
+            vec!["198.18.0.200".parse::<std::net::IpAddr>().unwrap()]
+        );
         // still invalid at the next version: the fallback stays
         let worse = c.build(&[gw("a", "3", "also-bad")]);
         assert!(worse["a"].effective_spec().is_some());
@@ -80,7 +83,11 @@ mod tests {
         assert!(good["a"].fallback.is_none());
         // a gateway first seen invalid has nothing to fall back to
         let mut fresh = GatewayCache::default();
-        assert!(fresh.build(&[gw("b", "1", "x")])["b"].effective_spec().is_none());
+        assert!(
+            fresh.build(&[gw("b", "1", "x")])["b"]
+                .effective_spec()
+                .is_none()
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub fn remote_pod_ranges(index: &ClusterIndex, node: &str) -> Vec<IpNetwork> {
         .get(node)
         .map(|n| n.pod_cidrs.clone())
         .unwrap_or_default();
-    let overlaps = |a: &IpNetwork, b: &IpNetwork| a.contains(b.network()) || b.contains(a.network());
+    let overlaps =
+        |a: &IpNetwork, b: &IpNetwork| a.contains(b.network()) || b.contains(a.network());
     let ranges: BTreeSet<IpNetwork> = index
         .nodes
         .values()
@@ -53,14 +54,27 @@ mod tests {
     #[test]
     fn candidates_guard_by_selector_or_recorded_placement() {
         let mut c = Cluster::new();
-        c.gw(gateway("g", 0, "billing", "inv", &["198.18.0.200"], &["203.0.113.0/24"]))
-            .node(gw_node("n1", 11))
-            .node(worker("w1", 21));
-        assert_eq!(guarded_gateways(&c.index, "n1"), BTreeSet::from(["g".to_string()]));
+        c.gw(gateway(
+            "g",
+            0,
+            "billing",
+            "inv",
+            &["198.18.0.200"],
+            &["203.0.113.0/24"],
+        ))
+        .node(gw_node("n1", 11))
+        .node(worker("w1", 21));
+        assert_eq!(
+            guarded_gateways(&c.index, "n1"),
+            BTreeSet::from(["g".to_string()])
+        );
         assert!(guarded_gateways(&c.index, "w1").is_empty());
         // an IP recorded on the worker (its label was removed since): it still guards
         let mut a = c.plan().assignments;
-        let p = a.by_gateway.get_mut("g").unwrap()[0].placement.as_mut().unwrap();
+        let p = a.by_gateway.get_mut("g").unwrap()[0]
+            .placement
+            .as_mut()
+            .unwrap();
         p.node = "w1".into();
         c.record(&a);
         assert!(guarded_gateways(&c.index, "w1").contains("g"));

@@ -197,7 +197,13 @@ fn an_agent_back_with_a_new_epoch_gets_an_assignment_for_that_epoch() {
     let stale = from_status.by_gateway["g"][0].placement.clone().unwrap();
     assert!(stale.stale_epoch);
     let from_status = crate::plan::assign::from_status(&c.index, Some(("n1", 1)));
-    assert!(!from_status.by_gateway["g"][0].placement.clone().unwrap().stale_epoch);
+    assert!(
+        !from_status.by_gateway["g"][0]
+            .placement
+            .clone()
+            .unwrap()
+            .stale_epoch
+    );
     // Planned from the stale view, n1 hosts nothing and blocks its pods hashing to the IP.
     c.pod(pod("billing", "p1", "inv", "n1", "198.19.1.10"));
     let view = crate::plan::plan_with(

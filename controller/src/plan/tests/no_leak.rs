@@ -55,7 +55,10 @@ fn leaks(src: &ClusterIndex, gw: &ClusterIndex) -> Vec<String> {
                 let np = agent_plan(gw, &n.name);
                 for pod in pods {
                     if !covered(&np, g, *pod) {
-                        out.push(format!("{s} steers {pod} of {g} to {}, which would forward it", n.name));
+                        out.push(format!(
+                            "{s} steers {pod} of {g} to {}, which would forward it",
+                            n.name
+                        ));
                     }
                 }
             }
@@ -69,7 +72,11 @@ enum Change {
     AddIp(usize),
     RemoveIp(usize),
     KillAgent(usize),
-    AddPod { team: usize, app: usize, node: usize },
+    AddPod {
+        team: usize,
+        app: usize,
+        node: usize,
+    },
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -85,7 +92,11 @@ fn change() -> impl Strategy<Value = Change> {
     ]
 }
 
-type Shape = (Vec<bool>, Vec<(usize, usize, usize, usize)>, Vec<(usize, usize, usize)>);
+type Shape = (
+    Vec<bool>,
+    Vec<(usize, usize, usize, usize)>,
+    Vec<(usize, usize, usize)>,
+);
 
 fn shape() -> impl Strategy<Value = Shape> {
     (
@@ -96,7 +107,9 @@ fn shape() -> impl Strategy<Value = Shape> {
 }
 
 fn ips(g: usize, n: usize) -> Vec<String> {
-    (0..n).map(|k| format!("198.18.0.{}", 200 + g * 10 + k)).collect()
+    (0..n)
+        .map(|k| format!("198.18.0.{}", 200 + g * 10 + k))
+        .collect()
 }
 
 fn build((nodes, gws, pods): &Shape) -> Cluster {
@@ -112,7 +125,14 @@ fn build((nodes, gws, pods): &Shape) -> Cluster {
     for (i, (team, app, n, dst)) in gws.iter().enumerate() {
         let ips = ips(i, *n);
         let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
-        c.gw(gateway(&format!("g{i}"), i as i64, TEAMS[*team], APPS[*app], &ips, &[DSTS[*dst]]));
+        c.gw(gateway(
+            &format!("g{i}"),
+            i as i64,
+            TEAMS[*team],
+            APPS[*app],
+            &ips,
+            &[DSTS[*dst]],
+        ));
     }
     for (i, (team, app, node)) in pods.iter().enumerate() {
         add_pod(&mut c, i, *team, *app, node % nodes.len());
@@ -121,7 +141,13 @@ fn build((nodes, gws, pods): &Shape) -> Cluster {
 }
 
 fn add_pod(c: &mut Cluster, i: usize, team: usize, app: usize, node: usize) {
-    c.pod(pod(TEAMS[team], &format!("p{i}"), APPS[app], &format!("n{node}"), &format!("198.19.{node}.{}", 10 + i)));
+    c.pod(pod(
+        TEAMS[team],
+        &format!("p{i}"),
+        APPS[app],
+        &format!("n{node}"),
+        &format!("198.19.{node}.{}", 10 + i),
+    ));
 }
 
 /// Change the gateway's egress IPs, keeping its recorded status.
@@ -180,11 +206,7 @@ proptest! {
 #[test]
 fn without_the_guard_a_skewed_view_would_leak() {
     // The checker itself: a gateway node that neither SNATs nor guards a steered pod leaks.
-    let shape: Shape = (
-        vec![false, true],
-        vec![(0, 0, 1, 0)],
-        vec![(0, 0, 0)],
-    );
+    let shape: Shape = (vec![false, true], vec![(0, 0, 1, 0)], vec![(0, 0, 0)]);
     let mut c = build(&shape);
     let first = c.plan();
     c.record(&first.assignments);

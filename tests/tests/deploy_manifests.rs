@@ -265,7 +265,7 @@ fn each_component_has_exactly_the_verbs_it_uses() {
         expect(&[
             ("egressgw.io", "egressgateways", &["get", "list", "watch"]),
             ("egressgw.io", "egressgateways/status", &["patch"]),
-            ("", "nodes", watch),
+            ("", "nodes", &["get", "list", "watch", "patch"]),
             ("", "pods", watch),
             ("", "namespaces", watch),
         ])
@@ -286,7 +286,7 @@ fn each_component_has_exactly_the_verbs_it_uses() {
         role("ClusterRole", "egressgw-agent", None),
         expect(&[
             ("egressgw.io", "egressgateways", watch),
-            ("", "nodes", watch),
+            ("", "nodes", &["get", "list", "watch", "patch"]),
             ("", "namespaces", watch),
             ("", "pods", watch),
         ])

@@ -40,6 +40,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(2);
 pub const TICK: Duration = Duration::from_millis(50);
 /// Freed heap memory is returned to the kernel at least this often (and after full plans).
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// At most one attempt per this long to remove the agent-not-ready taint from the node.
+pub const UNTAINT_RETRY: Duration = Duration::from_secs(1);
 /// Interfaces are re-read every this many renewals.
 pub const INTERFACES_EVERY: u32 = 10;
 
@@ -242,6 +244,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The plan last committed (kept across failed applies, for the guard retention).
     let mut committed: Option<NodePlan> = None;
     let mut retention = Retention::new(Duration::from_millis(args.guard_retention_ms));
+    let untainting = Arc::new(AtomicBool::new(false));
     let mut cluster: Option<ClusterPlan> = None;
     let mut last_fenced = false;
     let mut last_trim = Instant::now();
@@ -272,6 +275,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         if retention.next_expiry().is_some_and(|t| t <= now) {
             dirty_since.get_or_insert(now);
+        }
+        let tainted = inputs
+            .index
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.agent_not_ready_taint);
+        if tainted && !(fenced && !idle) && !untainting.load(Ordering::SeqCst) {
+            dirty_since.get_or_insert(now); // retry removing the taint
         }
         metrics.fenced.set(i64::from(fenced && !idle));
         if fenced != last_fenced {
@@ -393,6 +404,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         last_plan = Some(plan);
         ready.store(true, Ordering::Relaxed);
+        let tainted = inputs
+            .index
+            .nodes
+            .get(&node)
+            .is_some_and(|n| n.agent_not_ready_taint);
+        if tainted && !(fenced && !idle) && !untainting.swap(true, Ordering::SeqCst) {
+            // Applied and live: new pods may land here again.
+            let (client, name, flag) = (client.clone(), node.clone(), untainting.clone());
+            tokio::spawn(async move {
+                match crate::k8s::taint::set(client, &name, false).await {
+                    Ok(true) => {
+                        info!(node = %name, "applied: removed the egressgw.io/agent-not-ready taint")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot remove the agent-not-ready taint; retrying")
+                    }
+                }
+                tokio::time::sleep(UNTAINT_RETRY).await;
+                flag.store(false, Ordering::SeqCst);
+            });
+        }
         if everything || last_trim.elapsed() >= TRIM_EVERY {
             crate::telemetry::memory::release_free_memory();
             last_trim = Instant::now();

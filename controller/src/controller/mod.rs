@@ -67,6 +67,11 @@ pub struct ControllerArgs {
     /// Leader lease duration in seconds (the standby takes over after this long).
     #[arg(long, default_value_t = 4)]
     pub leader_lease_seconds: u64,
+    /// Taint nodes whose agent is not live `egressgw.io/agent-not-ready:NoSchedule`, so no new
+    /// pod lands where nothing would program it (the agent removes the taint once it has
+    /// applied). `--taint-nodes=false` opts out.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub taint_nodes: bool,
 }
 
 /// Pods per page of the controller's list (kube's default is 500): a restarted controller
@@ -249,6 +254,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             notify.clone(),
         ),
         metrics: metrics.clone(),
+        taints: args.taint_nodes.then(|| client.clone()),
+        tainting: Arc::default(),
     };
     tokio::select! {
         lost = elector.hold() => {

@@ -82,6 +82,10 @@ pub struct Reconciler {
     pub liveness: Arc<Mutex<AgentLiveness>>,
     pub writer: Arc<StatusWriter>,
     pub metrics: ControllerMetrics,
+    /// Taints nodes whose agent is not live (`None`: opted out).
+    pub taints: Option<kube::Client>,
+    /// Nodes being tainted now (one patch in flight per node).
+    pub tainting: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Reconciler {
@@ -156,6 +160,7 @@ impl Reconciler {
         let (changes, only, placed, unplaced) = {
             let mut guard = self.view.lock().expect("view lock");
             self.refresh(&mut guard, started, &reports);
+            self.taint_dead_agents(&guard.index);
             let view = &mut *guard;
             let index = &view.index;
             let full = self.writer.take_failed() || full;
@@ -237,6 +242,40 @@ impl Reconciler {
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(writes)
+    }
+
+    /// Taint the nodes whose agent is not live and that do not carry the taint yet (in the
+    /// background: a slow patch never delays a reconcile).
+    fn taint_dead_agents(&self, index: &ClusterIndex) {
+        let Some(client) = &self.taints else { return };
+        for node in index
+            .nodes
+            .values()
+            .filter(|n| !n.agent_alive && !n.agent_not_ready_taint)
+        {
+            if !self
+                .tainting
+                .lock()
+                .expect("tainting lock")
+                .insert(node.name.clone())
+            {
+                continue;
+            }
+            let (client, name, inflight) =
+                (client.clone(), node.name.clone(), self.tainting.clone());
+            tokio::spawn(async move {
+                match crate::k8s::taint::set(client, &name, true).await {
+                    Ok(true) => {
+                        info!(node = %name, "node tainted egressgw.io/agent-not-ready:NoSchedule: its agent is not live")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot taint a node whose agent is not live; retrying at the next reconcile")
+                    }
+                }
+                inflight.lock().expect("tainting lock").remove(&name);
+            });
+        }
     }
 
     /// Count IPs that left a node whose agent is dead, and how long after its last heartbeat.

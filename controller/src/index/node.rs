@@ -36,6 +36,8 @@ pub struct Node {
     /// The node's pod ranges (`spec.podCIDRs`, or `spec.podCIDR`), when the cluster allocates
     /// them per node. Other nodes drop forwarded traffic from them that they will not SNAT.
     pub pod_cidrs: Vec<IpNetwork>,
+    /// The node carries the `egressgw.io/agent-not-ready:NoSchedule` taint.
+    pub agent_not_ready_taint: bool,
 }
 
 /// Why a node cannot host an egress IP.
@@ -138,6 +140,9 @@ impl Node {
             ready,
             internal_ip,
             pod_cidrs,
+            agent_not_ready_taint: spec
+                .and_then(|s| s.taints.as_deref())
+                .is_some_and(crate::k8s::taint::has_ours),
             ..Default::default()
         })
     }

@@ -7,6 +7,7 @@ pub mod lease;
 pub mod names;
 pub mod pod_store;
 pub mod slim;
+pub mod taint;
 pub mod watch;
 
 pub use client::{ClientError, client};

@@ -29,6 +29,9 @@ pub const ANNOTATION_RENEW_INTERVAL: &str = "egressgw.io/renew-interval-ms";
 /// Agent Lease annotation: the agent fenced itself at least once in this epoch (`true`).
 pub const ANNOTATION_FENCED: &str = "egressgw.io/fenced";
 
+/// Taint (effect NoSchedule) on a node whose egressgw agent is not live: no new pods there.
+pub const TAINT_AGENT_NOT_READY: &str = "egressgw.io/agent-not-ready";
+
 /// The Lease name of the agent on `node`.
 pub fn agent_lease(node: &str) -> String {
     format!("{AGENT_LEASE_PREFIX}{node}")

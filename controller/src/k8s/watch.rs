@@ -128,6 +128,15 @@ pub fn trim_node(node: &mut Node) {
     node.spec = node.spec.take().map(|s| NodeSpec {
         pod_cidr: s.pod_cidr,
         pod_cidrs: s.pod_cidrs,
+        // only ours: the agent-not-ready taint
+        taints: s
+            .taints
+            .map(|ts| {
+                ts.into_iter()
+                    .filter(|t| t.key == super::names::TAINT_AGENT_NOT_READY)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|ts| !ts.is_empty()),
         ..Default::default()
     });
     node.status = node.status.take().map(|s| NodeStatus {

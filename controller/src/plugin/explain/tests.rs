@@ -86,6 +86,7 @@ fn node(name: &str, n: u8, gateway: bool) -> Node {
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
         pod_cidrs: vec![],
+        agent_not_ready_taint: false,
         interfaces: vec![NodeInterface {
             name: "eth1".into(),
             network: format!("198.18.0.{n}/24").parse().unwrap(),

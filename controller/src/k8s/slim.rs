@@ -178,7 +178,10 @@ mod tests {
         assert!(index(v).is_routable(), "terminating: still selected");
         let mut v = full_pod();
         v["status"]["phase"] = "Pending".into();
-        assert!(index(v).is_routable(), "init containers run with the pod's IP");
+        assert!(
+            index(v).is_routable(),
+            "init containers run with the pod's IP"
+        );
         let mut v = full_pod();
         v["status"] = serde_json::json!({ "phase": "Pending" });
         assert!(!index(v).is_routable(), "no IP yet");

@@ -94,6 +94,10 @@ pub struct AgentArgs {
     /// still steer it here for a moment), milliseconds.
     #[arg(long, default_value_t = decide::DEFAULT_GUARD_RETENTION.as_millis() as u64)]
     pub guard_retention_ms: u64,
+    /// A Service range of the cluster (repeatable), excluded from every gateway's
+    /// destinations like the ServiceCIDR objects; give the controller the same.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -237,7 +241,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     .await?;
     info!(node = %node, epoch, "agent starting");
 
-    let mut inputs = Inputs::start(client.clone(), &node, notify.clone()).await?;
+    let mut inputs = Inputs::start(
+        client.clone(),
+        &node,
+        notify.clone(),
+        args.service_cidrs.clone(),
+    )
+    .await?;
     info!(node = %node, "watches synced");
 
     let mut last_plan: Option<NodePlan> = None;

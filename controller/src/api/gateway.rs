@@ -113,6 +113,11 @@ pub struct EgressGatewayStatus {
     /// Running pods with IPs whose traffic uses this gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_pods: Option<i64>,
+    /// What the gateway really leaves out of its destinations: `spec.excludedCIDRs` plus the
+    /// cluster-internal ranges that overlap its destinations (pod ranges, node addresses,
+    /// Service ranges), which every gateway excludes automatically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective_exclusions: Vec<String>,
     /// `Ready`, `Programmed`, `Conflicted`, `Degraded`, in the `metav1.Condition` shape.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

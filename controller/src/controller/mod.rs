@@ -72,6 +72,10 @@ pub struct ControllerArgs {
     /// applied). `--taint-nodes=false` opts out.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub taint_nodes: bool,
+    /// A Service range of the cluster (repeatable), excluded from every gateway's
+    /// destinations like the ServiceCIDR objects; give agents the same.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 /// Pods per page of the controller's list (kube's default is 500): a restarted controller
@@ -163,7 +167,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             }
         },
     );
+    let service_cidrs = crate::k8s::service_cidrs::watch(client.clone(), notify.clone());
     let stores = Stores {
+        service_cidrs: service_cidrs.store.clone(),
+        extra_service_cidrs: args.service_cidrs.clone(),
         gateways: gateways.store,
         nodes: nodes.store,
         pods: pods.clone(),

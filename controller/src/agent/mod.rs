@@ -6,6 +6,7 @@ pub mod decide;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
+pub mod marks;
 pub mod pod_watches;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -240,6 +241,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     )
     .await?;
     info!(node = %node, epoch, "agent starting");
+    for (who, bits, advice) in marks::collisions(args.mark_mask) {
+        warn!(
+            mark_mask = format_args!("{:#010x}", args.mark_mask),
+            their_bits = format_args!("{bits:#010x}"),
+            component = who,
+            "--mark-mask overlaps the default marks of {who}: if it runs on this node, move one of them ({advice})"
+        );
+    }
 
     let mut inputs = Inputs::start(
         client.clone(),

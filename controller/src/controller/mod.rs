@@ -152,10 +152,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Arc::new(Notify::new()),
         move |lease: &Lease| {
             if let Some(mut r) = AgentReport::from_lease(lease) {
-                lv.lock().expect("liveness lock").observe(
+                lv.lock().expect("liveness lock").observe_with(
                     &r.node,
                     &r.version,
                     Some(r.deadline(takeover)),
+                    r.renew_interval,
                     Instant::now(),
                 );
                 r.version.clear();
@@ -236,10 +237,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         *lv = AgentLiveness::new(takeover);
         for l in stores.leases.state() {
             if let Some(r) = AgentReport::from_lease(&l) {
-                lv.observe(
+                lv.observe_with(
                     &r.node,
                     &r.version,
                     Some(r.deadline(takeover)),
+                    r.renew_interval,
                     Instant::now(),
                 );
             }
@@ -323,13 +325,23 @@ async fn control_loop(
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
     let mut dirty = true;
+    let mut was_blind = None;
     loop {
         let now = Instant::now();
-        let alive_now = reconciler
-            .liveness
-            .lock()
-            .expect("liveness lock")
-            .alive_set(now);
+        let (alive_now, blind) = {
+            let lv = reconciler.liveness.lock().expect("liveness lock");
+            (lv.alive_set(now), lv.blind(now))
+        };
+        if blind != was_blind {
+            match blind {
+                Some(why) => warn!(
+                    ?why,
+                    "most agents fell silent at once: failover frozen until their renewals are seen (the control plane's trouble more likely than theirs)"
+                ),
+                None => info!("failover no longer frozen"),
+            }
+            was_blind = blind;
+        }
         if alive_now != alive {
             info!(alive = ?alive_now, "agent liveness changed");
             alive = alive_now;

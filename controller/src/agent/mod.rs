@@ -556,6 +556,13 @@ async fn heartbeat_loop(
 ) {
     let mut round: u32 = 0;
     let mut next = Instant::now();
+    let renew_timeout = shared
+        .lock()
+        .expect("agent state lock")
+        .fence
+        .timing()
+        .fence_after;
+    let report_node = hb.node().to_string();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
@@ -586,7 +593,15 @@ async fn heartbeat_loop(
             (s.report.clone(), s.idle)
         };
         next = started + report.renew_interval;
-        let result = hb.renew(&report).await;
+        // Every renewal has a timeout: a hung connection must not hold the heartbeat past the
+        // fencing deadline (the fence clock fences on time anyway; this frees the next try).
+        let result = match tokio::time::timeout(renew_timeout, hb.renew(&report)).await {
+            Ok(r) => r,
+            Err(_) => Err(heartbeat::HeartbeatError::Timeout {
+                name: crate::k8s::names::agent_lease(&report_node),
+                timeout: renew_timeout,
+            }),
+        };
         {
             let mut s = shared.lock().expect("agent state lock");
             if !std::mem::replace(&mut s.first_outcome, true) {

@@ -221,68 +221,74 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    tokio::select! {
-        r = elector.acquire() => r?,
-        () = &mut stop => {
-            // A take-over write may have landed as the attempt was dropped.
-            elector.release().await?;
-            info!("stopping (not the leader)");
-            return Ok(());
-        }
-    }
-    // Agents seen before we led were judged by nothing yet: give each a full takeover window
-    // from now, so a fresh leader never fails an IP over on stale information.
-    {
-        let mut lv = liveness.lock().expect("liveness lock");
-        *lv = AgentLiveness::new(takeover);
-        for l in stores.leases.state() {
-            if let Some(r) = AgentReport::from_lease(&l) {
-                lv.observe_with(
-                    &r.node,
-                    &r.version,
-                    Some(r.deadline(takeover)),
-                    r.renew_interval,
-                    Instant::now(),
-                );
+    // Lead until stopped. A replica that loses leadership (it could not renew within the
+    // renew deadline, or someone else holds the Lease) stays up as a standby, its watches
+    // synced, and seeks leadership again.
+    loop {
+        tokio::select! {
+            r = elector.acquire() => r?,
+            () = &mut stop => {
+                // A take-over write may have landed as the attempt was dropped.
+                elector.release().await?;
+                info!("stopping (not the leader)");
+                return Ok(());
             }
         }
-    }
-    metrics.is_leader.set(1);
-    let reporter = Reporter {
-        controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(),
-        instance: Some(identity),
-    };
-    let reconciler = Reconciler {
-        stores,
-        view: Mutex::default(),
-        liveness: liveness.clone(),
-        writer: StatusWriter::new(
-            Api::all(client.clone()),
-            Recorder::new(client.clone(), reporter),
-            metrics.clone(),
-            notify.clone(),
-        ),
-        metrics: metrics.clone(),
-        taints: args.taint_nodes.then(|| client.clone()),
-        tainting: Arc::default(),
-    };
-    tokio::select! {
-        lost = elector.hold() => {
-            metrics.is_leader.set(0);
-            Err(anyhow::anyhow!("stepping down: {lost}"))
-        }
-        r = control_loop(&reconciler, notify, stop) => {
-            metrics.is_leader.set(0);
-            match r? {
-                // Stopped with its status writes done: nothing of ours is in flight when the
-                // standby takes over.
-                Stopped::Clean => {
-                    elector.release().await?;
-                    Ok(())
+        // Agents seen before we led were judged by nothing yet: give each a full takeover
+        // window from now, so a fresh leader never fails an IP over on stale information.
+        {
+            let mut lv = liveness.lock().expect("liveness lock");
+            *lv = AgentLiveness::new(takeover);
+            for l in stores.leases.state() {
+                if let Some(r) = AgentReport::from_lease(&l) {
+                    lv.observe_with(
+                        &r.node,
+                        &r.version,
+                        Some(r.deadline(takeover)),
+                        r.renew_interval,
+                        Instant::now(),
+                    );
                 }
-                Stopped::WritesHung => Err(anyhow::anyhow!(
-                    "status writes still unfinished {STOP_GRACE:?} after the stop request; leaving the leader Lease to expire"
-                )),
+            }
+        }
+        metrics.is_leader.set(1);
+        let reporter = Reporter {
+            controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(),
+            instance: Some(identity.clone()),
+        };
+        let reconciler = Reconciler {
+            stores: stores.clone(),
+            view: Mutex::default(),
+            liveness: liveness.clone(),
+            writer: StatusWriter::new(
+                Api::all(client.clone()),
+                Recorder::new(client.clone(), reporter),
+                metrics.clone(),
+                notify.clone(),
+            ),
+            metrics: metrics.clone(),
+            taints: args.taint_nodes.then(|| client.clone()),
+            tainting: Arc::default(),
+        };
+        tokio::select! {
+            lost = elector.hold() => {
+                reconciler.writer.stop();
+                metrics.is_leader.set(0);
+                warn!(reason = %lost, "stepped down; standing by to lead again");
+            }
+            r = control_loop(&reconciler, notify.clone(), stop.as_mut(), &elector) => {
+                metrics.is_leader.set(0);
+                return match r? {
+                    // Stopped with its status writes done: nothing of ours is in flight when
+                    // the standby takes over.
+                    Stopped::Clean => {
+                        elector.release().await?;
+                        Ok(())
+                    }
+                    Stopped::WritesHung => Err(anyhow::anyhow!(
+                        "status writes still unfinished {STOP_GRACE:?} after the stop request; leaving the leader Lease to expire"
+                    )),
+                };
             }
         }
     }
@@ -321,6 +327,7 @@ async fn control_loop(
     reconciler: &Reconciler,
     notify: Arc<Notify>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    elector: &LeaderElector,
 ) -> anyhow::Result<Stopped> {
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
@@ -348,6 +355,15 @@ async fn control_loop(
             dirty = true;
         }
         let full = now.duration_since(last_full) >= RESYNC;
+        if (dirty || full) && !elector.valid() {
+            // Not renewed within the renew deadline (a pause, a slow apiserver): write
+            // nothing until the Lease is renewed, or the hold gives up and we stand by.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = &mut stop => return Ok(Stopped::Clean),
+            }
+            continue;
+        }
         if dirty || full {
             let reconcile = reconciler.reconcile(full);
             tokio::pin!(reconcile);

@@ -31,6 +31,13 @@ pub enum ReconcileError {
         gateway: String,
         source: kube::Error,
     },
+    #[error("writing the status of EgressGateway {gateway}: no answer within {timeout:?}")]
+    Timeout {
+        gateway: String,
+        timeout: std::time::Duration,
+    },
+    #[error("writing the status of EgressGateway {gateway}: this replica no longer leads")]
+    NotLeader { gateway: String },
     #[error("encoding the status of EgressGateway {gateway}: {source}")]
     Encode {
         gateway: String,
@@ -39,6 +46,7 @@ pub enum ReconcileError {
 }
 
 /// The watch stores the controller plans from.
+#[derive(Clone)]
 pub struct Stores {
     pub gateways: Store<EgressGateway>,
     pub nodes: Store<KubeNode>,

@@ -41,6 +41,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(2);
 pub const TICK: Duration = Duration::from_millis(50);
 /// Freed heap memory is returned to the kernel at least this often (and after full plans).
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// The shortest gap between two renewals, early ones included (the Lease write budget).
+pub const MIN_RENEW_GAP: Duration = Duration::from_millis(100);
 /// At most one attempt per this long to remove the agent-not-ready taint from the node.
 pub const UNTAINT_RETRY: Duration = Duration::from_secs(1);
 /// Interfaces are re-read every this many renewals.
@@ -418,6 +420,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .collect();
         {
             let mut s = shared.lock().expect("agent state lock");
+            if s.report.programmed != programmed {
+                // Report what was just committed now, whatever the cadence, so `Programmed`
+                // follows the kernel within a round trip (the heartbeat keeps its budget).
+                renew_now.notify_one();
+            }
             s.report.programmed = programmed;
             s.hosted_planned = plan.hosted.len();
         }
@@ -563,12 +570,19 @@ async fn heartbeat_loop(
         .timing()
         .fence_after;
     let report_node = hb.node().to_string();
+    let mut last_renewal: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
-            _ = wakes.renew.notified() => {}
+            _ = wakes.renew.notified() => {
+                // An early renewal (a new report, a cadence change) within the write budget.
+                if let Some(gap) = last_renewal.map(|t| t.elapsed()).filter(|e| *e < MIN_RENEW_GAP) {
+                    tokio::time::sleep(MIN_RENEW_GAP - gap).await;
+                }
+            }
         }
         let started = Instant::now();
+        last_renewal = Some(started);
         if round.is_multiple_of(INTERFACES_EVERY) {
             let dp = dp.clone();
             match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing())

@@ -183,18 +183,32 @@ fn assert_only_from(report: &LeakReport, ip: Ipv4Addr, what: &str) {
     }
 }
 
-/// Connects [`ATTEMPTS`] times from pod `(node, k)` to `dst`; each must reach the server and
-/// be seen from `want`.
-async fn assert_seen(sim: &SimCluster, pod: (usize, usize), dst: SocketAddrV4, want: Ipv4Addr) {
+/// Connects [`ATTEMPTS`] times from pod `(node, k)` to `dst`: every attempt that did not
+/// reach the server from `want`, described.
+async fn wrong_sources(
+    sim: &SimCluster,
+    pod: (usize, usize),
+    dst: SocketAddrV4,
+    want: Ipv4Addr,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
     for attempt in 1..=ATTEMPTS {
         let seen = sim.source_seen_at(pod.0, pod.1, dst).await;
-        assert_eq!(
-            seen,
-            Ok(want),
-            "pod {pod:?} ({}) -> {dst}, attempt {attempt}: the server should see {want}",
-            sim.tb.pod(pod.0, pod.1).ip()
-        );
+        if seen != Ok(want) {
+            wrong.push(format!(
+                "pod {pod:?} ({}) -> {dst}, attempt {attempt}: expected the server to see \
+                 {want}, got {seen:?}",
+                sim.tb.pod(pod.0, pod.1).ip()
+            ));
+        }
     }
+    wrong
+}
+
+/// [`wrong_sources`] must find nothing.
+async fn assert_seen(sim: &SimCluster, pod: (usize, usize), dst: SocketAddrV4, want: Ipv4Addr) {
+    let wrong = wrong_sources(sim, pod, dst, want).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// One connection from the namespace at `netns` to `dst`: the source the server saw.
@@ -554,17 +568,25 @@ async fn services_through_kube_proxy(mode: ProxyMode) {
         LeakProbe::start_targets(targets, service(open), PROBE_INTERVAL, PROBE_TIMEOUT).unwrap();
     let steady = probe.wait_steady(&[E1], HOLD, SETTLE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut wrong = Vec::new();
     for pod in ONE_PER_NODE {
-        assert_seen(&sim, pod, service(mainframe), E1).await;
+        wrong.extend(wrong_sources(&sim, pod, service(mainframe), E1).await);
     }
     // Node 1 runs the backend pod; its clients are on the other nodes (see the file docs).
     for pod in [(2, 0), (3, 0)] {
-        assert_seen(&sim, pod, service(backend), sim.tb.pod(pod.0, pod.1).ip()).await;
+        let own = sim.tb.pod(pod.0, pod.1).ip();
+        wrong.extend(wrong_sources(&sim, pod, service(backend), own).await);
     }
     let report = probe.stop();
     eprintln!(
         "== selectorless Service to the open server, kube-proxy {mode}\n{}",
         report.table(&[E1])
+    );
+    assert!(
+        wrong.is_empty(),
+        "through Services (mainframe {mainframe} -> {PROTECTED_SERVER}, backend {backend} -> \
+         pod (1,1)), kube-proxy {mode}:\n{}",
+        wrong.join("\n")
     );
     if let Err(e) = steady {
         panic!("selected pods did not reach the open server's Service from E1 only: {e:#}");
@@ -808,12 +830,7 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
     let mut wrong = check_paths(&paths).await;
     for p in ONE_PER_NODE {
         for server in [PROTECTED_SERVER, OTHER_SERVER] {
-            let got = sim.source_seen_at(p.0, p.1, at(server)).await;
-            if got != Ok(E1) {
-                wrong.push(format!(
-                    "selected pod {p:?} -> {server} outside the cluster: expected {E1}, got {got:?}"
-                ));
-            }
+            wrong.extend(wrong_sources(&sim, p, at(server), E1).await);
         }
     }
     finish(probe, &[E1], "0.0.0.0/0: selected pods to the open server");

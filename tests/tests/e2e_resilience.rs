@@ -582,7 +582,11 @@ async fn a_hung_leader_steps_down_and_stands_by_and_nothing_moves() {
         0,
         "the old leader keeps running as a standby"
     );
-    assert_ne!(leader_holder(&sim).await, leader, "the new leader keeps the Lease");
+    assert_ne!(
+        leader_holder(&sim).await,
+        leader,
+        "the new leader keeps the Lease"
+    );
     let after = sim
         .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
         .await

@@ -100,8 +100,8 @@ impl Inputs {
         })
     }
 
-    /// Bring the index up to date for planning under `epoch`. `None` while a pod watch of a
-    /// newly hosted or candidate gateway is still listing (its sync wakes the loop again).
+    /// Bring the index up to date for planning under `epoch`. Never waits for a listing pod
+    /// watch: while one lists, every call is a full change (see the comment inside).
     pub fn refresh(&mut self, epoch: i32) -> Option<Change> {
         let mut structural = self.epoch != Some(epoch);
         self.epoch = Some(epoch);
@@ -154,10 +154,15 @@ impl Inputs {
             self.pods.set_scopes(&scopes);
             self.pending_full = true;
         }
-        if !self.pods.synced() {
-            return None;
-        }
         let changed = self.pods.store.update(&mut self.index.pods);
+        if !self.pods.synced() {
+            // A watch of a gateway this node newly guards is still listing. Plan with what is
+            // known (the node's own pods always are): a new gateway's local pods are blocked at
+            // once, and a pod this node has not heard of yet is dropped by the other nodes'
+            // pod ranges. Plan in full again once the listing is done (its sync wakes us).
+            self.pending_full = true;
+            return Some(Change::Everything);
+        }
         if std::mem::take(&mut self.pending_full) {
             return Some(Change::Everything);
         }

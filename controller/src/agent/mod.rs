@@ -314,7 +314,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let _guard = span.enter();
 
         let Some(change) = inputs.refresh(epoch) else {
-            continue; // a watch of a newly hosted gateway is listing; its sync wakes us
+            continue;
         };
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
         let everything = change == Change::Everything;

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrac
 CRD := crds/egressgateways.egressgw.io.yaml
 DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-failover bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-failover bench-leaks bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -47,6 +47,12 @@ bench-failover: deps control-plane
 	$(CARGO) build --release -p egressgw --bin egressgw
 	$(CARGO) build --release -p egressgw-bench-runtime --bin failover
 	$(RELEASE_DIR)/failover $(ARGS)
+
+## bench-leaks: the leak probe through every failure event of issue 11, many trials each (as root; ARGS="--trials 20 --parallel 2")
+bench-leaks: deps control-plane
+	$(CARGO) build --release -p egressgw --bin egressgw
+	$(CARGO) build --release -p egressgw-bench-runtime --bin leaks
+	$(RELEASE_DIR)/leaks $(ARGS)
 
 ## bench-programming: apply-to-kernel latency on the simulated cluster (as root; ARGS=<pods>, default 1000)
 bench-programming: deps control-plane

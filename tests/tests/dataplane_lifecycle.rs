@@ -103,7 +103,7 @@ fn gateway(tb: &Testbed, pods: &[(usize, usize)]) -> GatewaySpec {
 
 #[test]
 #[ignore = "needs root and network namespaces; run by make test"]
-fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element() {
+fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element_per_role() {
     let tb = testbed();
     let mut dps = dataplanes(&tb);
     let plans = all_plans(&tb, &[gateway(&tb, &[(1, 0), (2, 0)])]);
@@ -123,7 +123,8 @@ fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element() {
         assert_eq!(r.nft_messages, 0);
     }
 
-    // one more pod on node-1: one element on node-1 (steer) and one on node-2 (SNAT)
+    // one more pod on node-1: on node-1 one element to steer it and one to guard it, on node-2
+    // one to SNAT it and one to guard it (node-2 hosts the gateway: it guards all its pods)
     let plans = all_plans(&tb, &[gateway(&tb, &[(1, 0), (1, 1), (2, 0)])]);
     let third = apply_all(&mut dps, &plans);
     for n in [1, 2] {
@@ -133,7 +134,7 @@ fn applying_the_same_plan_twice_sends_nothing_and_one_pod_is_one_element() {
                 third[&n].elements_added,
                 third[&n].elements_removed
             ),
-            (1, 1, 0),
+            (2, 2, 0),
             "node-{n}"
         );
     }
@@ -226,6 +227,11 @@ fn a_restarted_agent_converges_from_an_older_plan_without_touching_foreign_objec
                 s.routing.rules.clear();
                 s.routing.routes.clear();
                 if let Some(t) = s.table.as_mut() {
+                    // the slots' mark values
+                    if let Some(m) = t.sets.get_mut("marks") {
+                        m.content =
+                            egressgw::dataplane::nft_model::SetContent::Addrs(Default::default());
+                    }
                     t.rules = std::mem::take(&mut t.rules)
                         .into_keys()
                         .map(|spec| match spec {
@@ -240,6 +246,7 @@ fn a_restarted_agent_converges_from_an_older_plan_without_touching_foreign_objec
                                 mark: 0,
                                 mask,
                             },
+                            RuleSpec::MarkSnat { mask, .. } => RuleSpec::MarkSnat { mark: 0, mask },
                             other => other,
                         })
                         .map(|spec| (spec, None))
@@ -325,9 +332,10 @@ fn a_failed_transaction_leaves_the_previous_state_and_the_next_apply_recovers() 
         .clone();
     assert_eq!(elems, [tb.pod(2, 0).ip()].into());
 
-    // the failure dropped the cache: the next apply reads the kernel and converges
+    // the failure dropped the cache: the next apply reads the kernel and converges (the new
+    // pod into the SNAT set and the guard, the gone one out of the guard)
     let r = dp.apply(&plan2).unwrap();
-    assert_eq!((r.elements_added, r.elements_removed), (1, 0));
+    assert_eq!((r.elements_added, r.elements_removed), (2, 1));
     assert!(dp.apply(&plan2).unwrap().is_noop());
     assert_eq!(tb.pod(2, 2).connect(PROTECTED_SERVER).unwrap(), Ok(E1));
 }

@@ -317,4 +317,109 @@ mod tests {
         assert!(r.is_empty());
         assert_eq!(back, gateway_node());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn pod(i: u8) -> IpAddr {
+            IpAddr::from([198, 19, i % 4, 10 + i])
+        }
+
+        fn plan_of(snat: &BTreeSet<u8>, steer: &BTreeSet<u8>, extra: &BTreeSet<u8>) -> NodePlan {
+            let mut p = NodePlan::empty("n");
+            p.hosted.insert(
+                ip("198.18.0.200"),
+                HostedIp {
+                    gateway: "gw".into(),
+                    interface: "eth0".into(),
+                },
+            );
+            let snat: BTreeSet<IpAddr> = snat.iter().map(|i| pod(*i)).collect();
+            let steer: BTreeSet<IpAddr> = steer.iter().map(|i| pod(*i)).collect();
+            let guard = snat
+                .iter()
+                .chain(&steer)
+                .copied()
+                .chain(extra.iter().map(|i| pod(*i)))
+                .collect();
+            p.gateways.insert(
+                "gw".into(),
+                GatewayNodePlan {
+                    destinations: vec!["203.0.113.0/24".parse().unwrap()],
+                    snat: BTreeMap::from([(ip("198.18.0.200"), snat)]),
+                    steer: BTreeMap::from([(ip("198.18.0.13"), steer)]),
+                    guard,
+                    egress_ips: vec![ip("198.18.0.200")],
+                    ..GatewayNodePlan::default()
+                },
+            );
+            p
+        }
+
+        fn ids() -> impl Strategy<Value = BTreeSet<u8>> {
+            prop::collection::btree_set(0u8..40, 0..12)
+        }
+
+        proptest! {
+            #[test]
+            fn a_fenced_plan_holds_nothing_snats_nothing_and_drops_what_it_would_have_snated(
+                snat in ids(), steer in ids(), extra in ids(), idle in any::<bool>(),
+            ) {
+                let p = plan_of(&snat, &steer, &extra);
+                let s = Situation { first_outcome_known: true, fenced: true, idle };
+                let out = program(p.clone(), s).unwrap();
+                if idle {
+                    prop_assert_eq!(out, p);
+                } else {
+                    prop_assert!(out.hosted.is_empty());
+                    let g = &out.gateways["gw"];
+                    prop_assert!(g.snat.values().all(BTreeSet::is_empty));
+                    for i in &snat {
+                        prop_assert!(g.blocked.contains(&pod(*i)) && g.guard.contains(&pod(*i)));
+                    }
+                    prop_assert_eq!(&g.steer, &p.gateways["gw"].steer);
+                    prop_assert!(unguarded(&out).is_empty());
+                }
+            }
+
+            #[test]
+            fn a_pod_that_leaves_the_guard_stays_in_it_for_the_whole_retention(
+                guards in prop::collection::vec(ids(), 1..8),
+                steps_ms in prop::collection::vec(0u64..3000, 1..8),
+                local in ids(),
+            ) {
+                let period = Duration::from_secs(5);
+                let t0 = Instant::now();
+                let mut r = Retention::new(period);
+                let mut now = t0;
+                let mut prev: Option<NodePlan> = None;
+                // when each (non-local) pod last left the guard the view asked for
+                let mut left: BTreeMap<IpAddr, Instant> = BTreeMap::new();
+                let mut asked_before: BTreeSet<IpAddr> = BTreeSet::new();
+                for (k, g) in guards.iter().enumerate() {
+                    now += Duration::from_millis(steps_ms[k % steps_ms.len()]);
+                    let mut p = plan_of(&BTreeSet::new(), &BTreeSet::new(), g);
+                    let asked: BTreeSet<IpAddr> = g.iter().map(|i| pod(*i)).collect();
+                    for gone in asked_before.difference(&asked) {
+                        left.entry(*gone).or_insert(now);
+                    }
+                    for back in &asked {
+                        left.remove(back);
+                    }
+                    let is_local = |i: IpAddr| local.iter().any(|l| pod(*l) == i);
+                    r.apply(now, &mut p, prev.as_ref(), is_local);
+                    let guard = &p.gateways["gw"].guard;
+                    for (ip, since) in &left {
+                        if !is_local(*ip) && now < *since + period {
+                            prop_assert!(guard.contains(ip), "{} left at {:?} but unguarded at {:?}", ip, since.duration_since(t0), now.duration_since(t0));
+                        }
+                    }
+                    prop_assert!(asked.is_subset(guard));
+                    asked_before = asked;
+                    prev = Some(p);
+                }
+            }
+        }
+    }
 }

@@ -661,11 +661,25 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     };
     let mut packets: BTreeMap<String, u64> = BTreeMap::new();
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     for c in counters {
-        if let (Some(g), CounterKind::Snat { .. }) = (&c.gateway, &c.kind) {
-            *packets.entry(g.clone()).or_default() += c.packets;
-            *bytes.entry(g.clone()).or_default() += c.bytes;
+        match (&c.gateway, &c.kind) {
+            (Some(g), CounterKind::Snat { .. }) => {
+                *packets.entry(g.clone()).or_default() += c.packets;
+                *bytes.entry(g.clone()).or_default() += c.bytes;
+            }
+            (Some(g), CounterKind::LeakDropped | CounterKind::Blocked) => {
+                *dropped.entry(g.clone()).or_default() += c.packets;
+            }
+            _ => {}
         }
+    }
+    metrics.leak_dropped_packets.clear();
+    for (g, n) in dropped {
+        metrics
+            .leak_dropped_packets
+            .get_or_create(&label("gateway", &g))
+            .set(n as i64);
     }
     metrics.snat_packets.clear();
     metrics.snat_bytes.clear();

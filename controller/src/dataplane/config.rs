@@ -6,7 +6,9 @@ use std::time::Duration;
 /// The nftables table (family `ip`) egressgw owns exclusively.
 pub const TABLE: &str = "egressgw";
 
-/// Prerouting chain (filter, priority mangle) that marks steered pod traffic.
+/// Prerouting chain (filter, priority `dstnat + 10`) that marks steered pod traffic. It runs
+/// after kube-proxy's DNAT (nftables and iptables modes), so it judges the real destination:
+/// a Service whose endpoints lie in a gateway's destinations is steered like the endpoints.
 pub const CHAIN_PRE: &str = "pre";
 /// Postrouting chain (nat, priority `srcnat - 10`) with the SNAT rules. It binds before a CNI
 /// masquerade at `srcnat`: the first NAT binding of a connection wins.
@@ -25,6 +27,10 @@ pub const CHAIN_NOLEAK: &str = "noleak";
 
 /// `NF_IP_PRI_MANGLE`.
 pub const PRIORITY_MANGLE: i32 = -150;
+/// `NF_IP_PRI_NAT_DST` (`dstnat`): kube-proxy's DNAT.
+pub const PRIORITY_DSTNAT: i32 = -100;
+/// Our prerouting (steering) priority: `dstnat + 10`, after the DNAT of Services.
+pub const PRIORITY_STEER: i32 = PRIORITY_DSTNAT + 10;
 /// `NF_IP_PRI_NAT_SRC` (`srcnat`).
 pub const PRIORITY_SRCNAT: i32 = 100;
 /// Our postrouting priority: `srcnat - 10`.
@@ -38,6 +44,8 @@ pub const PRIORITY_FILTER: i32 = 0;
 pub const SET_HOSTED: &str = "hosted";
 /// Interval set of the other nodes' pod ranges (guarded on nodes that host or may host).
 pub const SET_REMOTE_PODS: &str = "remote_pods";
+/// Set of the mark values (each slot's, within the mark mask) this node steers with.
+pub const SET_MARKS: &str = "marks";
 
 /// Default packet-mark field that carries the next-hop slot of steered packets (255 slots).
 /// Avoids kube-proxy (0x4000, 0x8000), Cilium (0x0f00, 0xf000) and flannel bits.

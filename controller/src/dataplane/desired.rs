@@ -23,6 +23,12 @@ pub struct DesiredNode {
     pub ipv6_ignored: usize,
 }
 
+/// A mark value as an element of the `marks` set: the 4 bytes the kernel compares with the
+/// mark register (host order), carried in the address type our sets use.
+pub fn mark_key(mark: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be_bytes(mark.to_ne_bytes()))
+}
+
 /// The IPv4 next hops the plan steers to.
 pub fn wanted_next_hops(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
     plan.gateways
@@ -119,12 +125,6 @@ pub fn desired(
         SetContent::Addrs(addresses.keys().copied().collect()),
     );
     st.rules.insert(RuleSpec::Guard, None);
-    st.rules.insert(
-        RuleSpec::MarkSnat {
-            mask: cfg.mark_mask,
-        },
-        None,
-    );
 
     let guard_remote = !remote.is_empty() && active.iter().any(|(_, g)| g.guard_remote);
     if guard_remote {
@@ -244,6 +244,28 @@ pub fn desired(
             );
         }
     }
+    // Each slot's exact mark: identity SNAT of what it steers, and the set the no-leak rule
+    // tells steered packets by.
+    for slot in used_slots.values() {
+        st.rules.insert(
+            RuleSpec::MarkSnat {
+                mark: cfg.slot_mark(*slot),
+                mask: cfg.mark_mask,
+            },
+            None,
+        );
+    }
+    set(
+        &mut st,
+        SetName::Marks,
+        None,
+        SetContent::Addrs(
+            used_slots
+                .values()
+                .map(|s| mark_key(cfg.slot_mark(*s)))
+                .collect(),
+        ),
+    );
     DesiredNode {
         nft: Some(st),
         addresses,

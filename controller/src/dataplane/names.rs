@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::config::{SET_HOSTED, SET_REMOTE_PODS};
+use super::config::{SET_HOSTED, SET_MARKS, SET_REMOTE_PODS};
 
 /// Short, stable id of a gateway inside our table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,6 +74,9 @@ pub enum SetName {
     Hosted,
     /// The other nodes' pod ranges (interval set).
     RemotePods,
+    /// The slot mark values this node steers with (4-byte keys in host order, see
+    /// [`crate::dataplane::desired::mark_key`]).
+    Marks,
     /// Destination networks of a gateway (interval set; comment = gateway name).
     Dst(GatewayId),
     /// Excluded networks of a gateway (interval set).
@@ -112,7 +115,7 @@ impl SetName {
 
     pub fn gateway(&self) -> Option<&GatewayId> {
         match self {
-            SetName::Hosted | SetName::RemotePods => None,
+            SetName::Hosted | SetName::RemotePods | SetName::Marks => None,
             SetName::Dst(g)
             | SetName::Excl(g)
             | SetName::Snat(g, _)
@@ -129,6 +132,7 @@ impl fmt::Display for SetName {
         match self {
             SetName::Hosted => f.write_str(SET_HOSTED),
             SetName::RemotePods => f.write_str(SET_REMOTE_PODS),
+            SetName::Marks => f.write_str(SET_MARKS),
             SetName::Dst(g) => write!(f, "{g}_dst"),
             SetName::Excl(g) => write!(f, "{g}_excl"),
             SetName::Snat(g, ip) => write!(f, "{g}_snat_{}", hex_ip(*ip)),
@@ -149,6 +153,9 @@ impl FromStr for SetName {
         }
         if s == SET_REMOTE_PODS {
             return Ok(SetName::RemotePods);
+        }
+        if s == SET_MARKS {
+            return Ok(SetName::Marks);
         }
         let (gid, rest) = s.split_once('_').ok_or(())?;
         let gid = GatewayId::parse(gid).ok_or(())?;
@@ -192,6 +199,7 @@ mod tests {
         for n in [
             SetName::Hosted,
             SetName::RemotePods,
+            SetName::Marks,
             SetName::Dst(g.clone()),
             SetName::Excl(g.clone()),
             SetName::Snat(g.clone(), ip),

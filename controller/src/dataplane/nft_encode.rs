@@ -15,6 +15,9 @@ use super::nft_diff::NftOp;
 use super::nft_expr::{Expr, Ip4Field};
 use super::nft_model::{ChainHook, ChainKind, RuleSpec, SetContent};
 
+/// nftables' userspace datatype id of packet marks (`TYPE_MARK` in nftables' datatype.h).
+const NFT_TYPE_MARK: u32 = 19;
+
 /// A finalized batch and which op each of its messages came from.
 pub struct EncodedBatch {
     pub batch: FinalizedBatch,
@@ -129,6 +132,8 @@ fn lookup(set: SetName, invert: bool) -> Expr {
 pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
     let scope = |gid: &super::names::GatewayId, src: SetName| {
         vec![
+            Expr::CtDirection,
+            Expr::CmpEq(vec![0]), // IP_CT_DIR_ORIGINAL: replies into a pod are not ours
             Expr::Payload(Ip4Field::Saddr),
             lookup(src, false),
             Expr::Payload(Ip4Field::Daddr),
@@ -144,13 +149,13 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
             Expr::Counter,
             Expr::Drop,
         ],
-        RuleSpec::MarkSnat { mask } => vec![
+        RuleSpec::MarkSnat { mark, mask } => vec![
             Expr::MarkLoad,
             Expr::Bitwise {
                 mask: *mask,
                 xor: 0,
             },
-            Expr::NonZero,
+            Expr::CmpEq(mark.to_ne_bytes().to_vec()),
             Expr::Counter,
             Expr::Payload(Ip4Field::Saddr),
             Expr::SnatReg1,
@@ -193,7 +198,7 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
                 mask: *mask,
                 xor: 0,
             },
-            Expr::CmpEq(0u32.to_ne_bytes().to_vec()),
+            lookup(SetName::Marks, true),
             Expr::Payload(Ip4Field::Saddr),
             lookup(SetName::Egress(gid.clone()), true),
             Expr::Counter,
@@ -249,6 +254,10 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 next_set_id += 1;
                 unsafe {
                     let p = s.as_ptr().as_ptr();
+                    if name.parse::<SetName>() == Ok(SetName::Marks) {
+                        // nft's `mark` datatype (host byte order), so `nft list` shows them
+                        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, NFT_TYPE_MARK);
+                    }
                     if set.content.is_interval() {
                         sys::nftnl_set_set_u32(
                             p,

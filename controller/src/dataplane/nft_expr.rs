@@ -168,7 +168,7 @@ impl Expression for Expr {
                         sys::nftnl_expr_set_u32(
                             p,
                             sys::NFTNL_EXPR_CT_KEY as u16,
-                            libc::NFT_CT_SRC as u32,
+                            libc::NFT_CT_SRC_IP as u32,
                         );
                         // IP_CT_DIR_ORIGINAL
                         sys::nftnl_expr_set_u8(p, sys::NFTNL_EXPR_CT_DIR as u16, 0);

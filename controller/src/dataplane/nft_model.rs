@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use super::config::{
-    CHAIN_FWD, CHAIN_GUARD, CHAIN_NOLEAK, CHAIN_POST, CHAIN_PRE, PRIORITY_FILTER, PRIORITY_MANGLE,
-    PRIORITY_NOLEAK, PRIORITY_POST,
+    CHAIN_FWD, CHAIN_GUARD, CHAIN_NOLEAK, CHAIN_POST, CHAIN_PRE, PRIORITY_FILTER, PRIORITY_NOLEAK,
+    PRIORITY_POST, PRIORITY_STEER,
 };
 use super::names::{GatewayId, SetName};
 
@@ -148,7 +148,7 @@ pub fn our_chains() -> BTreeMap<String, ChainSpec> {
             CHAIN_PRE,
             ChainKind::Filter,
             ChainHook::Prerouting,
-            PRIORITY_MANGLE,
+            PRIORITY_STEER,
         ),
         (
             CHAIN_GUARD,
@@ -195,9 +195,12 @@ pub fn our_chains() -> BTreeMap<String, ChainSpec> {
 pub enum RuleSpec {
     /// guard: `ip daddr @hosted counter drop`
     Guard,
-    /// post: `meta mark & MASK != 0 counter snat to ip saddr` (identity SNAT of steered
-    /// packets, so the CNI masquerade does not rewrite them)
-    MarkSnat { mask: u32 },
+    /// post: `meta mark & MASK == MARK counter snat to ip saddr` (identity SNAT of packets
+    /// steered with one slot's exact mark, so the CNI masquerade does not rewrite them)
+    MarkSnat { mark: u32, mask: u32 },
+    /// The rules below that match pods start with `ct direction original`: replies of
+    /// connections *into* a selected pod are never steered, SNATed or dropped.
+    ///
     /// post: `ip saddr @<g>_snat_<E> ip daddr @<g>_dst ip daddr != @<g>_excl counter snat to E`
     Snat { gid: GatewayId, egress_ip: Ipv4Addr },
     /// fwd: the same match, counter only (bytes and packets SNATed to E)
@@ -213,7 +216,8 @@ pub enum RuleSpec {
     /// fwd: `ip saddr @<g>_blocked ip daddr @<g>_dst ip daddr != @<g>_excl counter drop`
     Block { gid: GatewayId },
     /// noleak: `ct direction original ct original ip saddr @<g>_guard ip daddr @<g>_dst
-    ///          ip daddr != @<g>_excl meta mark & MASK == 0 ip saddr != @<g>_egress counter drop`
+    ///          ip daddr != @<g>_excl meta mark & MASK != @marks ip saddr != @<g>_egress
+    ///          counter drop`
     /// (after every NAT: a guarded pod's packet leaves SNATed to the gateway's egress IP,
     /// steered, or not at all)
     Leak { gid: GatewayId, mask: u32 },
@@ -261,10 +265,29 @@ impl RuleSpec {
     }
 
     /// The comment that identifies the rule in the kernel.
+    /// The comment that identifies the rule in the kernel: what it is, and a hash of the
+    /// expressions this release gives it (`… #1a2b3c4d`). A rule whose expressions differ (an
+    /// older release's, or one edited with a new comment) does not parse back, counts as
+    /// foreign, and is replaced in the same transaction.
     pub fn key(&self) -> String {
+        format!("{} #{:08x}", self.base_key(), self.expr_hash())
+    }
+
+    /// A stable hash of the rule's expressions (FNV-1a over their description).
+    fn expr_hash(&self) -> u32 {
+        let text = format!("{:?}", super::nft_encode::rule_exprs(self));
+        let mut h: u32 = 0x811c_9dc5;
+        for b in text.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h
+    }
+
+    fn base_key(&self) -> String {
         match self {
             RuleSpec::Guard => "guard".into(),
-            RuleSpec::MarkSnat { mask } => format!("marksnat {mask:#010x}"),
+            RuleSpec::MarkSnat { mark, mask } => format!("marksnat {mark:#010x}/{mask:#010x}"),
             RuleSpec::Snat { gid, egress_ip } => format!("snat {gid} {egress_ip}"),
             RuleSpec::Account { gid, egress_ip } => format!("acct {gid} {egress_ip}"),
             RuleSpec::Steer {
@@ -286,10 +309,17 @@ impl RuleSpec {
             Ok(SetName::Dst(g)) => Some(g),
             _ => None,
         };
-        let words: Vec<&str> = key.split(' ').collect();
+        let (base, _hash) = key.rsplit_once(" #")?;
+        let words: Vec<&str> = base.split(' ').collect();
         let spec = match words.as_slice() {
             ["guard"] => RuleSpec::Guard,
-            ["marksnat", mask] => RuleSpec::MarkSnat { mask: hex(mask)? },
+            ["marksnat", mm] => {
+                let (mark, mask) = mm.split_once('/')?;
+                RuleSpec::MarkSnat {
+                    mark: hex(mark)?,
+                    mask: hex(mask)?,
+                }
+            }
             ["snat", g, ip] => RuleSpec::Snat {
                 gid: gid(g)?,
                 egress_ip: ip.parse().ok()?,
@@ -417,7 +447,10 @@ mod tests {
         let ip: Ipv4Addr = "198.18.0.200".parse().unwrap();
         for spec in [
             RuleSpec::Guard,
-            RuleSpec::MarkSnat { mask: 0x0ff0_0000 },
+            RuleSpec::MarkSnat {
+                mark: 0x0010_0000,
+                mask: 0x0ff0_0000,
+            },
             RuleSpec::Snat {
                 gid: gid.clone(),
                 egress_ip: ip,
@@ -451,8 +484,16 @@ mod tests {
             "snat x 1.2.3.4",
             "marksnat 12",
             "steer g 1.2.3.4 0x1",
+            "guard",
+            "guard #00000000",
         ] {
             assert_eq!(RuleSpec::parse_key(bad), None, "{bad}");
         }
+        // an older release's rule (same name, other expressions): not ours any more
+        let old = format!("snat {gid} {ip}");
+        assert_eq!(RuleSpec::parse_key(&old), None);
+        let spec = RuleSpec::Guard;
+        let tampered = format!("guard #{:08x}", spec.expr_hash() ^ 1);
+        assert_eq!(RuleSpec::parse_key(&tampered), None);
     }
 }

@@ -171,6 +171,12 @@ impl std::fmt::Display for PodKey {
     }
 }
 
+/// Whether a pod in `phase` has a live network: Pending (with an IP, init containers run) or
+/// Running, deletion timestamp or not. Succeeded, Failed and Unknown (the node is gone) do not.
+pub fn network_alive(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Pending" | "Running"))
+}
+
 /// A pod cut down to what selection and planning need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
@@ -180,15 +186,17 @@ pub struct Pod {
     pub node: Option<Sym>,
     /// `status.podIPs` (IPv4 only is programmed today; the rest is kept for later).
     pub ips: Vec<IpAddr>,
-    /// Phase is Running and the pod is not being deleted.
+    /// The pod's network is alive: phase Pending (init containers run with the pod's IP) or
+    /// Running, also while it terminates (a graceful deletion keeps its connections until the
+    /// object is gone); false once the phase is terminal (Succeeded, Failed) or unknown.
     pub running: bool,
     /// Host-network pods share the node's address and are never given an egress IP.
     pub host_network: bool,
 }
 
 impl Pod {
-    /// Whether the pod can carry egress traffic at all: running, on a node, with an IP, not
-    /// on the host network.
+    /// Whether the pod can carry egress traffic at all: alive ([`Pod::running`]), on a node,
+    /// with an IP, not on the host network.
     pub fn is_routable(&self) -> bool {
         self.running && !self.host_network && self.node.is_some() && !self.ips.is_empty()
     }
@@ -215,13 +223,12 @@ impl Pod {
         {
             ips.push(ip);
         }
-        let phase_running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
         Some(Self {
             key,
             labels: meta.labels.iter().flatten().collect(),
             node: spec.and_then(|s| s.node_name.as_deref()).map(intern),
             ips,
-            running: phase_running && meta.deletion_timestamp.is_none(),
+            running: network_alive(status.and_then(|s| s.phase.as_deref())),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         })
     }

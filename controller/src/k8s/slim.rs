@@ -117,13 +117,12 @@ impl SlimPod {
         {
             ips.push(ip);
         }
-        let phase_running = self.status.phase.as_deref() == Some("Running");
         Some(Pod {
             key,
             labels: meta.labels.iter().flatten().collect(),
             node: self.spec.node_name.as_deref().map(intern),
             ips,
-            running: phase_running && meta.deletion_timestamp.is_none(),
+            running: crate::index::pod::network_alive(self.status.phase.as_deref()),
             host_network: self.spec.host_network.unwrap_or(false),
         })
     }
@@ -167,16 +166,30 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_or_terminating_pod_is_not_running() {
+    fn a_terminating_or_pending_pod_keeps_its_network_until_its_phase_ends() {
+        let index = |v: serde_json::Value| {
+            let slim: SlimPod = serde_json::from_value(v.clone()).unwrap();
+            let full: KubePod = serde_json::from_value(v).unwrap();
+            assert_eq!(slim.to_index(), Pod::from_kube(&full));
+            slim.to_index().unwrap()
+        };
         let mut v = full_pod();
         v["metadata"]["deletionTimestamp"] = "2026-11-28T20:00:00Z".into();
-        let slim: SlimPod = serde_json::from_value(v).unwrap();
-        assert!(!slim.to_index().unwrap().running);
+        assert!(index(v).is_routable(), "terminating: still selected");
+        let mut v = full_pod();
+        v["status"]["phase"] = "Pending".into();
+        assert!(
+            index(v).is_routable(),
+            "init containers run with the pod's IP"
+        );
         let mut v = full_pod();
         v["status"] = serde_json::json!({ "phase": "Pending" });
-        let slim: SlimPod = serde_json::from_value(v).unwrap();
-        let p = slim.to_index().unwrap();
-        assert!(!p.running && p.ips.is_empty());
+        assert!(!index(v).is_routable(), "no IP yet");
+        for done in ["Succeeded", "Failed", "Unknown"] {
+            let mut v = full_pod();
+            v["status"]["phase"] = done.into();
+            assert!(!index(v).is_routable(), "{done}");
+        }
     }
 
     #[test]

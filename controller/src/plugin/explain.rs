@@ -116,7 +116,7 @@ pub fn explain(
     let p = index.pods.get(pod)?;
     let mut not_routable = Vec::new();
     if !p.running {
-        not_routable.push("it is not Running (or is being deleted)");
+        not_routable.push("its phase is not Pending or Running (it has finished)");
     }
     if p.node.is_none() {
         not_routable.push("it is not scheduled to a node");

@@ -93,6 +93,9 @@ pub struct AgentMetrics {
     pub set_entries: Family<Labels, Gauge>,
     pub snat_packets: Family<Labels, Gauge>,
     pub snat_bytes: Family<Labels, Gauge>,
+    /// Packets of guarded pods dropped on this node rather than leaving unSNATed (the no-leak
+    /// rule and the blocks), per gateway.
+    pub leak_dropped_packets: Family<Labels, Gauge>,
     pub garps_sent: Counter,
     pub conntrack_deleted: Counter,
     pub hosted_ips: Gauge,
@@ -113,6 +116,7 @@ impl AgentMetrics {
             set_entries: Family::default(),
             snat_packets: Family::default(),
             snat_bytes: Family::default(),
+            leak_dropped_packets: Family::default(),
             garps_sent: Counter::default(),
             conntrack_deleted: Counter::default(),
             hosted_ips: Gauge::default(),
@@ -133,7 +137,7 @@ impl AgentMetrics {
         r.register("applies", "Dataplane applies by result", m.applies.clone());
         r.register(
             "set_entries",
-            "Pod IPs programmed, by gateway and role (snat, steer, blocked)",
+            "Pod IPs programmed, by gateway and role (snat, steer, blocked, guard)",
             m.set_entries.clone(),
         );
         r.register(
@@ -145,6 +149,11 @@ impl AgentMetrics {
             "snat_bytes",
             "Bytes SNATed to an egress IP, by gateway (nftables counters)",
             m.snat_bytes.clone(),
+        );
+        r.register(
+            "leak_dropped_packets",
+            "Packets of guarded pods dropped rather than leaving unSNATed (no-leak rule and blocks), by gateway",
+            m.leak_dropped_packets.clone(),
         );
         r.register(
             "gratuitous_arps_sent",

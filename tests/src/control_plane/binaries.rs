@@ -16,6 +16,9 @@ pub const KUBECTL_ENV: &str = "EGRESSGW_KUBECTL";
 pub const APISERVER_BINARY: &str = "kube-apiserver";
 /// The etcd binary's file name.
 pub const ETCD_BINARY: &str = "etcd";
+/// The kube-proxy binary's file name (built beside kube-apiserver from the same
+/// `k8s.io/kubernetes` release; the simulated nodes run it, [`crate::sim`]).
+pub const KUBE_PROXY_BINARY: &str = "kube-proxy";
 
 const KUBERNETES_MODULE: &str = "k8s.io/kubernetes";
 const ETCD_MODULE: &str = "go.etcd.io/etcd/server/v3";
@@ -88,15 +91,19 @@ fn parse_required_version(go_mod: &str, module: &str) -> Option<String> {
     })
 }
 
-/// Paths of the two control-plane binaries.
+/// Paths of the control-plane binaries.
 #[derive(Clone, Debug)]
 pub struct Binaries {
     pub kube_apiserver: PathBuf,
     pub etcd: PathBuf,
+    /// Where kube-proxy is expected; only tests that run it need it ([`Binaries::kube_proxy`]
+    /// checks it is there).
+    pub kube_proxy: PathBuf,
 }
 
 impl Binaries {
     /// Finds the binaries built by `make control-plane`, or in `$EGRESSGW_CONTROL_PLANE_DIR`.
+    /// kube-apiserver and etcd must be there; kube-proxy is checked by [`Binaries::kube_proxy`].
     pub fn locate() -> Result<Self> {
         let dir = match std::env::var_os(CONTROL_PLANE_DIR_ENV) {
             Some(dir) => PathBuf::from(dir),
@@ -107,6 +114,7 @@ impl Binaries {
         let found = Self {
             kube_apiserver: dir.join(APISERVER_BINARY),
             etcd: dir.join(ETCD_BINARY),
+            kube_proxy: dir.join(KUBE_PROXY_BINARY),
         };
         for (binary, path) in [
             (APISERVER_BINARY, &found.kube_apiserver),
@@ -120,6 +128,23 @@ impl Binaries {
             }
         }
         Ok(found)
+    }
+
+    /// The kube-proxy binary, failing when `make control-plane` has not built it yet.
+    pub fn kube_proxy(&self) -> Result<&Path> {
+        if is_executable(&self.kube_proxy) {
+            Ok(&self.kube_proxy)
+        } else {
+            Err(ControlPlaneError::BinaryMissing {
+                binary: KUBE_PROXY_BINARY,
+                path: self.kube_proxy.clone(),
+            })
+        }
+    }
+
+    /// [`Binaries::locate`], then [`Binaries::kube_proxy`]: the kube-proxy to run.
+    pub fn locate_kube_proxy() -> Result<PathBuf> {
+        Ok(Self::locate()?.kube_proxy()?.to_path_buf())
     }
 }
 
@@ -196,5 +221,18 @@ mod tests {
         let v = PinnedVersions::read().expect("hack/control-plane go.mod files");
         assert!(v.kubernetes.starts_with("v1."), "{v:?}");
         assert!(v.etcd.starts_with("v3."), "{v:?}");
+    }
+
+    /// kube-proxy lives in the folder keyed by the apiserver's version, so its wrapper module
+    /// must pin the same Kubernetes release (build.sh refuses otherwise).
+    #[test]
+    fn kube_proxy_is_pinned_to_the_apiserver_release() {
+        let v = PinnedVersions::read().expect("hack/control-plane go.mod files");
+        let proxy = required_version(
+            &modules_dir().join(KUBE_PROXY_BINARY).join("go.mod"),
+            KUBERNETES_MODULE,
+        )
+        .expect("hack/control-plane/kube-proxy/go.mod");
+        assert_eq!(proxy, v.kubernetes);
     }
 }

@@ -20,6 +20,8 @@ use super::error::{ControlPlaneError, Result};
 pub const PAUSE_IMAGE: &str = "registry.invalid/egressgw/pause:test";
 /// Name of the single container of a test pod.
 const CONTAINER: &str = "app";
+/// Name of the init container of a pod made by [`ControlPlane::create_pod_with_init_container`].
+pub const INIT_CONTAINER: &str = "migrate";
 /// Field manager of the harness's status writes.
 const KUBELET_MANAGER: &str = "egressgw-test-kubelet";
 /// How long a deleted pod may take to disappear.
@@ -223,6 +225,149 @@ impl ControlPlane {
             .map_err(ControlPlaneError::api(format!(
                 "setting phase {phase} on pod {namespace}/{name}"
             )))
+    }
+
+    /// Creates a pod like [`ControlPlane::create_pod`] whose spec also has an init container
+    /// ([`INIT_CONTAINER`]), e.g. one that runs migrations against a legacy database before
+    /// the app starts.
+    pub async fn create_pod_with_init_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        node: &str,
+    ) -> Result<Pod> {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": namespace, "labels": label_map(labels) },
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 0,
+                "initContainers": [{ "name": INIT_CONTAINER, "image": PAUSE_IMAGE }],
+                "containers": [{ "name": CONTAINER, "image": PAUSE_IMAGE }],
+            }
+        }))
+        .map_err(|e| ControlPlaneError::Io {
+            what: format!("building pod {namespace}/{name}"),
+            source: std::io::Error::other(e),
+        })?;
+        Api::<Pod>::namespaced(self.client(), namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .map_err(ControlPlaneError::api(format!(
+                "creating pod {namespace}/{name} on {node}"
+            )))
+    }
+
+    /// Gives a pod made by [`ControlPlane::create_pod_with_init_container`] the status a
+    /// kubelet writes while its init container runs: phase `Pending`, but the sandbox and so
+    /// `podIP(s)` and `hostIP(s)` already exist; `Initialized` is False, the init container
+    /// runs, the app container waits (`PodInitializing`). [`ControlPlane::set_pod_ip`] later
+    /// makes it Running (same field manager, so the init-phase fields go).
+    pub async fn set_pod_initializing(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: IpAddr,
+    ) -> Result<Pod> {
+        let api = Api::<Pod>::namespaced(self.client(), namespace);
+        let pod = api.get(name).await.map_err(ControlPlaneError::api(format!(
+            "reading pod {namespace}/{name}"
+        )))?;
+        let host_ip = match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            Some(node) => self.internal_ip(&node).await?,
+            None => None,
+        };
+        let started = now();
+        let condition = |t: &str, ok: bool| {
+            let mut c = json!({
+                "type": t,
+                "status": if ok { "True" } else { "False" },
+                "lastTransitionTime": started,
+            });
+            if !ok {
+                c["reason"] = json!(if t == "Initialized" {
+                    "ContainersNotInitialized"
+                } else {
+                    "ContainersNotReady"
+                });
+            }
+            c
+        };
+        let mut status = json!({
+            "phase": "Pending",
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+            "startTime": started,
+            "conditions": [
+                condition("PodScheduled", true),
+                condition("Initialized", false),
+                condition("ContainersReady", false),
+                condition("Ready", false),
+            ],
+            "initContainerStatuses": [{
+                "name": INIT_CONTAINER,
+                "image": PAUSE_IMAGE,
+                "imageID": "",
+                "ready": false,
+                "started": true,
+                "restartCount": 0,
+                "state": { "running": { "startedAt": started } },
+            }],
+            "containerStatuses": [{
+                "name": CONTAINER,
+                "image": PAUSE_IMAGE,
+                "imageID": "",
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "state": { "waiting": { "reason": "PodInitializing" } },
+            }],
+        });
+        if let Some(host_ip) = host_ip {
+            status["hostIP"] = json!(host_ip);
+            status["hostIPs"] = json!([{ "ip": host_ip }]);
+        }
+        api.patch_status(
+            name,
+            &PatchParams::apply(KUBELET_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "status": status,
+            })),
+        )
+        .await
+        .map_err(ControlPlaneError::api(format!(
+            "setting IP {ip} on initializing pod {namespace}/{name}"
+        )))
+    }
+
+    /// Deletes the pod with a grace period of `grace_seconds`, as `kubectl delete` or a
+    /// rollout does, and returns it as the apiserver left it: with a `deletionTimestamp`,
+    /// still there. No kubelet confirms, so it stays until [`ControlPlane::delete_pod`]
+    /// (grace period 0) removes it.
+    pub async fn delete_pod_gracefully(
+        &self,
+        namespace: &str,
+        name: &str,
+        grace_seconds: u32,
+    ) -> Result<Pod> {
+        let api = Api::<Pod>::namespaced(self.client(), namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(grace_seconds),
+            ..DeleteParams::default()
+        };
+        let what = format!("deleting pod {namespace}/{name} with grace period {grace_seconds} s");
+        api.delete(name, &params)
+            .await
+            .map_err(ControlPlaneError::api(what.clone()))?
+            .left()
+            .ok_or_else(|| ControlPlaneError::Io {
+                what,
+                source: std::io::Error::other(
+                    "the apiserver deleted the pod at once instead of marking it terminating",
+                ),
+            })
     }
 
     /// Deletes the pod with grace period 0 (no kubelet will confirm) and waits until it is gone.

@@ -460,6 +460,35 @@ impl Testbed {
         &self.fw
     }
 
+    /// The namespace of the legacy servers (203.0.113.0/24), e.g. to open connections from
+    /// the legacy network into the cluster.
+    pub fn legacy(&self) -> &Netns {
+        &self.legacy
+    }
+
+    /// The namespace of the second, unrelated network (198.51.100.0/24).
+    pub fn other(&self) -> &Netns {
+        &self.other
+    }
+
+    /// Routes every node's pod range 198.19.N.0/24 on the firewall via node N, as a routed
+    /// (BGP-announcing or host-gw) network does: the legacy networks can then open
+    /// connections to pod IPs. Idempotent.
+    pub fn route_pod_cidrs_from_firewall(&self) -> Result<()> {
+        for n in &self.nodes {
+            self.fw.ip(&[
+                "route",
+                "replace",
+                &n.pod_cidr(),
+                "via",
+                &n.ip().to_string(),
+                "dev",
+                NODE_IFACE,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Lets `ip` through the firewall to the protected servers.
     pub fn allow(&self, ip: Ipv4Addr) -> Result<()> {
         self.fw

@@ -1,6 +1,7 @@
 //! The status each gateway should carry, computed from the plan. Pure: the caller passes the
 //! clock and the previous status so transition times survive unchanged conditions.
 
+use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -93,7 +94,15 @@ pub fn gateway_status(
                 cond(condition::DEGRADED, true, reason::INVALID_SPEC, msg),
             ]
         }
-        Ok(_) => {
+        Ok(spec) => {
+            let mut excl: Vec<IpNetwork> = spec.excluded.clone();
+            excl.extend(crate::plan::guard::internal_overlapping(
+                &plan.cluster_internal,
+                &spec.destinations,
+            ));
+            excl.sort();
+            excl.dedup();
+            status.effective_exclusions = excl.iter().map(|n| n.to_string()).collect();
             let placements = plan
                 .assignments
                 .by_gateway

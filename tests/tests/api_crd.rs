@@ -195,6 +195,7 @@ async fn status_subresource_takes_the_controller_status_and_kubectl_prints_it() 
             })
             .collect(),
         egress_ip_list: Some(ips.join(",")),
+        effective_exclusions: vec!["203.0.113.128/25".into()],
         gateway_nodes: Some(
             nodes
                 .iter()

@@ -129,6 +129,21 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "exclusion-outside-destinations",
+            pointer: "/spec/excludedCIDRs",
+            value: json!(["198.51.100.0/24"]),
+            expect: &[
+                "spec.excludedCIDRs",
+                "must lie inside one of destinationCIDRs",
+            ],
+        },
+        Case {
+            name: "exclusion-covering-a-destination",
+            pointer: "/spec/excludedCIDRs",
+            value: json!(["203.0.0.0/16"]),
+            expect: &["spec.excludedCIDRs", "covers a whole destination CIDR"],
+        },
+        Case {
             name: "missing-egress-ips",
             pointer: "/spec/egressIPs",
             value: Value::Null,

@@ -266,6 +266,7 @@ fn each_component_has_exactly_the_verbs_it_uses() {
             ("egressgw.io", "egressgateways", &["get", "list", "watch"]),
             ("egressgw.io", "egressgateways/status", &["patch"]),
             ("", "nodes", &["get", "list", "watch", "patch"]),
+            ("networking.k8s.io", "servicecidrs", watch),
             ("", "pods", watch),
             ("", "namespaces", watch),
         ])
@@ -287,6 +288,7 @@ fn each_component_has_exactly_the_verbs_it_uses() {
         expect(&[
             ("egressgw.io", "egressgateways", watch),
             ("", "nodes", &["get", "list", "watch", "patch"]),
+            ("networking.k8s.io", "servicecidrs", watch),
             ("", "namespaces", watch),
             ("", "pods", watch),
         ])

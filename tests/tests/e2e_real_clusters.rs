@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use egressgw::api::EgressGateway;
-use egressgw_tests::leak::{LeakProbe, LeakReport, PROBE_INTERVAL, PROBE_TIMEOUT, ProbeTarget};
+use egressgw_tests::leak::{
+    LeakProbe, LeakReport, Outcome, PROBE_INTERVAL, PROBE_TIMEOUT, ProbeTarget,
+};
 use egressgw_tests::sim::{KUBE_PROXY_TIMEOUT, ProxyMode, SimCluster, SliceEndpoint, status};
 use egressgw_tests::testbed::client::{connect_once, open_stream, parse_greeting};
 use egressgw_tests::testbed::server::LegacyServer;
@@ -137,34 +139,76 @@ fn until(report: &LeakReport, until: Duration) -> LeakReport {
     }
 }
 
-/// Panics with the table unless every pod of `report` has samples and each one reached the
-/// server from `ip` (no other source, no refusal, no timeout).
+/// The longest run of timed-out samples a pod may show where nothing should change. A
+/// timeout is a drop, not a leak; with the tests sharing 2 cores with builds, a 150 ms sample
+/// sometimes times out with nothing wrong (seen at the same instant on a pod nothing happens
+/// to). What these tests exist for lasts longer (a 5 s retention block) or shows another
+/// source, refusals or a broken connection, and none of that is tolerated.
+const MAX_BLIP: Duration = Duration::from_millis(500);
+
+/// Panics with the table and the offending samples unless every pod of `report` reached the
+/// server from `ip` and only from `ip`: no other source, no refusal or error, and no
+/// interruption (timeouts) longer than [`MAX_BLIP`].
 fn assert_only_from(report: &LeakReport, ip: Ipv4Addr, what: &str) {
     let table = report.table(&[ip]);
+    let bad: Vec<String> = report
+        .samples
+        .iter()
+        .filter(|s| s.outcome != Outcome::Seen(ip))
+        .map(|s| {
+            format!(
+                "  {} at {}: {:?}",
+                report.pods[s.pod],
+                report.when(s.at),
+                s.outcome
+            )
+        })
+        .collect();
+    let bad = bad.join("\n");
     for p in report.summary(&[ip]) {
         assert!(
-            p.samples > 0 && p.seen.get(&ip) == Some(&p.samples),
-            "{what}: {} did not reach the server from {ip} in every sample \
-             ({} of {} did):\n{table}",
+            p.seen.get(&ip).is_some_and(|&n| n > 0)
+                && p.seen.len() == 1
+                && p.refused == 0
+                && p.errors == 0
+                && p.longest_interruption <= MAX_BLIP,
+            "{what}: {} did not reach the server from {ip} alone ({} of {} samples did; \
+             longest interruption {:?}, at most {MAX_BLIP:?} of timeouts allowed):\n{table}\
+             samples that did not:\n{bad}",
             p.name,
             p.seen.get(&ip).copied().unwrap_or(0),
-            p.samples
+            p.samples,
+            p.longest_interruption,
         );
     }
 }
 
-/// Connects [`ATTEMPTS`] times from pod `(node, k)` to `dst`; each must reach the server and
-/// be seen from `want`.
-async fn assert_seen(sim: &SimCluster, pod: (usize, usize), dst: SocketAddrV4, want: Ipv4Addr) {
+/// Connects [`ATTEMPTS`] times from pod `(node, k)` to `dst`: every attempt that did not
+/// reach the server from `want`, described.
+async fn wrong_sources(
+    sim: &SimCluster,
+    pod: (usize, usize),
+    dst: SocketAddrV4,
+    want: Ipv4Addr,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
     for attempt in 1..=ATTEMPTS {
         let seen = sim.source_seen_at(pod.0, pod.1, dst).await;
-        assert_eq!(
-            seen,
-            Ok(want),
-            "pod {pod:?} ({}) -> {dst}, attempt {attempt}: the server should see {want}",
-            sim.tb.pod(pod.0, pod.1).ip()
-        );
+        if seen != Ok(want) {
+            wrong.push(format!(
+                "pod {pod:?} ({}) -> {dst}, attempt {attempt}: expected the server to see \
+                 {want}, got {seen:?}",
+                sim.tb.pod(pod.0, pod.1).ip()
+            ));
+        }
     }
+    wrong
+}
+
+/// [`wrong_sources`] must find nothing.
+async fn assert_seen(sim: &SimCluster, pod: (usize, usize), dst: SocketAddrV4, want: Ipv4Addr) {
+    let wrong = wrong_sources(sim, pod, dst, want).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// One connection from the namespace at `netns` to `dst`: the source the server saw.
@@ -524,17 +568,25 @@ async fn services_through_kube_proxy(mode: ProxyMode) {
         LeakProbe::start_targets(targets, service(open), PROBE_INTERVAL, PROBE_TIMEOUT).unwrap();
     let steady = probe.wait_steady(&[E1], HOLD, SETTLE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut wrong = Vec::new();
     for pod in ONE_PER_NODE {
-        assert_seen(&sim, pod, service(mainframe), E1).await;
+        wrong.extend(wrong_sources(&sim, pod, service(mainframe), E1).await);
     }
     // Node 1 runs the backend pod; its clients are on the other nodes (see the file docs).
     for pod in [(2, 0), (3, 0)] {
-        assert_seen(&sim, pod, service(backend), sim.tb.pod(pod.0, pod.1).ip()).await;
+        let own = sim.tb.pod(pod.0, pod.1).ip();
+        wrong.extend(wrong_sources(&sim, pod, service(backend), own).await);
     }
     let report = probe.stop();
     eprintln!(
         "== selectorless Service to the open server, kube-proxy {mode}\n{}",
         report.table(&[E1])
+    );
+    assert!(
+        wrong.is_empty(),
+        "through Services (mainframe {mainframe} -> {PROTECTED_SERVER}, backend {backend} -> \
+         pod (1,1)), kube-proxy {mode}:\n{}",
+        wrong.join("\n")
     );
     if let Err(e) = steady {
         panic!("selected pods did not reach the open server's Service from E1 only: {e:#}");
@@ -665,8 +717,9 @@ async fn check_paths(paths: &[InternalPath]) -> Vec<String> {
 async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
     let mut sim = cluster(&ONE_PER_NODE).await;
     sim.start_kube_proxies(ProxyMode::Nftables).await.unwrap();
-    // Receivers: the unselected pods (2,1) (behind a Service) and (1,1), the selected pod
-    // (3,0), and node 2's own address.
+    // Receivers: the unselected pods (2,1) (behind a Service) and (1,1), the selected pods
+    // (1,0) (on the worker, so never on the node hosting E1: its replies are what steering
+    // would catch) and (3,0), and node 2's own address.
     let (backend, backend_ip, _backend) = pod_backend(&sim, (2, 1), "backend").await;
     sim.add_pod(NAMESPACE, "cache", &[("app", "cache")], 1, 1)
         .await
@@ -676,6 +729,7 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
     let node = |n: usize| sim.tb.node(n);
     let _servers = [
         LegacyServer::start(pod(1, 1).netns().path(), at(pod(1, 1).ip())).unwrap(),
+        LegacyServer::start(pod(1, 0).netns().path(), at(pod(1, 0).ip())).unwrap(),
         LegacyServer::start(pod(3, 0).netns().path(), at(pod(3, 0).ip())).unwrap(),
         LegacyServer::start(node(2).netns_path(), at(node(2).ip())).unwrap(),
     ];
@@ -703,16 +757,22 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
             pod(2, 0).ip(),
         ),
         path(
+            "selected pod (2,0) -> selected pod (1,0) on node-1",
+            pod(2, 0).netns().path(),
+            at(pod(1, 0).ip()),
+            pod(2, 0).ip(),
+        ),
+        path(
+            "pod (2,1) -> selected pod (1,0) on node-1",
+            pod(2, 1).netns().path(),
+            at(pod(1, 0).ip()),
+            pod(2, 1).ip(),
+        ),
+        path(
             "selected pod (1,0) -> selected pod (3,0) on node-3",
             pod(1, 0).netns().path(),
             at(pod(3, 0).ip()),
             pod(1, 0).ip(),
-        ),
-        path(
-            "selected pod (2,0) -> selected pod (3,0) on node-3",
-            pod(2, 0).netns().path(),
-            at(pod(3, 0).ip()),
-            pod(2, 0).ip(),
         ),
         path(
             "selected pod (1,0) -> node-2's address (the CNI masquerades it to node-1)",
@@ -727,16 +787,22 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
             node(3).ip(),
         ),
         path(
+            "node-2 -> selected pod (1,0)",
+            node(2).netns_path(),
+            at(pod(1, 0).ip()),
+            node(2).ip(),
+        ),
+        path(
+            "node-3 -> selected pod (1,0)",
+            node(3).netns_path(),
+            at(pod(1, 0).ip()),
+            node(3).ip(),
+        ),
+        path(
             "node-2 -> selected pod (3,0)",
             node(2).netns_path(),
             at(pod(3, 0).ip()),
             node(2).ip(),
-        ),
-        path(
-            "node-1 -> selected pod (3,0)",
-            node(1).netns_path(),
-            at(pod(3, 0).ip()),
-            node(1).ip(),
         ),
         path(
             "selected pod (1,0) -> Service backend (pod (2,1))",
@@ -764,12 +830,7 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
     let mut wrong = check_paths(&paths).await;
     for p in ONE_PER_NODE {
         for server in [PROTECTED_SERVER, OTHER_SERVER] {
-            let got = sim.source_seen_at(p.0, p.1, at(server)).await;
-            if got != Ok(E1) {
-                wrong.push(format!(
-                    "selected pod {p:?} -> {server} outside the cluster: expected {E1}, got {got:?}"
-                ));
-            }
+            wrong.extend(wrong_sources(&sim, p, at(server), E1).await);
         }
     }
     finish(probe, &[E1], "0.0.0.0/0: selected pods to the open server");

@@ -536,3 +536,65 @@ async fn spec_changes_converge() {
     assert!(patch(r#"{"spec":{"podSelector":{"matchExpressions":[{"key":"app","operator":"In","values":["invoicer"]}]}}}"#).await.status.success());
     wait_seen(sim, 2, 1, PROTECTED_SERVER, None, Duration::from_secs(10)).await;
 }
+
+/// A hung leader (SIGSTOP 10 s): the standby leads; the old leader, resumed, writes nothing
+/// stale, steps down and stays up as a standby instead of exiting; nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the kube-apiserver built by make control-plane"]
+async fn a_hung_leader_steps_down_and_stands_by_and_nothing_moves() {
+    let _serial = SERIAL.lock().await;
+    let (sim, host) = cluster(2).await;
+    let leader = leader_holder(&sim).await;
+    let idx: usize = leader.trim_start_matches("controller-").parse().unwrap();
+    let before = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    let pid = sim.controller_pid(idx).unwrap() as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+    let took = wait_leader(
+        &sim,
+        stopped + Duration::from_secs(15),
+        |h| h != leader && !h.is_empty(),
+        "the standby never took over from the hung leader",
+    )
+    .await;
+    eprintln!("standby leads {took:?} after the leader hung");
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // The resumed replica notices it lost the Lease and stands by; it does not exit.
+    let log = sim.logs().join(format!("controller-{idx}-{idx}.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("stepped down; standing by") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed leader never stood by; its log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the old leader keeps running as a standby"
+    );
+    assert_ne!(
+        leader_holder(&sim).await,
+        leader,
+        "the new leader keeps the Lease"
+    );
+    let after = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.status.as_ref().unwrap().assignments,
+        after.status.as_ref().unwrap().assignments,
+        "nothing moved"
+    );
+    assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![host]);
+}

@@ -28,6 +28,11 @@ pub enum HeartbeatError {
     },
     #[error("agent lease {name} was changed by someone else; re-read it")]
     Conflict { name: String },
+    #[error("agent lease {name}: no answer within {timeout:?}")]
+    Timeout {
+        name: String,
+        timeout: std::time::Duration,
+    },
 }
 
 /// What the agent reports in its Lease.
@@ -95,6 +100,11 @@ impl Heartbeat {
             epoch,
             lease_seconds: takeover.as_secs_f64().ceil() as i32,
         })
+    }
+
+    /// The node this heartbeat is for.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     fn desired(&self, report: &Report) -> Lease {

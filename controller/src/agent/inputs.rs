@@ -31,6 +31,8 @@ pub struct Inputs {
     gateways: Reflected<EgressGateway>,
     nodes: Reflected<KubeNode>,
     namespaces: Reflected<Namespace>,
+    service_cidrs: Reflected<k8s_openapi::api::networking::v1::ServiceCIDR>,
+    extra_service_cidrs: Vec<ipnetwork::IpNetwork>,
     pub pods: PodWatches,
     gateway_cache: GatewayCache,
     pub index: ClusterIndex,
@@ -42,7 +44,13 @@ pub struct Inputs {
 impl Inputs {
     /// Start every watch; returns once gateways, nodes, namespaces and the node's own pods
     /// have listed (an error when one of them stopped first).
-    pub async fn start(client: Client, node: &str, notify: Arc<Notify>) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: Client,
+        node: &str,
+        notify: Arc<Notify>,
+        extra_service_cidrs: Vec<ipnetwork::IpNetwork>,
+    ) -> anyhow::Result<Self> {
+        let service_cidrs = crate::k8s::service_cidrs::watch(client.clone(), notify.clone());
         let gateways = reflect(
             Api::<EgressGateway>::all(client.clone()),
             watcher::Config::default(),
@@ -82,6 +90,8 @@ impl Inputs {
             gateways,
             nodes,
             namespaces,
+            service_cidrs,
+            extra_service_cidrs,
             pods,
             gateway_cache: GatewayCache::default(),
             index: ClusterIndex::default(),
@@ -126,6 +136,16 @@ impl Inputs {
                 .collect();
             if namespaces != self.index.namespaces {
                 self.index.namespaces = namespaces;
+                structural = true;
+            }
+        }
+        if self.service_cidrs.take_changed() || self.index.service_cidrs.is_empty() {
+            let ranges = crate::k8s::service_cidrs::ranges(
+                &self.service_cidrs.store.state(),
+                &self.extra_service_cidrs,
+            );
+            if ranges != self.index.service_cidrs {
+                self.index.service_cidrs = ranges;
                 structural = true;
             }
         }

@@ -6,6 +6,7 @@ pub mod decide;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
+pub mod marks;
 pub mod pod_watches;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,8 @@ pub const DEBOUNCE: Duration = Duration::from_millis(2);
 pub const TICK: Duration = Duration::from_millis(50);
 /// Freed heap memory is returned to the kernel at least this often (and after full plans).
 pub const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// The shortest gap between two renewals, early ones included (the Lease write budget).
+pub const MIN_RENEW_GAP: Duration = Duration::from_millis(100);
 /// At most one attempt per this long to remove the agent-not-ready taint from the node.
 pub const UNTAINT_RETRY: Duration = Duration::from_secs(1);
 /// Interfaces are re-read every this many renewals.
@@ -94,6 +97,10 @@ pub struct AgentArgs {
     /// still steer it here for a moment), milliseconds.
     #[arg(long, default_value_t = decide::DEFAULT_GUARD_RETENTION.as_millis() as u64)]
     pub guard_retention_ms: u64,
+    /// A Service range of the cluster (repeatable), excluded from every gateway's
+    /// destinations like the ServiceCIDR objects; give the controller the same.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNetwork>,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -236,8 +243,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     )
     .await?;
     info!(node = %node, epoch, "agent starting");
+    for (who, bits, advice) in marks::collisions(args.mark_mask) {
+        warn!(
+            mark_mask = format_args!("{:#010x}", args.mark_mask),
+            their_bits = format_args!("{bits:#010x}"),
+            component = who,
+            "--mark-mask overlaps the default marks of {who}: if it runs on this node, move one of them ({advice})"
+        );
+    }
 
-    let mut inputs = Inputs::start(client.clone(), &node, notify.clone()).await?;
+    let mut inputs = Inputs::start(
+        client.clone(),
+        &node,
+        notify.clone(),
+        args.service_cidrs.clone(),
+    )
+    .await?;
     info!(node = %node, "watches synced");
 
     let mut last_plan: Option<NodePlan> = None;
@@ -399,6 +420,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .collect();
         {
             let mut s = shared.lock().expect("agent state lock");
+            if s.report.programmed != programmed {
+                // Report what was just committed now, whatever the cadence, so `Programmed`
+                // follows the kernel within a round trip (the heartbeat keeps its budget).
+                renew_now.notify_one();
+            }
             s.report.programmed = programmed;
             s.hosted_planned = plan.hosted.len();
         }
@@ -537,12 +563,26 @@ async fn heartbeat_loop(
 ) {
     let mut round: u32 = 0;
     let mut next = Instant::now();
+    let renew_timeout = shared
+        .lock()
+        .expect("agent state lock")
+        .fence
+        .timing()
+        .fence_after;
+    let report_node = hb.node().to_string();
+    let mut last_renewal: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
-            _ = wakes.renew.notified() => {}
+            _ = wakes.renew.notified() => {
+                // An early renewal (a new report, a cadence change) within the write budget.
+                if let Some(gap) = last_renewal.map(|t| t.elapsed()).filter(|e| *e < MIN_RENEW_GAP) {
+                    tokio::time::sleep(MIN_RENEW_GAP - gap).await;
+                }
+            }
         }
         let started = Instant::now();
+        last_renewal = Some(started);
         if round.is_multiple_of(INTERFACES_EVERY) {
             let dp = dp.clone();
             match tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").routing())
@@ -567,7 +607,15 @@ async fn heartbeat_loop(
             (s.report.clone(), s.idle)
         };
         next = started + report.renew_interval;
-        let result = hb.renew(&report).await;
+        // Every renewal has a timeout: a hung connection must not hold the heartbeat past the
+        // fencing deadline (the fence clock fences on time anyway; this frees the next try).
+        let result = match tokio::time::timeout(renew_timeout, hb.renew(&report)).await {
+            Ok(r) => r,
+            Err(_) => Err(heartbeat::HeartbeatError::Timeout {
+                name: crate::k8s::names::agent_lease(&report_node),
+                timeout: renew_timeout,
+            }),
+        };
         {
             let mut s = shared.lock().expect("agent state lock");
             if !std::mem::replace(&mut s.first_outcome, true) {

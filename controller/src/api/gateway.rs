@@ -47,8 +47,13 @@ pub const VERSION: &str = "v1alpha1";
         "fieldPath": ".destinationCIDRs"
     },
     {
-        "rule": "!has(self.excludedCIDRs) || self.excludedCIDRs.all(x, !isCIDR(x) || self.destinationCIDRs.exists(d, isCIDR(d) && cidr(d).ip().family() == cidr(x).ip().family()))",
-        "message": "every excluded CIDR must be of an address family used by destinationCIDRs",
+        "rule": "!has(self.excludedCIDRs) || self.excludedCIDRs.all(x, !isCIDR(x) || self.destinationCIDRs.exists(d, isCIDR(d) && cidr(d).ip().family() == cidr(x).ip().family() && cidr(d).containsCIDR(cidr(x))))",
+        "message": "every excluded CIDR must lie inside one of destinationCIDRs (an exclusion outside them excludes nothing)",
+        "fieldPath": ".excludedCIDRs"
+    },
+    {
+        "rule": "!has(self.excludedCIDRs) || self.destinationCIDRs.all(d, !isCIDR(d) || !self.excludedCIDRs.exists(x, isCIDR(x) && cidr(x).ip().family() == cidr(d).ip().family() && cidr(x).containsCIDR(cidr(d))))",
+        "message": "an excluded CIDR covers a whole destination CIDR: nothing would be SNATed for it",
         "fieldPath": ".excludedCIDRs"
     }
 ]))]
@@ -113,6 +118,11 @@ pub struct EgressGatewayStatus {
     /// Running pods with IPs whose traffic uses this gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_pods: Option<i64>,
+    /// What the gateway really leaves out of its destinations: `spec.excludedCIDRs` plus the
+    /// cluster-internal ranges that overlap its destinations (pod ranges, node addresses,
+    /// Service ranges), which every gateway excludes automatically.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective_exclusions: Vec<String>,
     /// `Ready`, `Programmed`, `Conflicted`, `Degraded`, in the `metav1.Condition` shape.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

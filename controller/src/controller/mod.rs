@@ -72,6 +72,10 @@ pub struct ControllerArgs {
     /// applied). `--taint-nodes=false` opts out.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub taint_nodes: bool,
+    /// A Service range of the cluster (repeatable), excluded from every gateway's
+    /// destinations like the ServiceCIDR objects; give agents the same.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 /// Pods per page of the controller's list (kube's default is 500): a restarted controller
@@ -148,10 +152,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Arc::new(Notify::new()),
         move |lease: &Lease| {
             if let Some(mut r) = AgentReport::from_lease(lease) {
-                lv.lock().expect("liveness lock").observe(
+                lv.lock().expect("liveness lock").observe_with(
                     &r.node,
                     &r.version,
                     Some(r.deadline(takeover)),
+                    r.renew_interval,
                     Instant::now(),
                 );
                 r.version.clear();
@@ -163,7 +168,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             }
         },
     );
+    let service_cidrs = crate::k8s::service_cidrs::watch(client.clone(), notify.clone());
     let stores = Stores {
+        service_cidrs: service_cidrs.store.clone(),
+        extra_service_cidrs: args.service_cidrs.clone(),
         gateways: gateways.store,
         nodes: nodes.store,
         pods: pods.clone(),
@@ -213,67 +221,74 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    tokio::select! {
-        r = elector.acquire() => r?,
-        () = &mut stop => {
-            // A take-over write may have landed as the attempt was dropped.
-            elector.release().await?;
-            info!("stopping (not the leader)");
-            return Ok(());
-        }
-    }
-    // Agents seen before we led were judged by nothing yet: give each a full takeover window
-    // from now, so a fresh leader never fails an IP over on stale information.
-    {
-        let mut lv = liveness.lock().expect("liveness lock");
-        *lv = AgentLiveness::new(takeover);
-        for l in stores.leases.state() {
-            if let Some(r) = AgentReport::from_lease(&l) {
-                lv.observe(
-                    &r.node,
-                    &r.version,
-                    Some(r.deadline(takeover)),
-                    Instant::now(),
-                );
+    // Lead until stopped. A replica that loses leadership (it could not renew within the
+    // renew deadline, or someone else holds the Lease) stays up as a standby, its watches
+    // synced, and seeks leadership again.
+    loop {
+        tokio::select! {
+            r = elector.acquire() => r?,
+            () = &mut stop => {
+                // A take-over write may have landed as the attempt was dropped.
+                elector.release().await?;
+                info!("stopping (not the leader)");
+                return Ok(());
             }
         }
-    }
-    metrics.is_leader.set(1);
-    let reporter = Reporter {
-        controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(),
-        instance: Some(identity),
-    };
-    let reconciler = Reconciler {
-        stores,
-        view: Mutex::default(),
-        liveness: liveness.clone(),
-        writer: StatusWriter::new(
-            Api::all(client.clone()),
-            Recorder::new(client.clone(), reporter),
-            metrics.clone(),
-            notify.clone(),
-        ),
-        metrics: metrics.clone(),
-        taints: args.taint_nodes.then(|| client.clone()),
-        tainting: Arc::default(),
-    };
-    tokio::select! {
-        lost = elector.hold() => {
-            metrics.is_leader.set(0);
-            Err(anyhow::anyhow!("stepping down: {lost}"))
-        }
-        r = control_loop(&reconciler, notify, stop) => {
-            metrics.is_leader.set(0);
-            match r? {
-                // Stopped with its status writes done: nothing of ours is in flight when the
-                // standby takes over.
-                Stopped::Clean => {
-                    elector.release().await?;
-                    Ok(())
+        // Agents seen before we led were judged by nothing yet: give each a full takeover
+        // window from now, so a fresh leader never fails an IP over on stale information.
+        {
+            let mut lv = liveness.lock().expect("liveness lock");
+            *lv = AgentLiveness::new(takeover);
+            for l in stores.leases.state() {
+                if let Some(r) = AgentReport::from_lease(&l) {
+                    lv.observe_with(
+                        &r.node,
+                        &r.version,
+                        Some(r.deadline(takeover)),
+                        r.renew_interval,
+                        Instant::now(),
+                    );
                 }
-                Stopped::WritesHung => Err(anyhow::anyhow!(
-                    "status writes still unfinished {STOP_GRACE:?} after the stop request; leaving the leader Lease to expire"
-                )),
+            }
+        }
+        metrics.is_leader.set(1);
+        let reporter = Reporter {
+            controller: crate::k8s::names::FIELD_MANAGER_CONTROLLER.into(),
+            instance: Some(identity.clone()),
+        };
+        let reconciler = Reconciler {
+            stores: stores.clone(),
+            view: Mutex::default(),
+            liveness: liveness.clone(),
+            writer: StatusWriter::new(
+                Api::all(client.clone()),
+                Recorder::new(client.clone(), reporter),
+                metrics.clone(),
+                notify.clone(),
+            ),
+            metrics: metrics.clone(),
+            taints: args.taint_nodes.then(|| client.clone()),
+            tainting: Arc::default(),
+        };
+        tokio::select! {
+            lost = elector.hold() => {
+                reconciler.writer.stop();
+                metrics.is_leader.set(0);
+                warn!(reason = %lost, "stepped down; standing by to lead again");
+            }
+            r = control_loop(&reconciler, notify.clone(), stop.as_mut(), &elector) => {
+                metrics.is_leader.set(0);
+                return match r? {
+                    // Stopped with its status writes done: nothing of ours is in flight when
+                    // the standby takes over.
+                    Stopped::Clean => {
+                        elector.release().await?;
+                        Ok(())
+                    }
+                    Stopped::WritesHung => Err(anyhow::anyhow!(
+                        "status writes still unfinished {STOP_GRACE:?} after the stop request; leaving the leader Lease to expire"
+                    )),
+                };
             }
         }
     }
@@ -312,23 +327,43 @@ async fn control_loop(
     reconciler: &Reconciler,
     notify: Arc<Notify>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    elector: &LeaderElector,
 ) -> anyhow::Result<Stopped> {
     let mut alive = Vec::new();
     let mut last_full = Instant::now() - RESYNC;
     let mut dirty = true;
+    let mut was_blind = None;
     loop {
         let now = Instant::now();
-        let alive_now = reconciler
-            .liveness
-            .lock()
-            .expect("liveness lock")
-            .alive_set(now);
+        let (alive_now, blind) = {
+            let lv = reconciler.liveness.lock().expect("liveness lock");
+            (lv.alive_set(now), lv.blind(now))
+        };
+        if blind != was_blind {
+            match blind {
+                Some(why) => warn!(
+                    ?why,
+                    "most agents fell silent at once: failover frozen until their renewals are seen (the control plane's trouble more likely than theirs)"
+                ),
+                None => info!("failover no longer frozen"),
+            }
+            was_blind = blind;
+        }
         if alive_now != alive {
             info!(alive = ?alive_now, "agent liveness changed");
             alive = alive_now;
             dirty = true;
         }
         let full = now.duration_since(last_full) >= RESYNC;
+        if (dirty || full) && !elector.valid() {
+            // Not renewed within the renew deadline (a pause, a slow apiserver): write
+            // nothing until the Lease is renewed, or the hold gives up and we stand by.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = &mut stop => return Ok(Stopped::Clean),
+            }
+            continue;
+        }
         if dirty || full {
             let reconcile = reconciler.reconcile(full);
             tokio::pin!(reconcile);

@@ -31,6 +31,13 @@ pub enum ReconcileError {
         gateway: String,
         source: kube::Error,
     },
+    #[error("writing the status of EgressGateway {gateway}: no answer within {timeout:?}")]
+    Timeout {
+        gateway: String,
+        timeout: std::time::Duration,
+    },
+    #[error("writing the status of EgressGateway {gateway}: this replica no longer leads")]
+    NotLeader { gateway: String },
     #[error("encoding the status of EgressGateway {gateway}: {source}")]
     Encode {
         gateway: String,
@@ -39,12 +46,16 @@ pub enum ReconcileError {
 }
 
 /// The watch stores the controller plans from.
+#[derive(Clone)]
 pub struct Stores {
     pub gateways: Store<EgressGateway>,
     pub nodes: Store<KubeNode>,
     pub pods: Arc<PodStore>,
     pub namespaces: Store<Namespace>,
     pub leases: Store<Lease>,
+    /// ServiceCIDR objects (never waited for) and the `--service-cidr` ranges.
+    pub service_cidrs: Store<k8s_openapi::api::networking::v1::ServiceCIDR>,
+    pub extra_service_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 /// What the last successful reconcile planned from (its pods are the view's).
@@ -52,6 +63,7 @@ pub struct PlanCache {
     gateways: BTreeMap<String, Gateway>,
     nodes: BTreeMap<String, Node>,
     namespaces: BTreeMap<String, Labels>,
+    service_cidrs: Vec<ipnetwork::IpNetwork>,
     plan: ClusterPlan,
     reports: BTreeMap<String, AgentReport>,
 }
@@ -112,6 +124,10 @@ impl Reconciler {
             .iter()
             .map(|ns| (ns.name_any(), ns.labels().clone()))
             .collect();
+        index.service_cidrs = crate::k8s::service_cidrs::ranges(
+            &self.stores.service_cidrs.state(),
+            &self.stores.extra_service_cidrs,
+        );
         index.gateways = view.gateway_cache.build(&self.stores.gateways.state());
         let changed = self.stores.pods.update(&mut index.pods);
         view.pending.extend(changed);
@@ -169,7 +185,8 @@ impl Reconciler {
                     if !full
                         && c.gateways == index.gateways
                         && c.nodes == index.nodes
-                        && c.namespaces == index.namespaces =>
+                        && c.namespaces == index.namespaces
+                        && c.service_cidrs == index.service_cidrs =>
                 {
                     let mut plan = c.plan;
                     let touched = plan.update_pods(index, &view.pending);
@@ -214,6 +231,7 @@ impl Reconciler {
                 gateways: view.index.gateways.clone(),
                 nodes: view.index.nodes.clone(),
                 namespaces: view.index.namespaces.clone(),
+                service_cidrs: view.index.service_cidrs.clone(),
                 plan,
                 reports,
             };

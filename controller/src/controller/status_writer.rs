@@ -55,6 +55,10 @@ struct State {
     in_flight: HashSet<String>,
 }
 
+/// The longest one status write may take before it counts as failed (every API call has a
+/// timeout: a hung connection must not stall the controller).
+pub const STATUS_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct StatusWriter {
     api: Api<EgressGateway>,
     recorder: Recorder,
@@ -62,6 +66,8 @@ pub struct StatusWriter {
     /// Woken after a failed write: the next reconcile plans and compares everything.
     wake: Arc<Notify>,
     failed: AtomicBool,
+    /// Leadership was lost: nothing more is written.
+    stopped: AtomicBool,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     /// Woken whenever a gateway's writes are all done.
@@ -81,6 +87,7 @@ impl StatusWriter {
             metrics,
             wake,
             failed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(STATUS_WRITES_IN_FLIGHT)),
             state: Mutex::default(),
             drained: Notify::new(),
@@ -121,6 +128,11 @@ impl StatusWriter {
             }
             drained.await;
         }
+    }
+
+    /// Write nothing more (leadership was lost): queued and retried writes are dropped.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     /// Whether a write failed since the last call.
@@ -183,7 +195,19 @@ impl StatusWriter {
     async fn run(self: Arc<Self>, name: String, mut job: Job) {
         loop {
             let permit = self.permits.clone().acquire_owned().await;
-            let result = self.write(&job).await;
+            let result = if self.stopped.load(Ordering::SeqCst) {
+                Err(ReconcileError::NotLeader {
+                    gateway: name.clone(),
+                })
+            } else {
+                match tokio::time::timeout(STATUS_WRITE_TIMEOUT, self.write(&job)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ReconcileError::Timeout {
+                        gateway: name.clone(),
+                        timeout: STATUS_WRITE_TIMEOUT,
+                    }),
+                }
+            };
             drop(permit);
             let mut st = self.lock();
             let stored = match result {

@@ -148,7 +148,7 @@ pub fn desired(
             &mut st,
             SetName::Excl(gid.clone()),
             None,
-            SetContent::Ranges(f.ranges(&g.excluded)),
+            SetContent::Ranges(f.ranges(g.excluded.iter().chain(&plan.internal_exclusions))),
         );
         for (egress, pods) in &g.snat {
             let Some(egress_ip) = v4(*egress) else {
@@ -360,6 +360,26 @@ mod tests {
             gid: gid.clone(),
             mask: cfg.mark_mask
         }));
+    }
+
+    #[test]
+    fn cluster_internal_ranges_join_every_gateways_exclusions() {
+        let cfg = DataplaneConfig::default();
+        let mut p = plan();
+        p.gateways.get_mut("gw").unwrap().destinations = vec!["0.0.0.0/0".parse().unwrap()];
+        p.internal_exclusions = vec![
+            "198.19.0.0/16".parse().unwrap(),
+            "198.18.0.11/32".parse().unwrap(),
+        ];
+        let st = desired(&p, &cfg, &BTreeMap::new()).nft.unwrap();
+        let excl = st
+            .ranges(&SetName::Excl(GatewayId::derive("gw", 0)))
+            .unwrap();
+        let has = |ip: &str| crate::dataplane::nft_model::ranges_contain(excl, ip.parse().unwrap());
+        // the gateway's own exclusion, a pod range and a node address are left alone
+        assert!(has("203.0.113.200") && has("198.19.3.7") && has("198.18.0.11"));
+        // everything else leaving the cluster is the gateway's
+        assert!(!has("198.18.0.12") && !has("203.0.113.10") && !has("198.51.100.10"));
     }
 
     #[test]

@@ -55,6 +55,14 @@ pub enum SpecError {
     },
     #[error("spec.destinationCIDRs[{index}]: {value} has no egress IP of the same address family")]
     MixedFamily { index: usize, value: String },
+    #[error(
+        "spec.excludedCIDRs[{index}]: {value} lies outside every destination CIDR (it excludes nothing)"
+    )]
+    ExclusionOutside { index: usize, value: String },
+    #[error(
+        "spec.destinationCIDRs[{index}]: {value} is wholly covered by excludedCIDRs: nothing would be SNATed for it"
+    )]
+    DestinationExcluded { index: usize, value: String },
     #[error("spec.{field}.matchExpressions[{index}]: operator {operator:?} {problem}")]
     BadSelector {
         field: &'static str,
@@ -176,6 +184,25 @@ pub fn parse_spec(spec: &crate::api::EgressGatewaySpec) -> Result<GatewaySpec, S
     for (index, d) in destinations.iter().enumerate() {
         if !egress_ips.iter().any(|e| e.is_ipv4() == d.is_ipv4()) {
             return Err(SpecError::MixedFamily {
+                index,
+                value: d.to_string(),
+            });
+        }
+    }
+    for (index, x) in excluded.iter().enumerate() {
+        if !destinations.iter().any(|d| {
+            d.is_ipv4() == x.is_ipv4() && d.contains(x.network()) && d.prefix() <= x.prefix()
+        }) {
+            return Err(SpecError::ExclusionOutside {
+                index,
+                value: x.to_string(),
+            });
+        }
+    }
+    for (index, d) in destinations.iter().enumerate() {
+        // wholly covered, also by several exclusions together
+        if crate::plan::ranges::effective(std::slice::from_ref(d), &excluded).is_empty() {
+            return Err(SpecError::DestinationExcluded {
                 index,
                 value: d.to_string(),
             });
@@ -455,5 +482,38 @@ mod tests {
         ));
         s.interface = Some("eth1".into());
         assert!(parse_spec(&s).is_ok());
+    }
+
+    #[test]
+    fn an_exclusion_must_lie_inside_a_destination_and_leave_some_of_it() {
+        let spec = |dst: &[&str], excl: &[&str]| crate::api::EgressGatewaySpec {
+            namespace_selector: Default::default(),
+            pod_selector: Default::default(),
+            destination_cidrs: dst.iter().map(|s| s.to_string()).collect(),
+            excluded_cidrs: excl.iter().map(|s| s.to_string()).collect(),
+            egress_ips: vec!["198.18.0.200".into()],
+            gateway_node_selector: Default::default(),
+            interface: None,
+        };
+        assert!(parse_spec(&spec(&["203.0.113.0/24"], &["203.0.113.128/25"])).is_ok());
+        let e = parse_spec(&spec(&["203.0.113.0/24"], &["198.51.100.0/24"])).unwrap_err();
+        assert!(
+            matches!(e, SpecError::ExclusionOutside { index: 0, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("spec.excludedCIDRs[0]: 198.51.100.0/24")
+        );
+        // two halves together cover the whole destination
+        let e = parse_spec(&spec(
+            &["203.0.113.0/24"],
+            &["203.0.113.0/25", "203.0.113.128/25"],
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(e, SpecError::DestinationExcluded { index: 0, .. }),
+            "{e}"
+        );
     }
 }

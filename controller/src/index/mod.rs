@@ -26,6 +26,8 @@ pub struct ClusterIndex {
     pub pods: BTreeMap<PodKey, Pod>,
     /// Namespace name to its labels.
     pub namespaces: BTreeMap<String, Labels>,
+    /// The cluster's Service ranges (ServiceCIDR objects, and `--service-cidr`), sorted.
+    pub service_cidrs: Vec<ipnetwork::IpNetwork>,
 }
 
 impl ClusterIndex {

@@ -88,6 +88,8 @@ const RELEASE_ATTEMPTS: usize = 3;
 pub struct LeaderElector {
     api: Api<Lease>,
     cfg: LeaderConfig,
+    /// When this replica last won or renewed the Lease (its own monotonic clock).
+    last_ok: std::sync::Mutex<Option<Instant>>,
 }
 
 fn now_micro() -> MicroTime {
@@ -99,7 +101,22 @@ impl LeaderElector {
         Self {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
+            last_ok: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether this replica may act as leader now: it won or renewed the Lease less than the
+    /// renew deadline ago on its own clock. A leader that was frozen (SIGSTOP, a long pause)
+    /// finds this false when it resumes and writes nothing until it has renewed again.
+    pub fn valid(&self) -> bool {
+        self.last_ok
+            .lock()
+            .expect("leader lock")
+            .is_some_and(|t| t.elapsed() < self.cfg.renew_deadline)
+    }
+
+    fn mark_ok(&self, at: Instant) {
+        *self.last_ok.lock().expect("leader lock") = Some(at);
     }
 
     fn err(&self, source: kube::Error) -> LeaderError {
@@ -147,13 +164,21 @@ impl LeaderElector {
         let attempts = async {
             let mut seen: Option<Observation> = None;
             loop {
-                match self.try_acquire(&mut seen).await {
-                    Ok(true) => {
+                let started = Instant::now();
+                match tokio::time::timeout(self.cfg.renew_deadline, self.try_acquire(&mut seen))
+                    .await
+                {
+                    Ok(Ok(true)) => {
+                        self.mark_ok(started);
                         info!(lease = %self.cfg.name, identity = %self.cfg.identity, "became leader");
                         return Ok(());
                     }
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "leader election attempt failed"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "leader election attempt failed"),
+                    Err(_) => warn!(
+                        timeout = ?self.cfg.renew_deadline,
+                        "leader election attempt timed out"
+                    ),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.retry_period) => {}
@@ -259,16 +284,35 @@ impl LeaderElector {
     }
 
     /// Renew until leadership is lost; returns why. The caller must stop acting as leader.
+    /// Every renewal has a timeout (the renew deadline): a hung apiserver connection cannot
+    /// keep a leader that no longer renews.
     pub async fn hold(&self) -> LeaderError {
         let mut last_ok = Instant::now();
+        self.mark_ok(last_ok);
         loop {
             tokio::time::sleep(self.cfg.retry_period).await;
-            match self.renew().await {
-                Ok(()) => last_ok = Instant::now(),
-                Err(e @ LeaderError::Lost { .. }) => return e,
+            let started = Instant::now();
+            let result = match tokio::time::timeout(self.cfg.renew_deadline, self.renew()).await {
+                Ok(r) => r,
+                Err(_) => Err(LeaderError::Lost {
+                    name: self.cfg.name.clone(),
+                    why: format!("a renewal took longer than {:?}", self.cfg.renew_deadline),
+                }),
+            };
+            match result {
+                Ok(()) => {
+                    // valid from when the renewal was sent, not when it returned
+                    last_ok = started;
+                    self.mark_ok(started);
+                }
+                Err(e @ LeaderError::Lost { .. }) => {
+                    *self.last_ok.lock().expect("leader lock") = None;
+                    return e;
+                }
                 Err(e) => {
                     warn!(error = %e, "cannot renew the leader lease");
                     if last_ok.elapsed() >= self.cfg.renew_deadline {
+                        *self.last_ok.lock().expect("leader lock") = None;
                         return LeaderError::Lost {
                             name: self.cfg.name.clone(),
                             why: format!("no successful renewal for {:?}", last_ok.elapsed()),

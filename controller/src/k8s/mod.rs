@@ -6,6 +6,7 @@ pub mod leader;
 pub mod lease;
 pub mod names;
 pub mod pod_store;
+pub mod service_cidrs;
 pub mod slim;
 pub mod taint;
 pub mod watch;

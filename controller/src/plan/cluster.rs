@@ -20,6 +20,8 @@ pub struct ClusterPlan {
     /// Pod to the gateways that select it (won or lost, sorted, names interned), for
     /// incremental updates.
     memberships: HashMap<PodKey, Box<[Sym]>>,
+    /// Cluster-internal ranges every gateway excludes ([`super::guard::cluster_internal`]).
+    pub cluster_internal: Vec<ipnetwork::IpNetwork>,
 }
 
 /// Plan everything, computing assignments (the controller).
@@ -33,6 +35,7 @@ pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan 
     let mut plan = ClusterPlan {
         selections,
         assignments,
+        cluster_internal: super::guard::cluster_internal(index),
         ..Default::default()
     };
     for (name, sel) in &plan.selections.by_gateway {
@@ -134,17 +137,21 @@ impl ClusterPlan {
     /// One node's plan, guarding only its own pods (and those of the gateways whose IPs it
     /// hosts).
     pub fn node_plan(&self, node: &str) -> NodePlan {
-        rollout::node_plan(node, &self.rollouts, |g| {
+        let mut p = rollout::node_plan(node, &self.rollouts, |g| {
             self.rollouts
                 .get(g)
                 .is_some_and(|r| r.hosted.values().any(|(n, _)| n == node))
-        })
+        });
+        p.internal_exclusions = self.cluster_internal.clone();
+        p
     }
 
     /// One node's plan, guarding every pod of the gateways `candidate` names (those the node
     /// hosts or may host) as well as its own.
     pub fn node_plan_guarding(&self, node: &str, candidate: impl Fn(&str) -> bool) -> NodePlan {
-        rollout::node_plan(node, &self.rollouts, candidate)
+        let mut p = rollout::node_plan(node, &self.rollouts, candidate);
+        p.internal_exclusions = self.cluster_internal.clone();
+        p
     }
 
     /// Nodes that must act for `gateway` (host one of its IPs or carry rules for it).

@@ -46,6 +46,41 @@ pub fn remote_pod_ranges(index: &ClusterIndex, node: &str) -> Vec<IpNetwork> {
     ranges.into_iter().collect()
 }
 
+/// Cluster-internal addresses, excluded from every gateway's destinations automatically (a
+/// gateway for `0.0.0.0/0` means "everything leaving the cluster"): every node's pod ranges
+/// and InternalIP, and the Service ranges. Sorted, without duplicates.
+pub fn cluster_internal(index: &ClusterIndex) -> Vec<IpNetwork> {
+    let mut out: BTreeSet<IpNetwork> = index
+        .nodes
+        .values()
+        .flat_map(|n| {
+            n.pod_cidrs.iter().copied().chain(
+                n.internal_ip
+                    .and_then(|ip| IpNetwork::new(ip, host_prefix(ip)).ok()),
+            )
+        })
+        .collect();
+    out.extend(index.service_cidrs.iter().copied());
+    out.into_iter().collect()
+}
+
+fn host_prefix(ip: std::net::IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// The cluster-internal ranges that overlap `destinations`: what a gateway for them excludes
+/// on top of its `excludedCIDRs` (shown in its status).
+pub fn internal_overlapping(internal: &[IpNetwork], destinations: &[IpNetwork]) -> Vec<IpNetwork> {
+    let overlaps = |a: &IpNetwork, b: &IpNetwork| {
+        a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+    };
+    internal
+        .iter()
+        .filter(|r| destinations.iter().any(|d| overlaps(d, r)))
+        .copied()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +113,32 @@ mod tests {
         p.node = "w1".into();
         c.record(&a);
         assert!(guarded_gateways(&c.index, "w1").contains("g"));
+    }
+
+    #[test]
+    fn cluster_internal_is_pod_ranges_node_addresses_and_service_ranges() {
+        let mut c = Cluster::new();
+        let mut n1 = gw_node("n1", 11);
+        n1.pod_cidrs = vec!["198.19.1.0/24".parse().unwrap()];
+        c.node(n1).node(worker("n2", 12));
+        c.index.service_cidrs = vec!["198.18.192.0/20".parse().unwrap()];
+        let got = cluster_internal(&c.index);
+        let want: Vec<IpNetwork> = [
+            "198.18.0.11/32",
+            "198.18.0.12/32",
+            "198.18.192.0/20",
+            "198.19.1.0/24",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(got, want);
+        let everything: IpNetwork = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(internal_overlapping(&got, &[everything]), want);
+        let legacy: IpNetwork = "203.0.113.0/24".parse().unwrap();
+        assert!(internal_overlapping(&got, &[legacy]).is_empty());
+        let lan: IpNetwork = "198.18.0.0/24".parse().unwrap();
+        assert_eq!(internal_overlapping(&got, &[lan]), want[..2].to_vec());
     }
 
     #[test]

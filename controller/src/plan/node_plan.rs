@@ -20,6 +20,9 @@ pub struct NodePlan {
     /// Pod ranges of the other nodes: forwarded traffic from them toward the destinations of
     /// a gateway with [`GatewayNodePlan::guard_remote`] is guarded like a known pod's.
     pub remote_pod_ranges: Vec<IpNetwork>,
+    /// Cluster-internal ranges (pod ranges, node addresses, Service ranges) that every gateway
+    /// excludes on this node, on top of its own exclusions.
+    pub internal_exclusions: Vec<IpNetwork>,
 }
 
 /// One egress IP this node hosts.

@@ -217,10 +217,33 @@ pub fn explain(
                     ips: troubles(name, &recorded, current),
                 },
             };
+            // What the gateway really leaves out: its status says (cluster-internal ranges
+            // included); without a status, what this view can tell.
+            let from_status: Vec<IpNetwork> = statuses
+                .get(name.as_str())
+                .map(|s| {
+                    s.effective_exclusions
+                        .iter()
+                        .filter_map(|c| c.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let excluded = if from_status.is_empty() {
+                let mut e = spec.excluded.clone();
+                e.extend(crate::plan::guard::internal_overlapping(
+                    &crate::plan::guard::cluster_internal(index),
+                    &spec.destinations,
+                ));
+                e.sort();
+                e.dedup();
+                e
+            } else {
+                from_status
+            };
             out.uses.push(Usage {
                 gateway: name.clone(),
                 destinations: spec.destinations.clone(),
-                excluded: spec.excluded.clone(),
+                excluded,
                 route,
             });
         }

@@ -233,6 +233,7 @@ mod tests {
         gw.metadata.generation = Some(2);
         gw.status = ready.map(|r| EgressGatewayStatus {
             observed_generation: Some(2),
+            effective_exclusions: vec![],
             assignments: placed
                 .iter()
                 .map(|(ip, node)| IpAssignment {

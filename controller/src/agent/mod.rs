@@ -302,7 +302,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .nodes
             .get(&node)
             .is_some_and(|n| n.agent_not_ready_taint);
-        if tainted && !(fenced && !idle) && !untainting.load(Ordering::SeqCst) {
+        if tainted && (!fenced || idle) && !untainting.load(Ordering::SeqCst) {
             dirty_since.get_or_insert(now); // retry removing the taint
         }
         metrics.fenced.set(i64::from(fenced && !idle));
@@ -435,7 +435,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .nodes
             .get(&node)
             .is_some_and(|n| n.agent_not_ready_taint);
-        if tainted && !(fenced && !idle) && !untainting.swap(true, Ordering::SeqCst) {
+        if tainted && (!fenced || idle) && !untainting.swap(true, Ordering::SeqCst) {
             // Applied and live: new pods may land here again.
             let (client, name, flag) = (client.clone(), node.clone(), untainting.clone());
             tokio::spawn(async move {

@@ -222,7 +222,7 @@ pub fn feed(
             Some(g) => g.acquire_owned().await.ok(),
             None => None,
         };
-        let stream = watcher(api, config).default_backoff();
+        let stream = watcher(api, config).backoff(super::watch::watch_backoff());
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {

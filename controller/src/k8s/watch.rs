@@ -4,6 +4,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeSpec, NodeStatus};
@@ -78,7 +79,7 @@ where
         o.meta_mut().managed_fields = None;
         trim(o);
     });
-    let stream = reflector(writer, trimmed).default_backoff();
+    let stream = reflector(writer, trimmed).backoff(watch_backoff());
     let synced = Arc::new(AtomicBool::new(false));
     let changed = Arc::new(AtomicBool::new(true));
     let flag = synced.clone();
@@ -105,6 +106,50 @@ where
         synced,
         changed,
     }
+}
+
+/// First retry delay of a failed watch. kube-runtime's default starts at 800 ms: an agent
+/// whose gateway watch hit one error (a `410 Expired` right after its first list) then saw a
+/// new gateway that much later, and its pods left from the node meanwhile (issue 11's
+/// new-gateway window). Retries start at 50 ms and back off to 5 s.
+pub const WATCH_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest retry delay of a failed watch.
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
+/// A backoff that has seen no error for this long starts over from [`WATCH_RETRY_MIN`].
+pub const WATCH_RETRY_RESET: Duration = Duration::from_secs(60);
+
+/// Exponential retry delays, doubling from [`WATCH_RETRY_MIN`] to [`WATCH_RETRY_MAX`].
+#[derive(Clone, Debug)]
+pub struct Doubling {
+    next: Duration,
+}
+
+impl Default for Doubling {
+    fn default() -> Self {
+        Self {
+            next: WATCH_RETRY_MIN,
+        }
+    }
+}
+
+impl Iterator for Doubling {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(WATCH_RETRY_MAX);
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Doubling {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_MIN;
+    }
+}
+
+/// The retry policy of every watch of ours.
+pub fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<Doubling> {
+    kube::runtime::utils::ResetTimerBackoff::new(Doubling::default(), WATCH_RETRY_RESET)
 }
 
 /// Metadata the planner and the stores use: identity, labels, deletion, version.
@@ -181,5 +226,17 @@ mod tests {
         trim_node(&mut t);
         assert_eq!(index::Node::from_kube(&t), index::Node::from_kube(&node));
         assert!(t.status.as_ref().unwrap().images.is_none());
+    }
+
+    #[test]
+    fn watch_retries_start_fast_double_and_cap() {
+        use kube::runtime::utils::Backoff;
+        let mut b = Doubling::default();
+        let first: Vec<Duration> = (&mut b).take(9).collect();
+        assert_eq!(first[0], WATCH_RETRY_MIN);
+        assert_eq!(first[1], WATCH_RETRY_MIN * 2);
+        assert_eq!(*first.last().unwrap(), WATCH_RETRY_MAX);
+        b.reset();
+        assert_eq!(b.next(), Some(WATCH_RETRY_MIN));
     }
 }

@@ -175,8 +175,29 @@ async fn main() -> Result<()> {
     say(&format!(
         "Restarting the agent on {host}: nothing moves back"
     ));
+    let was_programmed = status::ready_and_programmed(
+        &sim.wait_gateway(GATEWAY, Duration::from_secs(1), |_| true)
+            .await?,
+    );
+    let restarted = Instant::now();
     sim.start_agent(host_idx)?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Programmed was False while that node's agent was dead (its own pod's rules could not
+    // follow the move); the restarted agent applies and reports at once.
+    sim.wait_gateway(
+        GATEWAY,
+        Duration::from_secs(10),
+        status::ready_and_programmed,
+    )
+    .await?;
+    if was_programmed {
+        println!("    Programmed all along: {host} had nothing left to do for the gateway");
+    } else {
+        println!(
+            "    Programmed again {:.0} ms after the agent of {host} restarted (its own pod's rules waited for it)",
+            restarted.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(restarted.elapsed())).await;
     kubectl(&sim, &["get", "egw"]).await?;
     println!(
         "    nodes holding {EGRESS_IP}: {:?}",

@@ -7,8 +7,8 @@
 //!   still delivers renewals — some other agent's Lease changed at least one renewal interval
 //!   (plus [`EVIDENCE_SLACK`]) after this agent's last change. A stalled or broken Lease watch
 //!   delivers nothing, so nobody dies;
-//! - when more than half of the known agents (and at least two) are past their deadline at
-//!   once, it is the control plane's trouble more likely than theirs: failover freezes, as the
+//! - when more than half of the known agents (and at least [`MASS_SILENCE_MIN`]) are past
+//!   their deadline at once, it is the control plane's trouble more likely than theirs: failover freezes, as the
 //!   node lifecycle controller's full-disruption mode does, until their renewals are seen.
 
 use std::collections::HashMap;
@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// How much later than an agent's next renewal another agent's Lease change must be
 /// observed before the agent's silence counts (watch delivery jitter).
 pub const EVIDENCE_SLACK: Duration = Duration::from_millis(300);
+/// The fewest silent agents that can freeze failover: two gateway nodes of a small cluster
+/// dying together still fail over to the third (what the node lifecycle controller also does
+/// below its large-cluster threshold is stop evicting; egressgw keeps moving IPs there).
+pub const MASS_SILENCE_MIN: usize = 3;
 /// The renewal interval assumed for an agent that does not say its own.
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -35,7 +39,8 @@ struct Seen {
 /// Why the controller does not judge agents right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blind {
-    /// More than half of the agents are past their deadline at once.
+    /// More than half of the agents (at least [`MASS_SILENCE_MIN`]) are past their deadline
+    /// at once.
     MassSilence { silent: usize, known: usize },
 }
 
@@ -112,7 +117,8 @@ impl AgentLiveness {
     pub fn blind(&self, now: Instant) -> Option<Blind> {
         let silent = self.seen.values().filter(|s| self.silent(s, now)).count();
         let known = self.seen.len();
-        (silent >= 2 && silent * 2 > known).then_some(Blind::MassSilence { silent, known })
+        (silent >= MASS_SILENCE_MIN && silent * 2 > known)
+            .then_some(Blind::MassSilence { silent, known })
     }
 
     /// Agents past their deadline whose death still waits for evidence (the controller
@@ -223,7 +229,34 @@ mod tests {
     fn most_agents_silent_at_once_freezes_failover() {
         let t0 = Instant::now();
         let mut l = AgentLiveness::new(ms(1600));
-        // a and b stop at 1.0 s, c keeps renewing (the watch delivers c only)
+        // a, b and c stop at 1.0 s, d keeps renewing (the watch delivers d only)
+        let mut v = 0;
+        for t in (0..=10_000).step_by(500) {
+            v += 1;
+            for n in ["a", "b", "c", "d"] {
+                if n == "d" || t <= 1000 {
+                    l.observe(n, &format!("{n}{v}"), None, t0 + ms(t));
+                }
+            }
+        }
+        let now = t0 + ms(10_000);
+        assert_eq!(
+            l.blind(now),
+            Some(Blind::MassSilence {
+                silent: 3,
+                known: 4
+            })
+        );
+        assert!(
+            l.alive("a", now) && l.alive("b", now),
+            "frozen: nobody moves"
+        );
+    }
+
+    #[test]
+    fn two_of_three_dying_together_still_fail_over() {
+        let t0 = Instant::now();
+        let mut l = AgentLiveness::new(ms(1600));
         let mut v = 0;
         for t in (0..=10_000).step_by(500) {
             v += 1;
@@ -234,17 +267,8 @@ mod tests {
             }
         }
         let now = t0 + ms(10_000);
-        assert_eq!(
-            l.blind(now),
-            Some(Blind::MassSilence {
-                silent: 2,
-                known: 3
-            })
-        );
-        assert!(
-            l.alive("a", now) && l.alive("b", now),
-            "frozen: nobody moves"
-        );
+        assert_eq!(l.blind(now), None);
+        assert!(!l.alive("a", now) && !l.alive("b", now) && l.alive("c", now));
     }
 
     #[test]

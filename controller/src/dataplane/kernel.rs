@@ -1,6 +1,8 @@
 //! [`KernelDataplane`]: the engine on its own OS thread, inside the configured network
 //! namespace. Every kernel socket is opened on that thread, so the rest of the process (the
-//! API client) stays in its own namespace.
+//! API client) stays in its own namespace. That includes the rtnetlink connections: each is
+//! created on this thread, after `setns`, with a current-thread tokio runtime of its own (see
+//! [`super::rtnl`]); the thread itself is not inside any runtime.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -1,234 +1,178 @@
-//! Synchronous rtnetlink: read links, addresses, our rules and routes; apply [`RtOp`]s.
-//! Idempotent: `replace` on add, "not there" is success on delete.
+//! Route netlink through the [`rtnetlink`] crate: read links, addresses, our rules and routes;
+//! apply [`RtOp`]s. Idempotent: `replace` on add (`EEXIST` is success for a rule), "not
+//! there" is success on delete.
+//!
+//! The crate builds, sends and parses every `RTM_*` message: its handles for links,
+//! addresses, routes and rules; what its builders have no method for (`IFA_PROTO`, address
+//! lifetimes, the fwmark mask, the rule protocol) is set on the request's message through
+//! `message_mut()`. Route types other than unicast (blackhole, unreachable) go the same way,
+//! through `RouteMessageBuilder::kind`.
+//!
+//! # Namespaces and threads
+//!
+//! A netlink socket belongs to the network namespace of the thread that creates it, and
+//! rtnetlink is async (tokio). [`Rtnl::open`] therefore does everything on the calling
+//! thread:
+//!
+//! 1. it builds a *current-thread* tokio runtime (IO driver only, no worker threads);
+//! 2. inside that runtime's context it calls [`rtnetlink::new_connection`], which opens the
+//!    `NETLINK_ROUTE` socket — in the caller's namespace — and registers it with the
+//!    runtime's reactor;
+//! 3. it spawns the connection task on that runtime.
+//!
+//! Each request then runs with `block_on` on the same thread; the connection task makes
+//! progress only while a request is blocked on, so no other thread ever touches the socket
+//! and nothing runs between requests. The dataplane thread (see [`super::kernel`]) calls
+//! `setns()` first and opens its `Rtnl`s afterwards, so they talk to the node's namespace
+//! while the rest of the process stays where it is. `Rtnl` must not be opened from inside a
+//! tokio runtime (`block_on` cannot nest): [`Rtnl::open`] refuses with an error. Dropping an
+//! `Rtnl` drops the runtime, the connection task and the socket.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_route::address::{
+use futures::TryStreamExt;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{
     AddressAttribute, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{AddressMessageBuilder, Handle, IpVersion, RouteMessageBuilder};
+use tokio::runtime::{Builder, Runtime};
 
 use super::config::{ADDRESS_PROTO, DataplaneConfig, ROUTE_PROTO};
 use super::error::DataplaneError;
 use super::route_model::{AddrEntry, Link, RouteEntry, RoutingState, RtOp, RuleEntry};
 
-/// An rtnetlink socket in the calling thread's network namespace.
+/// An rtnetlink connection in the calling thread's network namespace (see the module doc).
 pub struct Rtnl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-    /// `valid_lft`/`preferred_lft` of the addresses this socket adds (`None`: forever).
+    handle: Handle,
+    /// Runs the connection task, on this thread, while a request is blocked on.
+    rt: Runtime,
+    /// `valid_lft`/`preferred_lft` of the addresses this connection adds (`None`: forever).
     pub address_lifetime: Option<u32>,
 }
 
+/// The errno of a netlink error reply, or the crate's error as text.
+fn io_error(e: rtnetlink::Error) -> io::Error {
+    match &e {
+        rtnetlink::Error::NetlinkError(m) => match m.code {
+            Some(code) => io::Error::from_raw_os_error(-code.get()),
+            None => io::Error::other(e.to_string()),
+        },
+        _ => io::Error::other(e.to_string()),
+    }
+}
+
+/// "Not there" on a delete.
+fn absent_ok(e: io::Error) -> io::Result<()> {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL | libc::ENODEV) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 impl Rtnl {
+    /// Opens the connection in the calling thread's network namespace. Must be called
+    /// outside any tokio runtime.
     pub fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(io::Error::other(
+                "rtnetlink connection opened inside a tokio runtime: it must run on a plain thread",
+            ));
+        }
+        let rt = Builder::new_current_thread().enable_io().build()?;
+        let (conn, handle, _unsolicited) = {
+            let _in_rt = rt.enter();
+            rtnetlink::new_connection()?
+        };
+        rt.spawn(conn);
         Ok(Self {
-            sock,
-            seq: 1,
-            buf: vec![0; 256 * 1024],
+            handle,
+            rt,
             address_lifetime: None,
         })
     }
 
-    /// Sends `msg` and hands each reply to `each`, until DONE or the ACK.
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags | NLM_F_REQUEST;
-        header.sequence_number = self.seq;
-        let mut nl = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        nl.finalize();
-        let mut out = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let reply =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        each(m);
-                        if !dump {
-                            return Ok(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+    /// Runs one request to completion on this thread.
+    fn run<T>(&self, f: impl Future<Output = Result<T, rtnetlink::Error>>) -> io::Result<T> {
+        self.rt.block_on(f).map_err(io_error)
     }
 
     /// Links, IPv4 addresses, and the rules at our priority and routes in our tables.
     pub fn read(&mut self, cfg: &DataplaneConfig) -> Result<RoutingState, DataplaneError> {
-        let mut st = RoutingState::default();
-        let mut links = Vec::new();
-        self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-            |m| {
-                if let RouteNetlinkMessage::NewLink(l) = m {
-                    let mut link = Link {
-                        index: l.header.index,
-                        name: String::new(),
-                        mac: None,
-                    };
-                    for a in l.attributes {
-                        match a {
-                            LinkAttribute::IfName(n) => link.name = n,
-                            LinkAttribute::Address(b) if b.len() == 6 => {
-                                link.mac = b.try_into().ok()
-                            }
-                            _ => {}
-                        }
-                    }
-                    links.push(link);
-                }
-            },
-        )
-        .map_err(|e| DataplaneError::kernel("RTM_GETLINK", "links", e))?;
-        st.links = links;
+        let links: Vec<LinkMessage> = self
+            .run(self.handle.link().get().execute().try_collect())
+            .map_err(|e| DataplaneError::kernel("RTM_GETLINK", "links", e))?;
 
-        let mut addrs = Vec::new();
-        let mut req = AddressMessage::default();
-        req.header.family = AddressFamily::Inet;
-        self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP, |m| {
-            if let RouteNetlinkMessage::NewAddress(a) = m {
-                if a.header.family != AddressFamily::Inet {
-                    return;
-                }
-                let (mut local, mut address, mut proto) = (None, None, None);
-                for attr in &a.attributes {
-                    match attr {
-                        AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-                        AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
-                        AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
-                        _ => {}
-                    }
-                }
-                if let Some(ip) = local.or(address) {
-                    addrs.push(AddrEntry {
-                        ip,
-                        prefix: a.header.prefix_len,
-                        link: a.header.index,
-                        proto,
-                    });
-                }
-            }
-        })
-        .map_err(|e| DataplaneError::kernel("RTM_GETADDR", "IPv4 addresses", e))?;
-        st.addresses = addrs;
+        let mut req = self.handle.address().get();
+        req.message_mut().header.family = AddressFamily::Inet;
+        let addrs: Vec<AddressMessage> = self
+            .run(req.execute().try_collect())
+            .map_err(|e| DataplaneError::kernel("RTM_GETADDR", "IPv4 addresses", e))?;
 
-        let mut rules = Vec::new();
-        let mut req = RuleMessage::default();
-        req.header.family = AddressFamily::Inet;
-        self.request(RouteNetlinkMessage::GetRule(req), NLM_F_DUMP, |m| {
-            if let RouteNetlinkMessage::NewRule(r) = m {
-                let mut e = RuleEntry {
-                    priority: 0,
-                    mark: 0,
-                    mask: 0,
-                    table: u32::from(r.header.table),
-                };
-                for a in &r.attributes {
-                    match a {
-                        RuleAttribute::Priority(p) => e.priority = *p,
-                        RuleAttribute::FwMark(v) => e.mark = *v,
-                        RuleAttribute::FwMask(v) => e.mask = *v,
-                        RuleAttribute::Table(t) => e.table = *t,
-                        _ => {}
-                    }
-                }
-                if e.priority == cfg.rule_priority && r.header.action == RuleAction::ToTable {
-                    rules.push(e);
-                }
-            }
-        })
-        .map_err(|e| DataplaneError::kernel("RTM_GETRULE", "IPv4 policy rules", e))?;
-        st.rules = rules;
+        let rules: Vec<RuleMessage> = self
+            .run(
+                self.handle
+                    .rule()
+                    .get(IpVersion::V4)
+                    .execute()
+                    .try_collect(),
+            )
+            .map_err(|e| DataplaneError::kernel("RTM_GETRULE", "IPv4 policy rules", e))?;
 
-        let mut routes = Vec::new();
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
-        self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP, |m| {
-            if let RouteNetlinkMessage::NewRoute(r) = m {
-                let mut e = RouteEntry {
-                    table: u32::from(r.header.table),
-                    dst: Ipv4Addr::UNSPECIFIED,
-                    dst_len: r.header.destination_prefix_length,
-                    gateway: None,
-                };
-                for a in &r.attributes {
-                    match a {
-                        RouteAttribute::Table(t) => e.table = *t,
-                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => e.dst = *ip,
-                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => e.gateway = Some(*ip),
-                        _ => {}
-                    }
-                }
-                if cfg.table_slot(e.table).is_some() {
-                    routes.push(e);
-                }
-            }
+        // Without strict checking the kernel dumps every table whatever the header says.
+        let req = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+        let routes: Vec<RouteMessage> = self
+            .run(req.execute().try_collect())
+            .map_err(|e| DataplaneError::kernel("RTM_GETROUTE", "routes", e))?;
+
+        Ok(RoutingState {
+            links: links.into_iter().map(link_entry).collect(),
+            addresses: addrs.iter().filter_map(addr_entry).collect(),
+            rules: rules
+                .iter()
+                .filter_map(rule_entry)
+                .filter(|r| r.priority == cfg.rule_priority)
+                .collect(),
+            routes: routes
+                .iter()
+                .filter_map(route_entry)
+                .filter(|r| cfg.table_slot(r.table).is_some())
+                .collect(),
         })
-        .map_err(|e| DataplaneError::kernel("RTM_GETROUTE", "routes", e))?;
-        st.routes = routes;
-        Ok(st)
     }
 
     /// Applies one change.
     pub fn apply(&mut self, op: &RtOp) -> Result<(), DataplaneError> {
-        let absent_ok = |e: io::Error| match e.raw_os_error() {
-            Some(libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL | libc::ENODEV) => Ok(()),
-            _ => Err(e),
-        };
         match op {
             RtOp::AddAddress { ip, link, ifname } => {
-                let msg = address_message(*ip, 32, *link, true, self.address_lifetime);
-                self.request(
-                    RouteNetlinkMessage::NewAddress(msg),
-                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                    drop,
-                )
-                .map_err(|e| {
+                let mut req = self
+                    .handle
+                    .address()
+                    .add(*link, IpAddr::V4(*ip), 32)
+                    .replace();
+                let m = req.message_mut();
+                m.header.scope = AddressScope::Universe;
+                m.attributes
+                    .push(AddressAttribute::Protocol(AddressProtocol::from(
+                        ADDRESS_PROTO,
+                    )));
+                if let Some(secs) = self.address_lifetime {
+                    let mut info = CacheInfo::default();
+                    info.ifa_preferred = secs;
+                    info.ifa_valid = secs;
+                    m.attributes.push(AddressAttribute::CacheInfo(info));
+                }
+                self.run(req.execute()).map_err(|e| {
                     DataplaneError::kernel("RTM_NEWADDR", format!("{ip}/32 on {ifname}"), e)
                 })
             }
@@ -238,8 +182,11 @@ impl Rtnl {
                 link,
                 ifname,
             } => {
-                let msg = address_message(*ip, *prefix, *link, false, None);
-                self.request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK, drop)
+                let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(*link)
+                    .address(*ip, *prefix)
+                    .build();
+                self.run(self.handle.address().del(msg).execute())
                     .or_else(absent_ok)
                     .map_err(|e| {
                         DataplaneError::kernel(
@@ -249,45 +196,135 @@ impl Rtnl {
                         )
                     })
             }
-            RtOp::ReplaceRoute(r) => self
-                .request(
-                    RouteNetlinkMessage::NewRoute(route_message(r, true)),
-                    NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                    drop,
-                )
-                .map_err(|e| DataplaneError::kernel("RTM_NEWROUTE", describe_route(r), e)),
-            RtOp::DelRoute(r) => self
-                .request(
-                    RouteNetlinkMessage::DelRoute(route_message(r, false)),
-                    NLM_F_ACK,
-                    drop,
-                )
-                .or_else(absent_ok)
-                .map_err(|e| DataplaneError::kernel("RTM_DELROUTE", describe_route(r), e)),
-            RtOp::AddRule(r) => self
-                .request(
-                    RouteNetlinkMessage::NewRule(rule_message(r, true)),
-                    NLM_F_ACK | NLM_F_CREATE,
-                    drop,
-                )
-                .or_else(|e| {
-                    if e.raw_os_error() == Some(libc::EEXIST) {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| DataplaneError::kernel("RTM_NEWRULE", describe_rule(r), e)),
+            RtOp::ReplaceRoute(r) => {
+                let msg = route_message(r)
+                    .protocol(RouteProtocol::from(ROUTE_PROTO))
+                    .scope(RouteScope::Universe)
+                    .kind(RouteType::Unicast)
+                    .build();
+                self.run(self.handle.route().add(msg).replace().execute())
+                    .map_err(|e| DataplaneError::kernel("RTM_NEWROUTE", describe_route(r), e))
+            }
+            RtOp::DelRoute(r) => {
+                // protocol, scope and type left open: the delete matches any
+                let msg = route_message(r)
+                    .protocol(RouteProtocol::Unspec)
+                    .scope(RouteScope::NoWhere)
+                    .kind(RouteType::Unspec)
+                    .build();
+                self.run(self.handle.route().del(msg).execute())
+                    .or_else(absent_ok)
+                    .map_err(|e| DataplaneError::kernel("RTM_DELROUTE", describe_route(r), e))
+            }
+            RtOp::AddRule(r) => {
+                let mut req = self
+                    .handle
+                    .rule()
+                    .add()
+                    .v4()
+                    .action(RuleAction::ToTable)
+                    .priority(r.priority)
+                    .fw_mark(r.mark)
+                    .table_id(r.table);
+                let m = req.message_mut();
+                m.attributes.push(RuleAttribute::FwMask(r.mask));
+                m.attributes
+                    .push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTO)));
+                // NLM_F_EXCL: an identical rule is there already, which is what we want
+                self.run(req.execute())
+                    .or_else(|e| match e.raw_os_error() {
+                        Some(libc::EEXIST) => Ok(()),
+                        _ => Err(e),
+                    })
+                    .map_err(|e| DataplaneError::kernel("RTM_NEWRULE", describe_rule(r), e))
+            }
             RtOp::DelRule(r) => self
-                .request(
-                    RouteNetlinkMessage::DelRule(rule_message(r, false)),
-                    NLM_F_ACK,
-                    drop,
-                )
+                .run(self.handle.rule().del(rule_del_message(r)).execute())
                 .or_else(absent_ok)
                 .map_err(|e| DataplaneError::kernel("RTM_DELRULE", describe_rule(r), e)),
         }
     }
+}
+
+fn link_entry(l: LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        mac: None,
+    };
+    for a in l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(b) if b.len() == 6 => link.mac = b.try_into().ok(),
+            _ => {}
+        }
+    }
+    link
+}
+
+fn addr_entry(a: &AddressMessage) -> Option<AddrEntry> {
+    if a.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let (mut local, mut address, mut proto) = (None, None, None);
+    for attr in &a.attributes {
+        match attr {
+            AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+            AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+            AddressAttribute::Protocol(p) => proto = Some(u8::from(*p)),
+            _ => {}
+        }
+    }
+    Some(AddrEntry {
+        ip: local.or(address)?,
+        prefix: a.header.prefix_len,
+        link: a.header.index,
+        proto,
+    })
+}
+
+/// A `lookup` rule (others are not ours to see).
+fn rule_entry(r: &RuleMessage) -> Option<RuleEntry> {
+    if r.header.action != RuleAction::ToTable {
+        return None;
+    }
+    let mut e = RuleEntry {
+        priority: 0,
+        mark: 0,
+        mask: 0,
+        table: u32::from(r.header.table),
+    };
+    for a in &r.attributes {
+        match a {
+            RuleAttribute::Priority(p) => e.priority = *p,
+            RuleAttribute::FwMark(v) => e.mark = *v,
+            RuleAttribute::FwMask(v) => e.mask = *v,
+            RuleAttribute::Table(t) => e.table = *t,
+            _ => {}
+        }
+    }
+    Some(e)
+}
+
+fn route_entry(r: &RouteMessage) -> Option<RouteEntry> {
+    if r.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let mut e = RouteEntry {
+        table: u32::from(r.header.table),
+        dst: Ipv4Addr::UNSPECIFIED,
+        dst_len: r.header.destination_prefix_length,
+        gateway: None,
+    };
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Table(t) => e.table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => e.dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => e.gateway = Some(*ip),
+            _ => {}
+        }
+    }
+    Some(e)
 }
 
 fn describe_route(r: &RouteEntry) -> String {
@@ -304,62 +341,22 @@ fn describe_rule(r: &RuleEntry) -> String {
     )
 }
 
-fn address_message(
-    ip: Ipv4Addr,
-    prefix: u8,
-    link: u32,
-    add: bool,
-    lifetime: Option<u32>,
-) -> AddressMessage {
-    let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet;
-    m.header.prefix_len = prefix;
-    m.header.index = link;
-    m.header.scope = AddressScope::Universe;
-    m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
-    m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
-    if add {
-        m.attributes
-            .push(AddressAttribute::Protocol(AddressProtocol::from(
-                ADDRESS_PROTO,
-            )));
-        if let Some(secs) = lifetime {
-            let mut info = CacheInfo::default();
-            info.ifa_preferred = secs;
-            info.ifa_valid = secs;
-            m.attributes.push(AddressAttribute::CacheInfo(info));
-        }
-    }
-    m
-}
-
-/// A route message; for a delete, protocol, scope and type match anything.
-fn route_message(r: &RouteEntry, add: bool) -> RouteMessage {
-    let mut m = RouteMessage::default();
-    m.header.address_family = AddressFamily::Inet;
-    m.header.destination_prefix_length = r.dst_len;
-    m.header.table = 0; // RT_TABLE_UNSPEC: the table is in the attribute (ours are > 255)
-    if add {
-        m.header.protocol = RouteProtocol::from(ROUTE_PROTO);
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = RouteType::Unicast;
-    } else {
-        m.header.scope = RouteScope::NoWhere;
-    }
-    m.attributes.push(RouteAttribute::Table(r.table));
+/// The route's table, destination (none for a default route) and gateway; the caller sets
+/// protocol, scope and type.
+fn route_message(r: &RouteEntry) -> RouteMessageBuilder<Ipv4Addr> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new().table_id(r.table);
     if r.dst_len > 0 {
-        m.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
+        b = b.destination_prefix(r.dst, r.dst_len);
     }
     if let Some(gw) = r.gateway {
-        m.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        b = b.gateway(gw);
     }
-    m
+    b
 }
 
-/// A rule message; the protocol is set on adds only, so a delete matches any.
-fn rule_message(r: &RuleEntry, add: bool) -> RuleMessage {
+/// The rule to delete: no protocol, so a delete matches any. (The crate has a builder for
+/// rule adds only; [`rtnetlink::RuleHandle::del`] takes the message.)
+fn rule_del_message(r: &RuleEntry) -> RuleMessage {
     let mut m = RuleMessage::default();
     m.header.family = AddressFamily::Inet;
     m.header.action = RuleAction::ToTable;
@@ -367,9 +364,55 @@ fn rule_message(r: &RuleEntry, add: bool) -> RuleMessage {
     m.attributes.push(RuleAttribute::FwMark(r.mark));
     m.attributes.push(RuleAttribute::FwMask(r.mask));
     m.attributes.push(RuleAttribute::Table(r.table));
-    if add {
-        m.attributes
-            .push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTO)));
-    }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn default_route_has_no_destination_and_a_big_table_goes_in_the_attribute() {
+        let r = RouteEntry::default_via(4100, ip("198.18.0.12"));
+        let m = route_message(&r).build();
+        assert_eq!(m.header.destination_prefix_length, 0);
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_)))
+        );
+        assert!(m.attributes.contains(&RouteAttribute::Table(4100)));
+        assert!(
+            m.attributes
+                .contains(&RouteAttribute::Gateway(RouteAddress::Inet(ip(
+                    "198.18.0.12"
+                ))))
+        );
+        assert_eq!(route_entry(&m), Some(r));
+    }
+
+    #[test]
+    fn rule_messages_read_back_as_the_entry() {
+        let r = RuleEntry {
+            priority: 1000,
+            mark: 0x100,
+            mask: 0xff00,
+            table: 4101,
+        };
+        assert_eq!(rule_entry(&rule_del_message(&r)), Some(r));
+        let mut other = rule_del_message(&r);
+        other.header.action = RuleAction::Unreachable;
+        assert_eq!(rule_entry(&other), None);
+    }
+
+    #[test]
+    fn open_refuses_inside_a_runtime() {
+        let rt = Builder::new_current_thread().build().unwrap();
+        let _in_rt = rt.enter();
+        assert!(Rtnl::open().is_err());
+    }
 }

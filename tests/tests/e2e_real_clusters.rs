@@ -840,3 +840,117 @@ async fn everything_outside_the_cluster_leaves_everything_inside_alone() {
         wrong.join("\n")
     );
 }
+
+/// Two pod objects list one IP (a draining pod's address handed to a new pod, or a stale
+/// object): the pod that owns the IP decides how its traffic leaves. A pod that does not
+/// terminate owns it over one that does, then the newer; while nobody owns it (same
+/// termination state, created in the same second), its traffic to the destinations is
+/// dropped: it never leaves from the egress IP for a pod the gateway does not select, nor
+/// from the node for one it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the control plane"]
+async fn an_ip_listed_by_two_pods_belongs_to_the_pod_that_owns_it() {
+    const POD: (usize, usize) = (1, 0);
+    const WATCH: Duration = Duration::from_millis(1500);
+    const TWIN_ATTEMPTS: usize = 5;
+    let sim = cluster(&[POD]).await;
+    let node_ip = sim.tb.node(POD.0).ip();
+    let node_name = sim.tb.node(POD.0).name().to_string();
+    let pod_ip = std::net::IpAddr::V4(sim.tb.pod(POD.0, POD.1).ip());
+    apply_gateway(&sim, &["203.0.113.0/24"]).await;
+    probe(&sim, &[POD], &[E1]).await.stop();
+    let hold = |what: &'static str, want: Ipv4Addr| {
+        let probe = sim.leak_probe(&[POD]).unwrap();
+        async move {
+            tokio::time::sleep(WATCH).await;
+            let report = probe.stop();
+            eprintln!("== {what}\n{}", report.table(&[want]));
+            assert_only_from(&report, want, what);
+        }
+    };
+
+    // A newer pod that does not terminate, unselected, lists the selected pod's IP: it owns
+    // it, so the traffic is that pod's and leaves from its node, not from E1.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later creation second
+    sim.add_pod(NAMESPACE, "batch-1-0", &[("app", "batch")], POD.0, POD.1)
+        .await
+        .unwrap();
+    sim.wait_source(POD.0, POD.1, OPEN_SERVER, Some(node_ip), SETTLE)
+        .await;
+    hold("a newer unselected pod owns the IP", node_ip).await;
+
+    // The newer pod terminates: the older selected pod, which does not, owns the IP again.
+    sim.cp
+        .delete_pod_gracefully(NAMESPACE, "batch-1-0", 30)
+        .await
+        .unwrap();
+    sim.wait_source(POD.0, POD.1, OPEN_SERVER, Some(E1), SETTLE)
+        .await;
+    hold("the terminating newer pod gives the IP back", E1).await;
+
+    // Two pods, one selected, created in the same second and neither terminating: nobody
+    // owns the IP, and its traffic is dropped.
+    sim.cp.delete_pod(NAMESPACE, "batch-1-0").await.unwrap();
+    sim.cp.delete_pod(NAMESPACE, &pod_name(POD)).await.unwrap();
+    sim.wait_source(POD.0, POD.1, OPEN_SERVER, Some(node_ip), SETTLE)
+        .await;
+    let pods: Api<Pod> = Api::namespaced(sim.cp.client(), NAMESPACE);
+    let mut twins = false;
+    for _ in 0..TWIN_ATTEMPTS {
+        let (a, b) = tokio::join!(
+            sim.cp
+                .create_pod(NAMESPACE, "twin-selected", &[SELECTED], &node_name),
+            sim.cp
+                .create_pod(NAMESPACE, "twin-batch", &[("app", "batch")], &node_name),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        if a.metadata.creation_timestamp == b.metadata.creation_timestamp {
+            twins = true;
+            break;
+        }
+        sim.cp.delete_pod(NAMESPACE, "twin-selected").await.unwrap();
+        sim.cp.delete_pod(NAMESPACE, "twin-batch").await.unwrap();
+    }
+    assert!(
+        twins,
+        "never created two pods in one second in {TWIN_ATTEMPTS} attempts"
+    );
+    for name in ["twin-batch", "twin-selected"] {
+        sim.cp.set_pod_ip(NAMESPACE, name, pod_ip).await.unwrap();
+    }
+    sim.wait_source(POD.0, POD.1, OPEN_SERVER, None, SETTLE)
+        .await;
+    let probe = sim.leak_probe(&[POD]).unwrap();
+    tokio::time::sleep(WATCH).await;
+    let report = probe.stop();
+    eprintln!(
+        "== two pods own the IP alike: dropped\n{}",
+        report.table(&[E1])
+    );
+    assert!(
+        report.sources().is_empty() && !report.samples.is_empty(),
+        "traffic of an IP nobody owns reached the server from {:?}:\n{}",
+        report.sources(),
+        report.table(&[E1])
+    );
+    assert!(
+        report
+            .samples
+            .iter()
+            .all(|s| s.outcome == Outcome::Timeout),
+        "dropped, not refused or reset:\n{}",
+        report.table(&[E1])
+    );
+    for name in ["twin-selected", "twin-batch"] {
+        assert!(
+            pods.get(name).await.unwrap().metadata.deletion_timestamp.is_none(),
+            "{name} still runs"
+        );
+    }
+
+    // The unselected twin goes: the selected one owns the IP and leaves from E1.
+    sim.cp.delete_pod(NAMESPACE, "twin-batch").await.unwrap();
+    sim.wait_source(POD.0, POD.1, OPEN_SERVER, Some(E1), SETTLE)
+        .await;
+    hold("the remaining twin owns the IP", E1).await;
+}

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
+use k8s_openapi::jiff::Timestamp;
 
 use super::intern::{LabelSet, Sym, intern, intern_labels};
 use crate::api::LabelLookup;
@@ -192,6 +193,12 @@ pub struct Pod {
     pub running: bool,
     /// Host-network pods share the node's address and are never given an egress IP.
     pub host_network: bool,
+    /// The pod has a `deletionTimestamp`: it is draining. When two pods list one IP, one that
+    /// is not terminating owns it.
+    pub terminating: bool,
+    /// `metadata.creationTimestamp`: of two pods listing one IP, both terminating or both not,
+    /// the newer owns it.
+    pub created: Option<Timestamp>,
 }
 
 impl Pod {
@@ -230,6 +237,8 @@ impl Pod {
             ips,
             running: network_alive(status.and_then(|s| s.phase.as_deref())),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            terminating: meta.deletion_timestamp.is_some(),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
         })
     }
 }

@@ -60,6 +60,7 @@ struct SlimMeta {
     uid: Option<String>,
     resource_version: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
     deletion_timestamp: Option<Time>,
 }
 
@@ -71,6 +72,7 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         uid: m.uid,
         resource_version: m.resource_version,
         labels: m.labels,
+        creation_timestamp: m.creation_timestamp,
         deletion_timestamp: m.deletion_timestamp,
         ..Default::default()
     })
@@ -124,6 +126,8 @@ impl SlimPod {
             ips,
             running: crate::index::pod::network_alive(self.status.phase.as_deref()),
             host_network: self.spec.host_network.unwrap_or(false),
+            terminating: meta.deletion_timestamp.is_some(),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
         })
     }
 

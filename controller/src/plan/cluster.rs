@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::index::{ClusterIndex, PodKey, Sym, intern};
 
 use super::assign::{self, Assignments};
+use super::ip_claims::IpClaims;
 use super::node_plan::{NodePlan, digest};
 use super::rollout::{self, GatewayRollout};
 use super::select::{self, Selections};
@@ -22,6 +23,8 @@ pub struct ClusterPlan {
     memberships: HashMap<PodKey, Box<[Sym]>>,
     /// Cluster-internal ranges every gateway excludes ([`super::guard::cluster_internal`]).
     pub cluster_internal: Vec<ipnetwork::IpNetwork>,
+    /// Which pod owns an IP that several pods list.
+    claims: IpClaims,
 }
 
 /// Plan everything, computing assignments (the controller).
@@ -31,11 +34,13 @@ pub fn plan(index: &ClusterIndex) -> ClusterPlan {
 
 /// Plan everything with the given assignments (the agent passes those recorded in status).
 pub fn plan_with(index: &ClusterIndex, assignments: Assignments) -> ClusterPlan {
-    let selections = select::select_all(index);
+    let claims = IpClaims::build(index);
+    let selections = select::select_all(index, &claims);
     let mut plan = ClusterPlan {
         selections,
         assignments,
         cluster_internal: super::guard::cluster_internal(index),
+        claims,
         ..Default::default()
     };
     for (name, sel) in &plan.selections.by_gateway {
@@ -74,7 +79,7 @@ impl ClusterPlan {
             .by_gateway
             .get(gateway)
             .map_or(&[][..], Vec::as_slice);
-        let r = rollout::rollout(index, gateway, spec, pods, placements);
+        let r = rollout::rollout(index, gateway, spec, pods, placements, &self.claims);
         self.rollouts.insert(gateway.to_string(), r);
     }
 
@@ -88,7 +93,8 @@ impl ClusterPlan {
     /// (already updated). Costs one selector check per gateway per pod plus one rebuild of
     /// the rollout of each gateway that selected or selects any of them, instead of a full
     /// plan: a burst of pod changes rebuilds a large gateway's rollout once, not once per
-    /// pod. Returns those gateways.
+    /// pod. Pods that share (or shared) an IP with a changed pod are re-planned with it: who
+    /// owns the IP may have changed. Returns those gateways.
     pub fn update_pods<'k>(
         &mut self,
         index: &ClusterIndex,
@@ -96,10 +102,15 @@ impl ClusterPlan {
     ) -> BTreeSet<String> {
         let seniority = select::by_seniority(index);
         let mut affected = BTreeSet::new();
+        let mut todo: BTreeSet<PodKey> = BTreeSet::new();
         for key in keys {
+            todo.insert(key.clone());
+            todo.extend(self.claims.update(index, key));
+        }
+        for key in &todo {
             let before = self.memberships.remove(key).unwrap_or_default();
             let now = match index.pods.get(key) {
-                Some(pod) => select::pod_gateways(index, &seniority, pod),
+                Some(pod) => select::pod_gateways(index, &seniority, pod, &self.claims),
                 None => select::PodGateways::default(),
             };
             for g in &before {

@@ -5,12 +5,14 @@
 //! - [`rollout`]: one gateway's work on every node, pods spread over its IPs by [`hash`];
 //! - [`node_plan`]: what one node's kernel must hold (the dataplane's input);
 //! - [`cluster`]: all of it, in full or updated after one pod change;
-//! - [`guard`]: which traffic a node guards against leaks.
+//! - [`guard`]: which traffic a node guards against leaks;
+//! - [`ip_claims`]: which pod owns an IP that several pods list.
 
 pub mod assign;
 pub mod cluster;
 pub mod guard;
 pub mod hash;
+pub mod ip_claims;
 pub mod node_plan;
 pub mod ranges;
 pub mod rollout;

@@ -11,6 +11,7 @@ use crate::index::{ClusterIndex, GatewaySpec, PodKey, Sym, intern};
 
 use super::assign::IpPlacement;
 use super::hash;
+use super::ip_claims::IpClaims;
 use super::node_plan::{GatewayNodePlan, HostedIp, NodePlan};
 
 /// One gateway's work, spread over the nodes.
@@ -104,6 +105,7 @@ pub fn rollout(
     spec: &GatewaySpec,
     pods: &BTreeSet<PodKey>,
     placements: &[IpPlacement],
+    claims: &IpClaims,
 ) -> GatewayRollout {
     let mut out = GatewayRollout {
         destinations: spec.destinations.as_slice().into(),
@@ -151,6 +153,12 @@ pub fn rollout(
         all_pods.extend(ips.iter().copied());
         let local = nodes.entry(pod_node.to_string()).or_insert_with(fresh);
         local.guard.extend(ips.iter().copied());
+        if claims.ambiguous(index, pod) {
+            // Another pod lists the same IP and neither owns it: whose traffic it is cannot
+            // be told, so it leaves from no egress IP and from no node address.
+            local.blocked.extend(ips);
+            continue;
+        }
         let Some(egress) = hash::choose(key, &placed_ips) else {
             local.blocked.extend(ips);
             continue;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::api::{LabelSelector, SelectorOperator};
 use crate::index::{ClusterIndex, Gateway, GatewaySpec, Pod, PodKey};
 
+use super::ip_claims::IpClaims;
 use super::ranges;
 
 /// How one gateway's selection turned out.
@@ -98,13 +99,15 @@ pub fn resolve(
     out
 }
 
-/// The gateways one pod uses (the incremental path: one pod against every gateway).
+/// The gateways one pod uses (the incremental path: one pod against every gateway). A pod
+/// that is not routable, or whose IP another pod owns ([`IpClaims`]), uses none.
 pub fn pod_gateways(
     index: &ClusterIndex,
     ordered: &[(&Gateway, &GatewaySpec)],
     pod: &Pod,
+    claims: &IpClaims,
 ) -> PodGateways {
-    if !pod.is_routable() {
+    if !claims.eligible(index, pod) {
         return PodGateways::default();
     }
     let candidates: Vec<usize> = (0..ordered.len())
@@ -120,10 +123,10 @@ struct Postings<'a> {
 }
 
 impl<'a> Postings<'a> {
-    fn build(index: &'a ClusterIndex) -> Self {
+    fn build(index: &'a ClusterIndex, claims: &IpClaims) -> Self {
         let mut by_label: HashMap<(&str, &str), Vec<&Pod>> = HashMap::new();
         let mut by_namespace: HashMap<&str, Vec<&Pod>> = HashMap::new();
-        for pod in index.pods.values().filter(|p| p.is_routable()) {
+        for pod in index.pods.values().filter(|p| claims.eligible(index, p)) {
             by_namespace
                 .entry(&*pod.key.namespace)
                 .or_default()
@@ -179,10 +182,10 @@ impl<'a> Postings<'a> {
     }
 }
 
-/// Full selection over the whole index.
-pub fn select_all(index: &ClusterIndex) -> Selections {
+/// Full selection over the whole index (pods whose IP another pod owns are left out).
+pub fn select_all(index: &ClusterIndex, claims: &IpClaims) -> Selections {
     let ordered = by_seniority(index);
-    let postings = Postings::build(index);
+    let postings = Postings::build(index, claims);
     let mut pod_candidates: BTreeMap<&PodKey, Vec<usize>> = BTreeMap::new();
     for (i, (_, spec)) in ordered.iter().enumerate() {
         let namespaces: BTreeSet<&str> = index

@@ -15,6 +15,7 @@ use super::selector_text::mismatch;
 use crate::api::EgressGatewayStatus;
 use crate::index::{ClusterIndex, Ineligible, PodKey};
 use crate::plan::assign::from_status;
+use crate::plan::ip_claims::{Claim, IpClaims};
 use crate::plan::select::{by_seniority, pod_gateways, selects};
 use crate::plan::{Assignments, Unplaced, plan_with};
 
@@ -48,6 +49,9 @@ pub enum Route {
     Dropped { ips: Vec<(IpAddr, IpTrouble)> },
     /// Dropped: the node hosting the IP has no InternalIP to steer to.
     NoNextHop { ip: IpAddr, node: String },
+    /// Dropped: other pods list the pod's IP `ip` and none of them owns it (same termination
+    /// state, same creation time), so whose traffic it is cannot be told.
+    SharedIp { ip: IpAddr, with: Vec<PodKey> },
 }
 
 /// A gateway whose destinations the pod's traffic uses.
@@ -89,7 +93,7 @@ pub struct Explanation {
     pub node: Option<String>,
     pub ips: Vec<IpAddr>,
     /// Why the pod carries no traffic at all (empty: it does).
-    pub not_routable: Vec<&'static str>,
+    pub not_routable: Vec<String>,
     pub uses: Vec<Usage>,
     /// Gateways that do not apply, oldest first.
     pub others: Vec<(String, Verdict)>,
@@ -114,18 +118,30 @@ pub fn explain(
     current: Option<&Assignments>,
 ) -> Option<Explanation> {
     let p = index.pods.get(pod)?;
-    let mut not_routable = Vec::new();
+    let mut not_routable: Vec<String> = Vec::new();
     if !p.running {
-        not_routable.push("its phase is not Pending or Running (it has finished)");
+        not_routable.push("its phase is not Pending or Running (it has finished)".into());
     }
     if p.node.is_none() {
-        not_routable.push("it is not scheduled to a node");
+        not_routable.push("it is not scheduled to a node".into());
     }
     if p.ips.is_empty() {
-        not_routable.push("it has no IP yet");
+        not_routable.push("it has no IP yet".into());
     }
     if p.host_network {
-        not_routable.push("it uses the host network (it shares the node's address and is never given an egress IP)");
+        not_routable.push("it uses the host network (it shares the node's address and is never given an egress IP)".into());
+    }
+    let claims = IpClaims::build(index);
+    let claim = claims.claim(index, p);
+    if let Claim::Shadowed { ip, by } = &claim {
+        not_routable.push(format!(
+            "pod {by} also lists {ip} and owns it ({})",
+            if p.terminating && !index.pods.get(by).is_some_and(|o| o.terminating) {
+                "this pod is terminating, that one is not"
+            } else {
+                "that pod is newer"
+            }
+        ));
     }
     let mut out = Explanation {
         pod: pod.clone(),
@@ -173,7 +189,7 @@ pub fn explain(
             }
         }
     } else {
-        let resolved = pod_gateways(index, &ordered, p);
+        let resolved = pod_gateways(index, &ordered, p, &claims);
         for (loser, winner) in &resolved.lost {
             out.others.push((
                 loser.clone(),
@@ -189,7 +205,15 @@ pub fn explain(
                 continue;
             };
             let rollout = plan.rollouts.get(name);
+            let shared = match &claim {
+                Claim::Ambiguous { ip, with } => Some(Route::SharedIp {
+                    ip: *ip,
+                    with: with.clone(),
+                }),
+                _ => None,
+            };
             let route = match rollout.and_then(|r| r.pod_ip.get(pod)) {
+                _ if shared.is_some() => shared.expect("checked"),
                 Some(ip) => {
                     let (node, _) = &rollout.expect("pod_ip comes from the rollout").hosted[ip];
                     let status = statuses
@@ -378,6 +402,14 @@ pub fn render(e: &Explanation) -> String {
                 for (ip, t) in ips {
                     out.push_str(&format!("  {ip}: {}\n", trouble_text(t)));
                 }
+            }
+            Route::SharedIp { ip, with } => {
+                out.push_str(&format!(
+                    "Traffic to {} is DROPPED: pod {} also lists {ip}, and none owns it (same termination state, same creation time)\n",
+                    cidr_list(&u.destinations),
+                    with.iter().map(ToString::to_string).collect::<Vec<_>>().join(", pod "),
+                ));
+                out.push_str(&format!("  gateway:  {}\n", u.gateway));
             }
             Route::NoNextHop { ip, node: host } => {
                 out.push_str(&format!(

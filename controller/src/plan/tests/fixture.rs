@@ -111,6 +111,8 @@ pub fn pod(ns: &str, name: &str, app: &str, node: &str, addr: &str) -> Pod {
         ips: vec![ip(addr)],
         running: true,
         host_network: false,
+        terminating: false,
+        created: None,
     }
 }
 

@@ -7,4 +7,5 @@ mod no_leak;
 mod node_plans;
 mod properties;
 mod selection;
+mod shared_ips;
 mod status;

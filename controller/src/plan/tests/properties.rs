@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use proptest::prelude::*;
 
 use super::fixture::*;
-use crate::index::PodKey;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::index::{Pod, PodKey};
 use crate::plan::{ClusterPlan, Unplaced};
 
 const TEAMS: [&str; 3] = ["billing", "payments", "other"];
@@ -40,6 +42,8 @@ struct PodGen {
     team: usize,
     app: usize,
     node: usize,
+    /// Bit 0: terminating; the rest: creation second.
+    life: u8,
 }
 
 fn node_gen() -> impl Strategy<Value = NodeGen> {
@@ -75,11 +79,21 @@ fn gw_gen() -> impl Strategy<Value = GwGen> {
 }
 
 fn pod_gen() -> impl Strategy<Value = PodGen> {
-    (0..TEAMS.len(), 0..APPS.len(), 0usize..8).prop_map(|(team, app, node)| PodGen {
-        team,
-        app,
-        node,
+    (0..TEAMS.len(), 0..APPS.len(), 0usize..8, 0u8..4).prop_map(|(team, app, node, life)| {
+        PodGen {
+            team,
+            app,
+            node,
+            life,
+        }
     })
+}
+
+/// Pods listing one IP (the addresses below repeat) are told apart by termination and age.
+fn with_life(mut p: Pod, life: u8) -> Pod {
+    p.terminating = life & 1 == 1;
+    p.created = Some(Timestamp::from_second(i64::from(life >> 1)).unwrap());
+    p
 }
 
 fn build(nodes: &[NodeGen], gws: &[GwGen], pods: &[PodGen]) -> Cluster {
@@ -114,13 +128,14 @@ fn build(nodes: &[NodeGen], gws: &[GwGen], pods: &[PodGen]) -> Cluster {
     }
     for (i, p) in pods.iter().enumerate() {
         let node = format!("n{}", p.node % nodes.len().max(1));
-        c.pod(pod(
+        let new = pod(
             TEAMS[p.team],
             &format!("p{i}"),
             APPS[p.app],
             &node,
-            &format!("198.19.{}.{}", p.node, 10 + i),
-        ));
+            &format!("198.19.{}.{}", p.node, 10 + i % 12),
+        );
+        c.pod(with_life(new, p.life));
     }
     c
 }
@@ -159,10 +174,10 @@ fn change_pod(c: &mut Cluster, nodes: usize, (i, change): (usize, Option<PodGen>
             &format!("p{i}"),
             APPS[p.app],
             &node,
-            &format!("198.19.{}.{}", p.node, 100 + i),
+            &format!("198.19.{}.{}", p.node, 10 + i % 12),
         );
         new.key = key.clone();
-        c.pod(new);
+        c.pod(with_life(new, p.life));
     }
     key
 }

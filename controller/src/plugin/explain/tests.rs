@@ -116,6 +116,8 @@ fn cluster(gateways: Vec<Gateway>) -> (ClusterIndex, PodKey) {
             ips: vec![ip("198.19.3.10")],
             running: true,
             host_network: false,
+            terminating: false,
+            created: None,
         },
     );
     for g in gateways {
@@ -348,7 +350,7 @@ fn a_pod_without_an_ip_is_told_so_with_the_gateways_waiting_for_it() {
     )]);
     index.pods.get_mut(&key).unwrap().ips.clear();
     let e = explain(&index, &key, &no_status(), None).unwrap();
-    assert_eq!(e.not_routable, vec!["it has no IP yet"]);
+    assert_eq!(e.not_routable, vec!["it has no IP yet".to_string()]);
     assert_eq!(
         e.others,
         vec![("billing".to_string(), Verdict::WouldSelect)]

@@ -3,6 +3,7 @@
 //! renew. Rules stay in place when it stops (`--cleanup` removes them).
 
 pub mod decide;
+pub mod drift;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
@@ -101,6 +102,10 @@ pub struct AgentArgs {
     /// destinations like the ServiceCIDR objects; give the controller the same.
     #[arg(long = "service-cidr")]
     pub service_cidrs: Vec<IpNetwork>,
+    /// Period of the full kernel read-and-diff that repairs drift the event monitor missed,
+    /// milliseconds.
+    #[arg(long, default_value_t = drift::DEFAULT_DRIFT_CHECK.as_millis() as u64)]
+    pub drift_check_ms: u64,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -252,6 +257,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
     }
 
+    let drift = drift::DriftRepairs::start(
+        &dp,
+        notify.clone(),
+        Duration::from_millis(args.drift_check_ms),
+    )?;
     let mut inputs = Inputs::start(
         client.clone(),
         &node,
@@ -270,6 +280,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut last_fenced = false;
     let mut last_trim = Instant::now();
     let mut dirty_since: Option<Instant> = Some(Instant::now());
+    let mut repairing = BTreeSet::new();
+    let mut foreign_ips: BTreeSet<std::net::Ipv4Addr> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = notify.notified() => {
@@ -294,6 +306,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             (s.fence.is_fenced(), s.idle, s.epoch, s.first_outcome)
         };
+        let drifted = drift.take();
+        if !drifted.is_empty() {
+            repairing.extend(drifted);
+            last_plan = None; // re-apply against what the kernel holds now
+            dirty_since.get_or_insert(now);
+        }
         if retention.next_expiry().is_some_and(|t| t <= now) {
             dirty_since.get_or_insert(now);
         }
@@ -395,6 +413,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         );
                     }
                     record_sizes(&metrics, &plan);
+                    drift::record_repair(
+                        &metrics,
+                        &std::mem::take(&mut repairing),
+                        &r,
+                        since.elapsed(),
+                    );
+                    foreign_ips = r.foreign_addresses.iter().map(|f| f.ip).collect();
                     committed = Some(plan.clone());
                 }
                 Err(e) => {
@@ -413,9 +438,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         last_fenced = fenced;
         metrics.pods_held.set(inputs.pods.store.len() as i64);
         metrics.pod_watches.set(inputs.pods.watches() as i64);
+        // A gateway whose egress IP this node cannot hold (the address is foreign) is not
+        // programmed here: it is left out, so its status does not say Programmed.
         let programmed: BTreeMap<String, u64> = plan
             .gateway_names()
             .into_iter()
+            .filter(|g| {
+                !plan.hosted.iter().any(|(ip, h)| {
+                    h.gateway == *g
+                        && matches!(ip, std::net::IpAddr::V4(v) if foreign_ips.contains(v))
+                })
+            })
             .map(|g| (g.to_string(), plan.gateway_digest(g)))
             .collect();
         {

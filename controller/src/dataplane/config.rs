@@ -59,6 +59,9 @@ pub const DEFAULT_RULE_PRIORITY: u32 = 1500;
 pub const ADDRESS_PROTO: u8 = 0xe9;
 /// `RTPROT_*` value of the routes and rules we add.
 pub const ROUTE_PROTO: u8 = 0xe9;
+/// Metric of the `blackhole default` route under the route via the next hop in every
+/// steering table (the highest there is: it only ever wins when nothing else is left).
+pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
 /// Gratuitous ARPs sent per added address.
 pub const DEFAULT_GARP_COUNT: u32 = 3;
 /// Pause between two gratuitous ARP rounds.
@@ -152,6 +155,12 @@ impl DataplaneConfig {
         slot << self.mark_mask.trailing_zeros()
     }
 
+    /// The slot a mark value (inside the mask) carries, if any.
+    pub fn mark_slot(&self, mark: u32) -> Option<u32> {
+        let slot = (mark & self.mark_mask) >> self.mark_mask.trailing_zeros();
+        (slot > 0 && mark & !self.mark_mask == 0).then_some(slot)
+    }
+
     /// Routing table id of `slot`.
     pub fn slot_table(&self, slot: u32) -> u32 {
         self.table_base + slot
@@ -178,6 +187,9 @@ mod tests {
         assert_eq!(c.table_slot(c.slot_table(7)), Some(7));
         assert_eq!(c.table_slot(c.table_base), None);
         assert_eq!(c.table_slot(c.table_base + 256), None);
+        assert_eq!(c.mark_slot(c.slot_mark(9)), Some(9));
+        assert_eq!(c.mark_slot(0), None);
+        assert_eq!(c.mark_slot(c.slot_mark(9) | 1), None);
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub fn wanted_next_hops(plan: &NodePlan) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// The IPv4 egress IPs the plan puts on this node, with their interface.
+pub fn wanted_addresses(plan: &NodePlan) -> BTreeMap<Ipv4Addr, String> {
+    plan.hosted
+        .iter()
+        .filter_map(|(ip, h)| Some((v4(*ip)?, h.interface.clone())))
+        .collect()
+}
+
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(v) => Some(v),
@@ -80,16 +88,20 @@ impl V4Filter {
 /// The desired kernel state for `plan`, with next hops on the given `slots`
 /// (see [`super::slots::allocate_slots`]). A next hop this dataplane cannot steer to (IPv6,
 /// or missing from `slots`) is never skipped: its pods are blocked, and the rest of the plan
-/// applies.
+/// applies. An egress IP in `refused` (the node holds it, not added by us: see
+/// [`super::ownership::foreign_conflicts`]) is not hosted, recorded nor guarded here, and the
+/// pods the plan SNATs to it are blocked instead (fail closed).
 pub fn desired(
     plan: &NodePlan,
     cfg: &DataplaneConfig,
     slots: &BTreeMap<Ipv4Addr, u32>,
+    refused: &BTreeSet<Ipv4Addr>,
 ) -> DesiredNode {
     let mut f = V4Filter { ignored: 0 };
     let mut addresses = BTreeMap::new();
     for (ip, hosted) in &plan.hosted {
         match v4(*ip) {
+            Some(v) if refused.contains(&v) => {}
             Some(v) => {
                 addresses.insert(v, hosted.interface.clone());
             }
@@ -150,12 +162,17 @@ pub fn desired(
             None,
             SetContent::Ranges(f.ranges(g.excluded.iter().chain(&plan.internal_exclusions))),
         );
+        let mut blocked: BTreeSet<Ipv4Addr> = f.addrs(&g.blocked);
         for (egress, pods) in &g.snat {
             let Some(egress_ip) = v4(*egress) else {
                 f.ignored += 1;
                 continue;
             };
             let pods = f.addrs(pods);
+            if refused.contains(&egress_ip) {
+                blocked.extend(pods);
+                continue;
+            }
             set(
                 &mut st,
                 SetName::Snat(gid.clone(), egress_ip),
@@ -177,7 +194,6 @@ pub fn desired(
                 None,
             );
         }
-        let mut blocked: BTreeSet<Ipv4Addr> = f.addrs(&g.blocked);
         for (nh, pods) in &g.steer {
             let slot = v4(*nh).and_then(|n| Some((n, *slots.get(&n)?)));
             let Some((next_hop, slot)) = slot else {
@@ -318,6 +334,7 @@ mod tests {
             &NodePlan::empty("n"),
             &DataplaneConfig::default(),
             &BTreeMap::new(),
+            &BTreeSet::new(),
         );
         assert_eq!(d, DesiredNode::default());
     }
@@ -326,7 +343,7 @@ mod tests {
     fn gateway_plan_becomes_sets_and_rules() {
         let cfg = DataplaneConfig::default();
         let slots = BTreeMap::from([("198.18.0.13".parse().unwrap(), 2)]);
-        let d = desired(&plan(), &cfg, &slots);
+        let d = desired(&plan(), &cfg, &slots, &BTreeSet::new());
         let st = d.nft.unwrap();
         let gid = GatewayId::derive("gw", 0);
         let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
@@ -371,7 +388,9 @@ mod tests {
             "198.19.0.0/16".parse().unwrap(),
             "198.18.0.11/32".parse().unwrap(),
         ];
-        let st = desired(&p, &cfg, &BTreeMap::new()).nft.unwrap();
+        let st = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new())
+            .nft
+            .unwrap();
         let excl = st
             .ranges(&SetName::Excl(GatewayId::derive("gw", 0)))
             .unwrap();
@@ -390,7 +409,7 @@ mod tests {
         g.steer
             .insert(ip("2001:db8::13"), BTreeSet::from([ip("198.19.2.12")]));
         // no slot for 198.18.0.13 either
-        let d = desired(&p, &cfg, &BTreeMap::new());
+        let d = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new());
         let st = d.nft.unwrap();
         let gid = GatewayId::derive("gw", 0);
         assert_eq!(
@@ -405,5 +424,29 @@ mod tests {
         let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
         assert_eq!(st.addrs(&SetName::Snat(gid, e)).unwrap().len(), 2);
         assert!(d.slots.is_empty());
+    }
+
+    #[test]
+    fn a_refused_egress_ip_is_neither_held_nor_recorded_and_its_pods_are_blocked() {
+        let cfg = DataplaneConfig::default();
+        let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
+        let d = desired(&plan(), &cfg, &BTreeMap::new(), &BTreeSet::from([e]));
+        assert!(d.addresses.is_empty());
+        let st = d.nft.unwrap();
+        let gid = GatewayId::derive("gw", 0);
+        assert!(
+            st.hosted().is_empty(),
+            "a foreign address is never recorded as ours"
+        );
+        assert!(st.addrs(&SetName::Snat(gid.clone(), e)).is_none());
+        assert!(!st.rules.contains_key(&RuleSpec::Snat {
+            gid: gid.clone(),
+            egress_ip: e
+        }));
+        // the pods it would have SNATed are dropped, not let out with another source
+        let blocked = st.addrs(&SetName::Blocked(gid.clone())).unwrap();
+        assert!(blocked.contains(&"198.19.1.10".parse().unwrap()));
+        assert!(blocked.contains(&"198.19.2.10".parse().unwrap()));
+        assert!(st.rules.contains_key(&RuleSpec::Block { gid }));
     }
 }

@@ -1,7 +1,8 @@
 //! The dataplane engine: brings the kernel of the current network namespace to a plan.
 //!
 //! Order of one apply (each step only when there is something to do):
-//! 1. read routing state (cheap) and, on the first apply or after a failure, our table;
+//! 1. read routing state (cheap) and, on the first apply, after a failure or when the drift
+//!    monitor saw our table change ([`DriftShared::table_stale`]), our table;
 //! 2. remove addresses the node stops hosting (before their guard and SNAT go), add routes
 //!    and rules of new next hops (before any packet carries their mark);
 //! 3. one nftables transaction with the whole table difference;
@@ -11,13 +12,15 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, info_span, warn};
 
 use super::config::DataplaneConfig;
 use super::conntrack::delete_stale;
 use super::conntrack_select::select_stale;
-use super::desired::{desired, wanted_next_hops};
+use super::desired::{desired, wanted_addresses, wanted_next_hops};
+use super::drift_watch::DriftShared;
 use super::error::DataplaneError;
 use super::garp::GarpSocket;
 use super::names::GatewayId;
@@ -26,10 +29,12 @@ use super::nft_diff::{NftOp, diff};
 use super::nft_encode::encode;
 use super::nft_model::{NftState, RuleSpec};
 use super::nft_read::{read_rules_only, read_table};
+use super::own_ports::OwnPorts;
+use super::ownership::{AddressRecord, foreign_conflicts};
 use super::report::{ApplyReport, CounterKind, RuleCounter};
 use super::route_model::{RoutingState, RtOp, plan_routing};
 use super::rtnl::Rtnl;
-use super::slots::allocate_slots;
+use super::slots::{allocate_slots, recover_slots};
 use crate::plan::NodePlan;
 
 /// What the kernel holds of ours, for tests and debugging.
@@ -44,50 +49,44 @@ pub struct Engine {
     cfg: DataplaneConfig,
     /// Our table as last read or committed: `None` = unknown, read it before the next diff.
     cached: Option<Option<NftState>>,
+    /// The egress IPs this engine added (or recovered from our table's `hosted` set).
+    record: AddressRecord,
+    /// Shared with the drift monitor: our sockets' ports, and the stale-table flag.
+    drift: DriftShared,
 }
 
-fn open_nfnl() -> Result<NfnlSocket, DataplaneError> {
-    NfnlSocket::open()
-        .map_err(|e| DataplaneError::kernel("socket(NETLINK_NETFILTER)", "nfnetlink", e))
+fn open_nfnl(own: &OwnPorts) -> Result<NfnlSocket, DataplaneError> {
+    let sock = NfnlSocket::open()
+        .map_err(|e| DataplaneError::kernel("socket(NETLINK_NETFILTER)", "nfnetlink", e))?;
+    let port = sock
+        .portid()
+        .map_err(|e| DataplaneError::kernel("getsockname", "nfnetlink", e))?;
+    own.note(port);
+    Ok(sock)
 }
 
-fn open_rtnl() -> Result<Rtnl, DataplaneError> {
-    Rtnl::open().map_err(|e| DataplaneError::kernel("socket(NETLINK_ROUTE)", "rtnetlink", e))
+fn open_rtnl(own: &OwnPorts) -> Result<Rtnl, DataplaneError> {
+    let rtnl = Rtnl::open()
+        .map_err(|e| DataplaneError::kernel("socket(NETLINK_ROUTE)", "rtnetlink", e))?;
+    own.note(rtnl.portid());
+    Ok(rtnl)
 }
 
-/// Every link and IPv4 address of the namespace (not only ours): the agent reports the
-/// node's interfaces and subnets from it.
-pub fn read_routing(cfg: &DataplaneConfig) -> Result<RoutingState, DataplaneError> {
-    open_rtnl()?.read(cfg)
-}
-
-/// Extend the lifetime of every egress IP the kernel holds for us (see
-/// [`DataplaneConfig::address_lifetime_secs`]). Returns how many were refreshed.
-pub fn refresh_lifetimes(cfg: &DataplaneConfig) -> Result<usize, DataplaneError> {
-    let Some(secs) = cfg.address_lifetime_secs else {
-        return Ok(0);
-    };
-    let mut rtnl = open_rtnl()?;
-    rtnl.address_lifetime = Some(secs);
-    let routing = rtnl.read(cfg)?;
-    let mut n = 0;
-    for a in routing
-        .addresses
-        .iter()
-        .filter(|a| a.proto == Some(super::config::ADDRESS_PROTO) && a.prefix == 32)
-    {
-        let ifname = routing
-            .link_by_index(a.link)
-            .map(|l| l.name.clone())
-            .unwrap_or_default();
-        rtnl.apply(&RtOp::AddAddress {
+/// The address refreshes that extend the lifetime of our egress IPs: only /32s the record or
+/// our `IFA_PROTO` says are ours (on kernels without `IFA_PROTO`, the record alone).
+pub fn lifetime_refreshes(routing: &RoutingState, record: &AddressRecord) -> Vec<RtOp> {
+    record
+        .owned(routing)
+        .into_iter()
+        .map(|a| RtOp::AddAddress {
             ip: a.ip,
             link: a.link,
-            ifname,
-        })?;
-        n += 1;
-    }
-    Ok(n)
+            ifname: routing
+                .link_by_index(a.link)
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 fn count_elements(ops: &[NftOp], report: &mut ApplyReport, old: Option<&NftState>) {
@@ -112,8 +111,41 @@ fn count_elements(ops: &[NftOp], report: &mut ApplyReport, old: Option<&NftState
 impl Engine {
     /// An engine for the current network namespace (no kernel call yet).
     pub fn new(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        Self::with_drift(cfg, DriftShared::new())
+    }
+
+    /// An engine sharing its port record and stale-table flag with a drift monitor.
+    pub fn with_drift(cfg: DataplaneConfig, drift: DriftShared) -> Result<Self, DataplaneError> {
         cfg.validate().map_err(DataplaneError::Config)?;
-        Ok(Self { cfg, cached: None })
+        Ok(Self {
+            cfg,
+            cached: None,
+            record: AddressRecord::default(),
+            drift,
+        })
+    }
+
+    /// Every link and IPv4 address of the namespace (not only ours): the agent reports the
+    /// node's interfaces and subnets from it.
+    pub fn read_routing(&self) -> Result<RoutingState, DataplaneError> {
+        open_rtnl(&self.drift.own)?.read(&self.cfg)
+    }
+
+    /// Extend the lifetime of every egress IP of ours the kernel holds (see
+    /// [`DataplaneConfig::address_lifetime_secs`]): those this engine added or recovered, and
+    /// those with our `IFA_PROTO` (never a foreign one). Returns how many were refreshed.
+    pub fn refresh_lifetimes(&mut self) -> Result<usize, DataplaneError> {
+        let Some(secs) = self.cfg.address_lifetime_secs else {
+            return Ok(0);
+        };
+        let mut rtnl = open_rtnl(&self.drift.own)?;
+        rtnl.address_lifetime = Some(secs);
+        let routing = rtnl.read(&self.cfg)?;
+        let ops = lifetime_refreshes(&routing, &self.record);
+        for op in &ops {
+            rtnl.apply(op)?;
+        }
+        Ok(ops.len())
     }
 
     pub fn config(&self) -> &DataplaneConfig {
@@ -125,8 +157,12 @@ impl Engine {
         self.cached = None;
     }
 
-    /// Makes sure the cache holds our table, reading the kernel if it does not.
+    /// Makes sure the cache holds our table, reading the kernel if it does not (or if the
+    /// drift monitor saw it change).
     fn ensure_cached(&mut self, nfnl: &mut NfnlSocket) -> Result<(), DataplaneError> {
+        if self.drift.table_stale.swap(false, Ordering::SeqCst) {
+            self.cached = None;
+        }
         if self.cached.is_none() {
             let t = read_table(nfnl)?;
             debug!(
@@ -134,6 +170,9 @@ impl Engine {
                 elements = t.as_ref().map_or(0, NftState::element_count),
                 "read table from kernel"
             );
+            if let Some(t) = &t {
+                self.record.recover(&t.hosted());
+            }
             self.cached = Some(t);
         }
         Ok(())
@@ -161,14 +200,22 @@ impl Engine {
 
     fn apply_inner(&mut self, plan: &NodePlan) -> Result<ApplyReport, DataplaneError> {
         let cfg = self.cfg.clone();
-        let mut nfnl = open_nfnl()?;
-        let mut rtnl = open_rtnl()?;
+        let mut nfnl = open_nfnl(&self.drift.own)?;
+        let mut rtnl = open_rtnl(&self.drift.own)?;
         rtnl.address_lifetime = cfg.address_lifetime_secs;
         let mut old = self.take_observed(&mut nfnl)?;
         let routing = rtnl.read(&cfg)?;
 
+        let steer = old
+            .iter()
+            .flat_map(|t| t.rules.keys())
+            .filter_map(|r| match r {
+                RuleSpec::Steer { next_hop, mark, .. } => Some((*next_hop, *mark)),
+                _ => None,
+            });
+        let known = recover_slots(&routing.slots(&cfg), steer, |m| cfg.mark_slot(m));
         let (slots, unslotted) = allocate_slots(
-            &routing.slots(&cfg),
+            &known,
             &routing.busy_slots(&cfg),
             &wanted_next_hops(plan),
             cfg.max_slot(),
@@ -185,17 +232,21 @@ impl Engine {
             warn!(next_hop = %nh, mask = format_args!("{:#010x}", cfg.mark_mask), max = cfg.max_slot(),
                 "no free mark slot for this next hop: its pods are blocked until one frees up (widen --mark-mask)");
         }
-        let want = desired(plan, &cfg, &slots);
-        let recorded = old.as_ref().map(NftState::hosted).unwrap_or_default();
-        let rplan =
-            plan_routing(&routing, &recorded, &want.addresses, &want.slots, &cfg).map_err(|m| {
-                DataplaneError::InterfaceNotFound {
-                    ip: IpAddr::V4(m.ip),
-                    interface: m.interface,
-                }
+        let foreign = foreign_conflicts(&routing, &self.record, &wanted_addresses(plan));
+        for f in foreign.values() {
+            warn!(ip = %f.ip, interface = %f.interface, prefix = f.prefix,
+                "egress IP already on the node and not added by egressgw: not hosting it here (its pods are blocked); the address is left alone");
+        }
+        let refused: BTreeSet<_> = foreign.keys().copied().collect();
+        let want = desired(plan, &cfg, &slots, &refused);
+        let rplan = plan_routing(&routing, &self.record, &want.addresses, &want.slots, &cfg)
+            .map_err(|m| DataplaneError::InterfaceNotFound {
+                ip: IpAddr::V4(m.ip),
+                interface: m.interface,
             })?;
         let mut report = ApplyReport {
             ipv6_ignored: want.ipv6_ignored,
+            foreign_addresses: foreign.into_values().collect(),
             ..ApplyReport::default()
         };
 
@@ -264,6 +315,7 @@ impl Engine {
                 "stale conntrack entries deleted"
             );
         }
+        self.record.retain_wanted(&want.addresses);
         if !report.is_noop() {
             info!(?report, "dataplane converged");
         }
@@ -271,7 +323,7 @@ impl Engine {
     }
 
     fn run_rt(
-        &self,
+        &mut self,
         rtnl: &mut Rtnl,
         ops: &[RtOp],
         report: &mut ApplyReport,
@@ -281,6 +333,7 @@ impl Engine {
             match op {
                 RtOp::AddAddress { ip, ifname, .. } => {
                     info!(ip = %ip, interface = %ifname, "egress IP added");
+                    self.record.added(*ip);
                     report.addresses_added.push(IpAddr::V4(*ip));
                 }
                 RtOp::DelAddress { ip, ifname, .. } => {
@@ -290,6 +343,9 @@ impl Engine {
                 other => {
                     debug!(op = ?other, "routing change");
                     report.routing_changes += 1;
+                    if matches!(other, RtOp::ReplaceRoute(_) | RtOp::DelRoute(_)) {
+                        report.route_changes += 1;
+                    }
                 }
             }
         }
@@ -363,7 +419,7 @@ impl Engine {
 
     /// Counters of our rules, read from the kernel now.
     pub fn counters(&mut self) -> Result<Vec<RuleCounter>, DataplaneError> {
-        let mut nfnl = open_nfnl()?;
+        let mut nfnl = open_nfnl(&self.drift.own)?;
         self.ensure_cached(&mut nfnl)?;
         let table = self.cached.as_ref().and_then(Option::as_ref);
         let rules = read_rules_only(&mut nfnl)?;
@@ -415,16 +471,14 @@ impl Engine {
 
     /// Everything of ours in the kernel, read fresh (the cache is refreshed too).
     pub fn snapshot(&mut self) -> Result<KernelSnapshot, DataplaneError> {
-        let mut nfnl = open_nfnl()?;
+        let mut nfnl = open_nfnl(&self.drift.own)?;
         let table = read_table(&mut nfnl)?;
+        if let Some(t) = &table {
+            self.record.recover(&t.hosted());
+        }
         self.cached = Some(table.clone());
-        let mut routing = open_rtnl()?.read(&self.cfg)?;
-        let recorded: BTreeSet<_> = table.as_ref().map(NftState::hosted).unwrap_or_default();
-        let owned: Vec<_> = routing
-            .owned_addresses(&recorded)
-            .into_iter()
-            .cloned()
-            .collect();
+        let mut routing = open_rtnl(&self.drift.own)?.read(&self.cfg)?;
+        let owned: Vec<_> = self.record.owned(&routing).into_iter().cloned().collect();
         routing.addresses = owned;
         Ok(KernelSnapshot { table, routing })
     }

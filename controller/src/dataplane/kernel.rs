@@ -10,8 +10,12 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use super::Dataplane;
 use super::config::DataplaneConfig;
+use super::drift_events::DriftCause;
+use super::drift_watch::{self, DriftShared};
 use super::engine::{Engine, KernelSnapshot};
 use super::error::DataplaneError;
 use super::report::{ApplyReport, RuleCounter};
@@ -29,7 +33,7 @@ enum Request {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
     let err = |source| DataplaneError::Netns {
         path: path.to_path_buf(),
         source,
@@ -45,6 +49,8 @@ fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
 pub struct KernelDataplane {
     tx: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
+    cfg: DataplaneConfig,
+    drift: DriftShared,
 }
 
 impl KernelDataplane {
@@ -52,16 +58,18 @@ impl KernelDataplane {
     /// kernel until the first [`Dataplane::apply`]; that apply reads what is there.
     pub fn new(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
         cfg.validate().map_err(DataplaneError::Config)?;
+        let drift = DriftShared::new();
+        let (engine_cfg, engine_drift) = (cfg.clone(), drift.clone());
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("egressgw-dataplane".into())
             .spawn(move || {
-                let started = match &cfg.netns {
+                let started = match &engine_cfg.netns {
                     Some(p) => enter_netns(p),
                     None => Ok(()),
                 }
-                .and_then(|()| Engine::new(cfg));
+                .and_then(|()| Engine::with_drift(engine_cfg, engine_drift));
                 let mut engine = match started {
                     Ok(e) => {
                         let _ = ready_tx.send(Ok(()));
@@ -78,11 +86,9 @@ impl KernelDataplane {
                         Request::Cleanup(reply) => drop(reply.send(engine.cleanup())),
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
-                        Request::Routing(reply) => {
-                            drop(reply.send(super::engine::read_routing(engine.config())))
-                        }
+                        Request::Routing(reply) => drop(reply.send(engine.read_routing())),
                         Request::RefreshLifetimes(reply) => {
-                            drop(reply.send(super::engine::refresh_lifetimes(engine.config())))
+                            drop(reply.send(engine.refresh_lifetimes()))
                         }
                     }
                 }
@@ -92,7 +98,28 @@ impl KernelDataplane {
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
+            cfg,
+            drift,
         })
+    }
+
+    /// Starts the drift monitor in this dataplane's namespace: every change to our kernel
+    /// objects made by someone else arrives as a [`DriftCause`] (our own commits do not), and
+    /// the next [`Dataplane::apply`] reads our table from the kernel again when the cause
+    /// needs it. The monitor stops when the receiver is dropped.
+    pub fn watch_drift(&self) -> Result<UnboundedReceiver<DriftCause>, DataplaneError> {
+        drift_watch::spawn(self.cfg.clone(), self.drift.clone())
+    }
+
+    /// The state shared with the drift monitor (marks the table stale without the engine).
+    pub fn drift_shared(&self) -> DriftShared {
+        self.drift.clone()
+    }
+
+    /// Marks our table as possibly changed: the next apply reads it from the kernel and
+    /// diffs against what is really there (the periodic full check).
+    pub fn mark_drift(&self, cause: DriftCause) {
+        self.drift.mark(cause);
     }
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, DataplaneError> {

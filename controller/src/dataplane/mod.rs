@@ -16,7 +16,15 @@
 //! - per next hop a slot `s`: mark `s << shift` under the mark mask, rule
 //!   `pref P fwmark MARK/MASK lookup base+s`, route `default via NH table base+s`; the slot
 //!   of a next hop is recovered from the routes after a restart;
-//! - egress IPs as /32 with `IFA_PROTO` [`config::ADDRESS_PROTO`], announced by gratuitous ARP.
+//! - per slot also `blackhole default table base+s metric 2^32-1`: a marked packet whose route
+//!   via the next hop vanished is dropped, never routed by the main table (fail closed);
+//! - egress IPs as /32 with `IFA_PROTO` [`config::ADDRESS_PROTO`], announced by gratuitous ARP;
+//!   ours by [`ownership::AddressRecord`] (what this agent added, recovered from `hosted`), the
+//!   tag only a hint; an egress IP the node holds without us is never adopted.
+//!
+//! Self-healing: [`drift_watch`] listens to nftables and rtnetlink notifications inside the
+//! namespace; drift of ours (see [`drift_events`]) wakes a re-apply that reads the kernel and
+//! commits only the difference.
 //!
 //! [`KernelDataplane`] runs the [`engine::Engine`] on a dedicated thread inside the node's
 //! network namespace; [`recording::RecordingDataplane`] is the fake for runtime tests.
@@ -25,6 +33,8 @@ pub mod config;
 pub mod conntrack;
 pub mod conntrack_select;
 pub mod desired;
+pub mod drift_events;
+pub mod drift_watch;
 pub mod engine;
 pub mod error;
 pub mod garp;
@@ -36,6 +46,8 @@ pub mod nft_encode;
 pub mod nft_expr;
 pub mod nft_model;
 pub mod nft_read;
+pub mod own_ports;
+pub mod ownership;
 pub mod recording;
 pub mod report;
 pub mod route_model;

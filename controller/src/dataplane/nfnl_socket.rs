@@ -94,6 +94,21 @@ impl NfnlSocket {
         })
     }
 
+    /// The netlink port id the kernel bound this socket to (notifications caused by its
+    /// requests carry it).
+    pub fn portid(&self) -> io::Result<u32> {
+        let mut sa: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        cvt(unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                &mut sa as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        })?;
+        Ok(sa.nl_pid)
+    }
+
     /// Sends the whole batch in one `sendmsg` and checks every ACK.
     pub fn send_batch(&mut self, batch: &FinalizedBatch) -> Result<(), BatchError> {
         let err = |error| BatchError { seq: None, error };

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use super::ownership::ForeignAddress;
+
 /// What one apply (or cleanup) did to the kernel. All zero when the plan was already in place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -22,13 +24,57 @@ pub struct ApplyReport {
     pub garps_sent: usize,
     /// Policy rules and routes added, replaced or removed.
     pub routing_changes: usize,
+    /// Of those, routes (the rest are policy rules).
+    pub route_changes: usize,
     /// Conntrack entries deleted.
     pub conntrack_deleted: usize,
     /// IPv6 entries of the plan that this IPv4 dataplane skipped.
     pub ipv6_ignored: usize,
+    /// Egress IPs the plan puts here that the node already holds without egressgw having
+    /// added them: not hosted (their pods are blocked), and the address is left alone.
+    pub foreign_addresses: Vec<ForeignAddress>,
+}
+
+/// What a drift repair put back, by kind of object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RepairedKind {
+    Nft,
+    Route,
+    Rule,
+    Address,
+}
+
+impl RepairedKind {
+    /// The `kind` label of the repair metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            RepairedKind::Nft => "nft",
+            RepairedKind::Route => "route",
+            RepairedKind::Rule => "rule",
+            RepairedKind::Address => "address",
+        }
+    }
 }
 
 impl ApplyReport {
+    /// The kinds of object this apply changed (what a repair restored).
+    pub fn changed_kinds(&self) -> Vec<RepairedKind> {
+        let mut out = Vec::new();
+        if self.nft_messages > 0 {
+            out.push(RepairedKind::Nft);
+        }
+        if self.route_changes > 0 {
+            out.push(RepairedKind::Route);
+        }
+        if self.routing_changes > self.route_changes {
+            out.push(RepairedKind::Rule);
+        }
+        if !self.addresses_added.is_empty() || !self.addresses_removed.is_empty() {
+            out.push(RepairedKind::Address);
+        }
+        out
+    }
+
     /// Whether nothing in the kernel was changed.
     pub fn is_noop(&self) -> bool {
         self.nft_messages == 0
@@ -68,4 +114,35 @@ pub struct RuleCounter {
     pub kind: CounterKind,
     pub packets: u64,
     pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_kinds_name_what_an_apply_touched() {
+        assert!(ApplyReport::default().changed_kinds().is_empty());
+        let r = ApplyReport {
+            nft_messages: 3,
+            routing_changes: 2,
+            route_changes: 1,
+            addresses_added: vec!["198.18.0.200".parse().unwrap()],
+            ..ApplyReport::default()
+        };
+        assert_eq!(
+            r.changed_kinds(),
+            [
+                RepairedKind::Nft,
+                RepairedKind::Route,
+                RepairedKind::Rule,
+                RepairedKind::Address
+            ]
+        );
+        let rule_only = ApplyReport {
+            routing_changes: 1,
+            ..ApplyReport::default()
+        };
+        assert_eq!(rule_only.changed_kinds(), [RepairedKind::Rule]);
+    }
 }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::config::{ADDRESS_PROTO, DataplaneConfig};
+use super::config::{DataplaneConfig, FAIL_CLOSED_METRIC};
+use super::ownership::AddressRecord;
 
 /// A network interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,17 @@ pub struct RuleEntry {
     pub table: u32,
 }
 
+/// What a route does with a packet (only the types we write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteKind {
+    /// Forward it (through `gateway`).
+    Unicast,
+    /// Drop it silently.
+    Blackhole,
+    /// Any other type read from the kernel (never written; deleted from our tables).
+    Other,
+}
+
 /// An IPv4 route in one of our tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RouteEntry {
@@ -40,17 +52,41 @@ pub struct RouteEntry {
     pub dst: Ipv4Addr,
     pub dst_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// `RTA_PRIORITY` (the metric): with two default routes the lower one wins.
+    pub metric: u32,
+    pub kind: RouteKind,
 }
 
 impl RouteEntry {
-    /// `default via <nh> table <table>`.
+    /// `default via <nh> table <table>` (metric 0).
     pub fn default_via(table: u32, nh: Ipv4Addr) -> Self {
         Self {
             table,
             dst: Ipv4Addr::UNSPECIFIED,
             dst_len: 0,
             gateway: Some(nh),
+            metric: 0,
+            kind: RouteKind::Unicast,
         }
+    }
+
+    /// `blackhole default table <table> metric FAIL_CLOSED_METRIC`: the steering table's last
+    /// resort. When the route via the next hop vanishes (a link flap flushes it), marked
+    /// packets are dropped here instead of falling through to the main table unSNATed.
+    pub fn fail_closed(table: u32) -> Self {
+        Self {
+            table,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_len: 0,
+            gateway: None,
+            metric: FAIL_CLOSED_METRIC,
+            kind: RouteKind::Blackhole,
+        }
+    }
+
+    /// A default route through a next hop (the routes that carry a slot).
+    pub fn is_default_via(&self) -> bool {
+        self.dst_len == 0 && self.kind == RouteKind::Unicast && self.gateway.is_some()
     }
 }
 
@@ -77,7 +113,7 @@ impl RoutingState {
     pub fn slots(&self, cfg: &DataplaneConfig) -> BTreeMap<Ipv4Addr, u32> {
         self.routes
             .iter()
-            .filter(|r| r.dst_len == 0)
+            .filter(|r| r.is_default_via())
             .filter_map(|r| Some((r.gateway?, cfg.table_slot(r.table)?)))
             .collect()
     }
@@ -98,17 +134,6 @@ impl RoutingState {
             .map(|r| r.table)
             .chain(self.rules.iter().map(|r| r.table))
             .filter_map(|t| cfg.table_slot(t))
-            .collect()
-    }
-
-    /// The addresses that are ours: recorded as hosted in our table, or carrying our
-    /// `IFA_PROTO` marker. Only /32s qualify.
-    pub fn owned_addresses(&self, recorded: &BTreeSet<Ipv4Addr>) -> Vec<&AddrEntry> {
-        self.addresses
-            .iter()
-            .filter(|a| {
-                a.prefix == 32 && (recorded.contains(&a.ip) || a.proto == Some(ADDRESS_PROTO))
-            })
             .collect()
     }
 }
@@ -160,10 +185,11 @@ pub struct MissingInterface {
 }
 
 /// The steps from `observed` to the wanted addresses (IP -> interface) and next-hop slots.
-/// `recorded` is the hosted record read from our table.
+/// `record` tells our addresses (only those are ever removed); `addresses` holds no foreign
+/// one (see [`super::ownership::foreign_conflicts`]).
 pub fn plan_routing(
     observed: &RoutingState,
-    recorded: &BTreeSet<Ipv4Addr>,
+    record: &AddressRecord,
     addresses: &BTreeMap<Ipv4Addr, String>,
     slots: &BTreeMap<Ipv4Addr, u32>,
     cfg: &DataplaneConfig,
@@ -177,7 +203,7 @@ pub fn plan_routing(
     };
 
     // Addresses we hold but should not (gone, or on another interface).
-    let owned = observed.owned_addresses(recorded);
+    let owned = record.owned(observed);
     for a in &owned {
         let keep = addresses.get(&a.ip).is_some_and(|want| {
             observed
@@ -213,10 +239,17 @@ pub fn plan_routing(
         }
     }
 
-    // Routes and rules of the next-hop slots.
+    // Routes and rules of the next-hop slots: the route via the next hop, and under it the
+    // fail-closed blackhole.
     let want_routes: BTreeSet<RouteEntry> = slots
         .iter()
-        .map(|(nh, slot)| RouteEntry::default_via(cfg.slot_table(*slot), *nh))
+        .flat_map(|(nh, slot)| {
+            let table = cfg.slot_table(*slot);
+            [
+                RouteEntry::default_via(table, *nh),
+                RouteEntry::fail_closed(table),
+            ]
+        })
         .collect();
     let want_rules: BTreeSet<RuleEntry> = slots
         .values()
@@ -246,8 +279,15 @@ pub fn plan_routing(
         }
     }
     for r in &observed.routes {
-        // a replaced default route is gone already; anything else in our tables goes
-        let replaced = r.dst_len == 0 && want_routes.iter().any(|w| w.table == r.table);
+        // a default route replaced by a wanted one (same table, destination and metric) is
+        // gone already; anything else in our tables goes
+        let replaced = r.dst_len == 0
+            && want_routes.iter().any(|w| {
+                w.table == r.table
+                    && w.dst_len == 0
+                    && w.metric == r.metric
+                    && !observed.routes.contains(w)
+            });
         if cfg.table_slot(r.table).is_some() && !want_routes.contains(r) && !replaced {
             p.after_nft.push(RtOp::DelRoute(*r));
         }
@@ -308,21 +348,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn owned_addresses_come_from_the_record_or_the_marker() {
-        let mut st = state();
-        st.addresses.push(AddrEntry {
-            ip: ip("198.18.0.201"),
-            prefix: 32,
-            link: 3,
-            proto: Some(ADDRESS_PROTO),
-        });
-        let owned: Vec<Ipv4Addr> = st
-            .owned_addresses(&[ip("198.18.0.200")].into())
-            .iter()
-            .map(|a| a.ip)
-            .collect();
-        assert_eq!(owned, [ip("198.18.0.200"), ip("198.18.0.201")]);
+    fn record(ips: &[&str]) -> AddressRecord {
+        let mut r = AddressRecord::default();
+        for i in ips {
+            r.added(ip(i));
+        }
+        r
     }
 
     #[test]
@@ -334,7 +365,7 @@ mod tests {
         ]);
         let p = plan_routing(
             &state(),
-            &[ip("198.18.0.200")].into(),
+            &record(&["198.18.0.200"]),
             &want,
             &BTreeMap::new(),
             &cfg,
@@ -366,9 +397,7 @@ mod tests {
         );
         assert!(p.after_nft.is_empty());
         let missing = BTreeMap::from([(ip("198.18.0.200"), "eth9".to_string())]);
-        assert!(
-            plan_routing(&state(), &BTreeSet::new(), &missing, &BTreeMap::new(), &cfg).is_err()
-        );
+        assert!(plan_routing(&state(), &record(&[]), &missing, &BTreeMap::new(), &cfg).is_err());
     }
 
     #[test]
@@ -395,7 +424,7 @@ mod tests {
         });
         assert_eq!(st.slots(&cfg), BTreeMap::from([(ip("198.18.0.12"), 1)]));
         let slots = BTreeMap::from([(ip("198.18.0.13"), 2)]);
-        let p = plan_routing(&st, &BTreeSet::new(), &BTreeMap::new(), &slots, &cfg).unwrap();
+        let p = plan_routing(&st, &record(&[]), &BTreeMap::new(), &slots, &cfg).unwrap();
         let new_rule = RuleEntry {
             priority: cfg.rule_priority,
             mark: cfg.slot_mark(2),
@@ -405,6 +434,8 @@ mod tests {
         assert_eq!(
             p.before_nft,
             [
+                // the blackhole first: the table fails closed before it routes
+                RtOp::ReplaceRoute(RouteEntry::fail_closed(cfg.slot_table(2))),
                 RtOp::ReplaceRoute(RouteEntry::default_via(
                     cfg.slot_table(2),
                     ip("198.18.0.13")
@@ -425,14 +456,84 @@ mod tests {
         // unchanged: nothing to do
         let mut done = st.clone();
         done.rules = vec![new_rule];
-        done.routes = vec![RouteEntry::default_via(
-            cfg.slot_table(2),
-            ip("198.18.0.13"),
-        )];
+        done.routes = vec![
+            RouteEntry::default_via(cfg.slot_table(2), ip("198.18.0.13")),
+            RouteEntry::fail_closed(cfg.slot_table(2)),
+        ];
         assert!(
-            plan_routing(&done, &BTreeSet::new(), &BTreeMap::new(), &slots, &cfg)
+            plan_routing(&done, &record(&[]), &BTreeMap::new(), &slots, &cfg)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_steering_table_fails_closed_and_a_flap_restores_only_the_next_hop_route() {
+        let cfg = DataplaneConfig::default();
+        let table = cfg.slot_table(3);
+        let nh = ip("198.18.0.13");
+        let rule = RuleEntry {
+            priority: cfg.rule_priority,
+            mark: cfg.slot_mark(3),
+            mask: cfg.mark_mask,
+            table,
+        };
+        let slots = BTreeMap::from([(nh, 3)]);
+        // after a link flap: the route via the next hop is gone, the blackhole stays
+        let mut st = state();
+        st.rules.push(rule);
+        st.routes.push(RouteEntry::fail_closed(table));
+        assert!(st.slots(&cfg).is_empty(), "a blackhole carries no next hop");
+        let p = plan_routing(&st, &record(&[]), &BTreeMap::new(), &slots, &cfg).unwrap();
+        assert_eq!(
+            p.before_nft,
+            [RtOp::ReplaceRoute(RouteEntry::default_via(table, nh))]
+        );
+        assert!(p.after_nft.is_empty(), "{:?}", p.after_nft);
+        // when the slot goes, the blackhole goes with it
+        let mut done = st.clone();
+        done.routes.push(RouteEntry::default_via(table, nh));
+        let p = plan_routing(
+            &done,
+            &record(&[]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            p.after_nft,
+            [
+                RtOp::DelRule(rule),
+                RtOp::DelRoute(RouteEntry::fail_closed(table)),
+                RtOp::DelRoute(RouteEntry::default_via(table, nh)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_moved_next_hop_replaces_the_route_and_keeps_the_blackhole() {
+        let cfg = DataplaneConfig::default();
+        let table = cfg.slot_table(1);
+        let mut st = state();
+        st.routes
+            .push(RouteEntry::default_via(table, ip("198.18.0.12")));
+        st.routes.push(RouteEntry::fail_closed(table));
+        let slots = BTreeMap::from([(ip("198.18.0.13"), 1)]);
+        let p = plan_routing(&st, &record(&[]), &BTreeMap::new(), &slots, &cfg).unwrap();
+        assert!(
+            p.before_nft
+                .contains(&RtOp::ReplaceRoute(RouteEntry::default_via(
+                    table,
+                    ip("198.18.0.13")
+                )))
+        );
+        assert!(
+            p.after_nft
+                .iter()
+                .all(|op| !matches!(op, RtOp::DelRoute(_))),
+            "the replaced route is gone already and the blackhole stays: {:?}",
+            p.after_nft
         );
     }
 }

@@ -42,12 +42,13 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{AddressMessageBuilder, Handle, IpVersion, RouteMessageBuilder};
 use tokio::runtime::{Builder, Runtime};
 
 use super::config::{ADDRESS_PROTO, DataplaneConfig, ROUTE_PROTO};
 use super::error::DataplaneError;
-use super::route_model::{AddrEntry, Link, RouteEntry, RoutingState, RtOp, RuleEntry};
+use super::route_model::{AddrEntry, Link, RouteEntry, RouteKind, RoutingState, RtOp, RuleEntry};
 
 /// An rtnetlink connection in the calling thread's network namespace (see the module doc).
 pub struct Rtnl {
@@ -56,6 +57,8 @@ pub struct Rtnl {
     rt: Runtime,
     /// `valid_lft`/`preferred_lft` of the addresses this connection adds (`None`: forever).
     pub address_lifetime: Option<u32>,
+    /// The socket's netlink port id (the notifications our requests cause carry it).
+    portid: u32,
 }
 
 /// The errno of a netlink error reply, or the crate's error as text.
@@ -87,16 +90,23 @@ impl Rtnl {
             ));
         }
         let rt = Builder::new_current_thread().enable_io().build()?;
-        let (conn, handle, _unsolicited) = {
+        let (mut conn, handle, _unsolicited) = {
             let _in_rt = rt.enter();
             rtnetlink::new_connection()?
         };
+        let portid = conn.socket_mut().socket_mut().bind_auto()?.port_number();
         rt.spawn(conn);
         Ok(Self {
             handle,
             rt,
             address_lifetime: None,
+            portid,
         })
+    }
+
+    /// The netlink port id of this connection's socket.
+    pub fn portid(&self) -> u32 {
+        self.portid
     }
 
     /// Runs one request to completion on this thread.
@@ -197,10 +207,14 @@ impl Rtnl {
                     })
             }
             RtOp::ReplaceRoute(r) => {
+                let kind = match r.kind {
+                    RouteKind::Blackhole => RouteType::BlackHole,
+                    RouteKind::Unicast | RouteKind::Other => RouteType::Unicast,
+                };
                 let msg = route_message(r)
                     .protocol(RouteProtocol::from(ROUTE_PROTO))
                     .scope(RouteScope::Universe)
-                    .kind(RouteType::Unicast)
+                    .kind(kind)
                     .build();
                 self.run(self.handle.route().add(msg).replace().execute())
                     .map_err(|e| DataplaneError::kernel("RTM_NEWROUTE", describe_route(r), e))
@@ -315,10 +329,17 @@ fn route_entry(r: &RouteMessage) -> Option<RouteEntry> {
         dst: Ipv4Addr::UNSPECIFIED,
         dst_len: r.header.destination_prefix_length,
         gateway: None,
+        metric: 0,
+        kind: match r.header.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::BlackHole => RouteKind::Blackhole,
+            _ => RouteKind::Other,
+        },
     };
     for a in &r.attributes {
         match a {
             RouteAttribute::Table(t) => e.table = *t,
+            RouteAttribute::Priority(p) => e.metric = *p,
             RouteAttribute::Destination(RouteAddress::Inet(ip)) => e.dst = *ip,
             RouteAttribute::Gateway(RouteAddress::Inet(ip)) => e.gateway = Some(*ip),
             _ => {}
@@ -328,10 +349,15 @@ fn route_entry(r: &RouteMessage) -> Option<RouteEntry> {
 }
 
 fn describe_route(r: &RouteEntry) -> String {
-    match r.gateway {
-        Some(gw) => format!("route {}/{} via {gw} table {}", r.dst, r.dst_len, r.table),
-        None => format!("route {}/{} table {}", r.dst, r.dst_len, r.table),
-    }
+    let what = match (r.kind, r.gateway) {
+        (RouteKind::Blackhole, _) => "blackhole route".to_string(),
+        (_, Some(gw)) => format!("route via {gw}"),
+        (_, None) => "route".to_string(),
+    };
+    format!(
+        "{what} {}/{} table {} metric {}",
+        r.dst, r.dst_len, r.table, r.metric
+    )
 }
 
 fn describe_rule(r: &RuleEntry) -> String {
@@ -341,10 +367,13 @@ fn describe_rule(r: &RuleEntry) -> String {
     )
 }
 
-/// The route's table, destination (none for a default route) and gateway; the caller sets
-/// protocol, scope and type.
+/// The route's table, destination (none for a default route), metric and gateway; the caller
+/// sets protocol, scope and type.
 fn route_message(r: &RouteEntry) -> RouteMessageBuilder<Ipv4Addr> {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new().table_id(r.table);
+    if r.metric > 0 {
+        b = b.priority(r.metric);
+    }
     if r.dst_len > 0 {
         b = b.destination_prefix(r.dst, r.dst_len);
     }
@@ -391,6 +420,22 @@ mod tests {
                 .contains(&RouteAttribute::Gateway(RouteAddress::Inet(ip(
                     "198.18.0.12"
                 ))))
+        );
+        assert_eq!(route_entry(&m), Some(r));
+    }
+
+    #[test]
+    fn the_fail_closed_route_is_a_blackhole_with_the_highest_metric() {
+        let r = RouteEntry::fail_closed(4100);
+        let m = route_message(&r).kind(RouteType::BlackHole).build();
+        assert_eq!(m.header.kind, RouteType::BlackHole);
+        assert!(m.attributes.contains(&RouteAttribute::Priority(
+            crate::dataplane::config::FAIL_CLOSED_METRIC
+        )));
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
         );
         assert_eq!(route_entry(&m), Some(r));
     }

@@ -40,6 +40,27 @@ pub fn allocate_slots(
     (out, unslotted)
 }
 
+/// Next hop -> slot as the kernel records it: the routes via each next hop, then, for next
+/// hops whose route is gone (a link flap flushed it; the table's blackhole stays), the steering
+/// rules of our table (`steer`: next hop and mark value), so a flap does not renumber marks.
+pub fn recover_slots(
+    from_routes: &BTreeMap<Ipv4Addr, u32>,
+    steer: impl IntoIterator<Item = (Ipv4Addr, u32)>,
+    mark_slot: impl Fn(u32) -> Option<u32>,
+) -> BTreeMap<Ipv4Addr, u32> {
+    let mut out = from_routes.clone();
+    let mut taken: BTreeSet<u32> = out.values().copied().collect();
+    for (nh, mark) in steer {
+        let Some(slot) = mark_slot(mark) else {
+            continue;
+        };
+        if !out.contains_key(&nh) && taken.insert(slot) {
+            out.insert(nh, slot);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +85,19 @@ mod tests {
         assert_eq!(
             allocate_slots(&BTreeMap::new(), &BTreeSet::new(), &wanted, 1),
             (BTreeMap::from([(ip(12), 1)]), vec![ip(13)])
+        );
+    }
+
+    #[test]
+    fn a_next_hop_whose_route_vanished_keeps_the_slot_of_its_rule() {
+        let routes = BTreeMap::from([(ip(12), 1)]);
+        let slot = |mark: u32| Some(mark >> 20).filter(|s| *s > 0);
+        let steer = [(ip(13), 2 << 20), (ip(14), 1 << 20), (ip(12), 5 << 20)];
+        // .13 recovers slot 2; .14 claims slot 1 that .12's route holds: not recovered; .12
+        // keeps the slot of its route
+        assert_eq!(
+            recover_slots(&routes, steer, slot),
+            BTreeMap::from([(ip(12), 1), (ip(13), 2)])
         );
     }
 }

@@ -106,6 +106,9 @@ pub struct AgentMetrics {
     pub pod_watches: Gauge,
     pub heap_bytes: Gauge,
     pub lease_renewal_duration: Histogram,
+    /// Repairs that changed the kernel after drift, by `kind` (nft, route, rule, address,
+    /// periodic).
+    pub drift_repairs: Family<Labels, Counter>,
 }
 
 impl AgentMetrics {
@@ -127,8 +130,14 @@ impl AgentMetrics {
             pod_watches: Gauge::default(),
             heap_bytes: Gauge::default(),
             lease_renewal_duration: latency_histogram(),
+            drift_repairs: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_agent");
+        r.register(
+            "drift_repairs",
+            "Repairs that brought the kernel back on plan after someone else changed our objects, by kind (nft, route, rule, address; periodic: found by the periodic check)",
+            m.drift_repairs.clone(),
+        );
         r.register(
             "program_latency_seconds",
             "From the first input change the agent saw to the kernel commit that includes it",

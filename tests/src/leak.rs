@@ -408,6 +408,15 @@ impl LeakReport {
         }
     }
 
+    /// Only the samples taken before `at` (with [`Self::since_offset`]: one window).
+    pub fn until_offset(&self, at: Duration) -> LeakReport {
+        LeakReport {
+            samples: self.samples.iter().filter(|s| s.at < at).cloned().collect(),
+            end: at.min(self.end),
+            ..self.clone()
+        }
+    }
+
     /// Only the pods at indices `pods` (renumbered in that order).
     pub fn pods_only(&self, pods: &[usize]) -> LeakReport {
         LeakReport {

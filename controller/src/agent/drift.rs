@@ -17,7 +17,7 @@ use crate::dataplane::{ApplyReport, DataplaneError, KernelDataplane};
 use crate::telemetry::metrics::{AgentMetrics, label};
 
 /// Events arriving within this long of the first one are repaired together.
-pub const DRIFT_DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DRIFT_DEBOUNCE: Duration = Duration::from_millis(10);
 /// Default period of the full read-and-diff (`--drift-check-ms`).
 pub const DEFAULT_DRIFT_CHECK: Duration = Duration::from_secs(30);
 /// The `kind` label of a repair the periodic check found.

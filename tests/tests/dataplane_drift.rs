@@ -2,6 +2,11 @@
 //! objects, the drift monitor's event and one re-apply bring the node back on plan within 1 s,
 //! without deleting our table; and a steering table fails closed when its route vanishes.
 //!
+//! Our table is normally owned by the agent's socket (Linux ≥ 6.9): nobody else can change
+//! it, `nft flush ruleset` skips it. The nftables cases therefore run on an unowned table
+//! (`own_table: false`, as on older kernels), where drift is repaired rather than refused;
+//! one test shows the owned table refusing them.
+//!
 //! The repair loop here is the agent's in miniature: wait for a drift event, debounce, apply
 //! the same plan. Each case prints `drift-repair node=<role> tamper=<what> ms=<time>` (run
 //! with `--nocapture` to see them; docs/BENCHMARKS.md, "Drift repair").
@@ -13,8 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use egressgw::agent::drift::DRIFT_DEBOUNCE;
+use egressgw::dataplane::config::{OWNED_TABLE_FLAGS, TABLE_FLAG_PERSIST};
 use egressgw::dataplane::names::{GatewayId, SetName};
-use egressgw::dataplane::{Dataplane, KernelDataplane, KernelSnapshot};
+use egressgw::dataplane::{Dataplane, DataplaneConfig, KernelDataplane, KernelSnapshot};
 use egressgw::plan::NodePlan;
 use egressgw_tests::testbed::{
     ConnectError, GatewaySpec, Node, OPEN_SERVER, Testbed, all_plans, apply_all, dataplane,
@@ -37,6 +43,15 @@ fn testbed() -> Testbed {
         .allow(E1)
         .build()
         .expect("testbed")
+}
+
+/// A dataplane for `node` whose table is not owned (others can change it, as before 6.9).
+fn unowned(node: &Node) -> KernelDataplane {
+    KernelDataplane::new(DataplaneConfig {
+        own_table: false,
+        ..DataplaneConfig::in_netns(node.netns_path())
+    })
+    .unwrap()
 }
 
 fn gateway(tb: &Testbed) -> GatewaySpec {
@@ -203,6 +218,7 @@ fn a_gateway_node_is_repaired_within_a_second_of_any_tampering() {
     let tb = testbed();
     let plans = all_plans(&tb, &[gateway(&tb)]);
     let mut dps = dataplanes(&tb);
+    dps.insert(2, unowned(tb.node(2)));
     apply_all(&mut dps, &plans);
     let node = tb.node(2);
     let rep = Repairer::start(dps.remove(&2).unwrap(), plans[&2].clone());
@@ -303,6 +319,7 @@ fn a_source_node_is_repaired_within_a_second_of_any_tampering() {
     let tb = testbed();
     let plans = all_plans(&tb, &[gateway(&tb)]);
     let mut dps = dataplanes(&tb);
+    dps.insert(1, unowned(tb.node(1)));
     apply_all(&mut dps, &plans);
     let node = tb.node(1);
     let rep = Repairer::start(dps.remove(&1).unwrap(), plans[&1].clone());
@@ -479,4 +496,112 @@ fn a_marked_packet_whose_next_hop_route_vanished_is_dropped_not_routed_by_main()
     let mut dp1 = dataplane(tb.node(1));
     dp1.apply(&plans[&1]).unwrap();
     assert_eq!(pod.connect(OPEN_SERVER).unwrap(), Ok(E1));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; run by make test"]
+fn an_owned_table_refuses_tampering_and_routing_drift_is_still_repaired() {
+    let tb = testbed();
+    let plans = all_plans(&tb, &[gateway(&tb)]);
+    let mut dps = dataplanes(&tb);
+    apply_all(&mut dps, &plans);
+    let (source, host) = (tb.node(1), tb.node(2));
+    let src = Repairer::start(dps.remove(&1).unwrap(), plans[&1].clone());
+    let gw = Repairer::start(dps.remove(&2).unwrap(), plans[&2].clone());
+    let (src_base, gw_base) = (src.snapshot(), gw.snapshot());
+    for base in [&src_base, &gw_base] {
+        assert_eq!(base.table.as_ref().unwrap().flags, OWNED_TABLE_FLAGS);
+    }
+    for node in [source, host] {
+        let refused = |args: &[&str]| {
+            let err = node
+                .netns()
+                .exec("nft", args)
+                .expect_err("someone else changed our owned table");
+            assert!(
+                err.to_string().contains("Operation not permitted"),
+                "{args:?}: {err}"
+            );
+        };
+        refused(&["delete", "table", "ip", "egressgw"]);
+        refused(&["flush", "table", "ip", "egressgw"]);
+        refused(&["add", "rule", "ip", "egressgw", "post", "counter"]);
+        let h = first_rule_handle(node, "noleak");
+        refused(&["delete", "rule", "ip", "egressgw", "noleak", "handle", &h]);
+        // `flush ruleset` (what `systemctl reload nftables` runs) passes our table by
+        run(node, "nft", &["flush", "ruleset"]);
+    }
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        src.snapshot(),
+        src_base,
+        "the source node's table is intact"
+    );
+    assert_eq!(gw.snapshot(), gw_base, "the gateway node's table is intact");
+
+    // routing and addresses are not protected by the table: repaired
+    let rule = src_base.routing.rules[0];
+    let (pref, mark, lookup) = (
+        rule.priority.to_string(),
+        format!("{:#x}/{:#x}", rule.mark, rule.mask),
+        rule.table.to_string(),
+    );
+    let took = src.repair_time("ip rule del", &src_base, || {
+        run(
+            source,
+            "ip",
+            &[
+                "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", &lookup,
+            ],
+        )
+    });
+    report("source (owned table)", "ip rule del", took);
+    let took = src.repair_time("ip route flush table T", &src_base, || {
+        run(source, "ip", &["route", "flush", "table", &lookup])
+    });
+    report("source (owned table)", "ip route flush table T", took);
+    let took = gw.repair_time("ip addr del E/32", &gw_base, || {
+        run(
+            host,
+            "ip",
+            &["addr", "del", &format!("{E1}/32"), "dev", "eth0"],
+        )
+    });
+    report("gateway (owned table)", "ip addr del E/32", took);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; run by make test"]
+fn a_restarted_agent_adopts_its_orphaned_table_and_owns_it_again() {
+    let tb = testbed();
+    let node = tb.node(2);
+    let plan = all_plans(&tb, &[gateway(&tb)])[&2].clone();
+    {
+        let mut dp = dataplane(node);
+        dp.apply(&plan).unwrap();
+    } // the agent exits: the kernel keeps the table, owned by nobody
+    let mut dp = dataplane(node);
+    let orphan = dp.snapshot().unwrap().table.unwrap();
+    assert_eq!(orphan.flags, TABLE_FLAG_PERSIST, "kept, owned by nobody");
+    let r = dp.apply(&plan).unwrap();
+    assert_eq!(r.nft_messages, 1, "only the adoption: {r:?}");
+    assert!(dp.apply(&plan).unwrap().is_noop());
+    assert_eq!(
+        dp.snapshot().unwrap().table.unwrap().flags,
+        OWNED_TABLE_FLAGS
+    );
+    let err = node
+        .netns()
+        .exec("nft", &["delete", "table", "ip", "egressgw"])
+        .expect_err("owned again");
+    assert!(err.to_string().contains("Operation not permitted"), "{err}");
+    // the owner itself may still remove it
+    dp.cleanup().unwrap();
+    assert!(
+        !node
+            .netns()
+            .exec("nft", &["list", "tables"])
+            .unwrap()
+            .contains("egressgw")
+    );
 }

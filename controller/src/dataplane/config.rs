@@ -40,6 +40,15 @@ pub const PRIORITY_NOLEAK: i32 = PRIORITY_SRCNAT + 10;
 /// `NF_IP_PRI_FILTER`.
 pub const PRIORITY_FILTER: i32 = 0;
 
+/// `NFT_TABLE_F_OWNER`: only the netlink socket that owns the table may change it; `nft
+/// delete table`, `nft flush ruleset` (which skips it) and every other writer get `EPERM`.
+pub const TABLE_FLAG_OWNER: u32 = 0x2;
+/// `NFT_TABLE_F_PERSIST` (Linux ≥ 6.9): the table outlives its owner's socket (an agent
+/// restart), unowned ("orphaned") until the next agent adopts it.
+pub const TABLE_FLAG_PERSIST: u32 = 0x4;
+/// The flags of a table we own.
+pub const OWNED_TABLE_FLAGS: u32 = TABLE_FLAG_OWNER | TABLE_FLAG_PERSIST;
+
 /// Set of the egress IPs this node hosts; also the record of which addresses are ours.
 pub const SET_HOSTED: &str = "hosted";
 /// Interval set of the other nodes' pod ranges (guarded on nodes that host or may host).
@@ -84,6 +93,10 @@ pub struct DataplaneConfig {
     /// `valid_lft` of egress IPs in seconds; the agent refreshes it after each lease renewal,
     /// so the kernel itself removes the IPs of an agent that died (fencing). `None`: forever.
     pub address_lifetime_secs: Option<u32>,
+    /// Create our table owned by the engine's socket and persistent ([`OWNED_TABLE_FLAGS`]),
+    /// so nobody else can delete or change it; kernels without `NFT_TABLE_F_PERSIST` (< 6.9)
+    /// get an unowned table (drift is then repaired, not prevented).
+    pub own_table: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -96,6 +109,7 @@ impl Default for DataplaneConfig {
             garp_count: DEFAULT_GARP_COUNT,
             garp_interval: DEFAULT_GARP_INTERVAL,
             address_lifetime_secs: None,
+            own_table: true,
         }
     }
 }

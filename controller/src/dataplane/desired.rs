@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::config::DataplaneConfig;
+use super::config::{DataplaneConfig, OWNED_TABLE_FLAGS};
 use super::names::{GatewayId, SetName, assign_gateway_ids};
 use super::nft_model::{IpRange, NftSet, NftState, RuleSpec, SetContent, merge_ranges, our_chains};
 use crate::plan::NodePlan;
@@ -123,6 +123,7 @@ pub fn desired(
 
     let ids = assign_gateway_ids(active.iter().map(|(n, _)| n.as_str()));
     let mut st = NftState {
+        flags: if cfg.own_table { OWNED_TABLE_FLAGS } else { 0 },
         chains: our_chains(),
         ..NftState::default()
     };

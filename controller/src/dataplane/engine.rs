@@ -53,6 +53,10 @@ pub struct Engine {
     record: AddressRecord,
     /// Shared with the drift monitor: our sockets' ports, and the stale-table flag.
     drift: DriftShared,
+    /// The socket every transaction goes through, kept open: it owns our table (see
+    /// [`DataplaneConfig::own_table`]). Dropped after a failure; the next apply opens a new
+    /// one and adopts the table the kernel kept.
+    owner: Option<NfnlSocket>,
 }
 
 fn open_nfnl(own: &OwnPorts) -> Result<NfnlSocket, DataplaneError> {
@@ -122,6 +126,7 @@ impl Engine {
             cached: None,
             record: AddressRecord::default(),
             drift,
+            owner: None,
         })
     }
 
@@ -190,7 +195,13 @@ impl Engine {
     pub fn apply(&mut self, plan: &NodePlan) -> Result<ApplyReport, DataplaneError> {
         let span = info_span!("dataplane_apply", node = %plan.node);
         let _enter = span.enter();
-        let result = self.apply_inner(plan);
+        let mut result = self.apply_owned(plan);
+        if let Err(DataplaneError::TableOwnershipUnsupported { source }) = &result {
+            warn!(error = %source, "this kernel cannot keep an owned table across agent restarts (Linux < 6.9): our table stays unowned, drift is repaired instead of refused");
+            self.cfg.own_table = false;
+            self.cached = None;
+            result = self.apply_owned(plan);
+        }
         if let Err(e) = &result {
             warn!(error = %e, "dataplane apply failed");
             self.cached = None;
@@ -198,12 +209,28 @@ impl Engine {
         result
     }
 
-    fn apply_inner(&mut self, plan: &NodePlan) -> Result<ApplyReport, DataplaneError> {
+    /// One apply through the owner socket (opened when there is none; dropped on failure).
+    fn apply_owned(&mut self, plan: &NodePlan) -> Result<ApplyReport, DataplaneError> {
+        let mut nfnl = match self.owner.take() {
+            Some(s) => s,
+            None => open_nfnl(&self.drift.own)?,
+        };
+        let result = self.apply_inner(plan, &mut nfnl);
+        if result.is_ok() {
+            self.owner = Some(nfnl);
+        }
+        result
+    }
+
+    fn apply_inner(
+        &mut self,
+        plan: &NodePlan,
+        nfnl: &mut NfnlSocket,
+    ) -> Result<ApplyReport, DataplaneError> {
         let cfg = self.cfg.clone();
-        let mut nfnl = open_nfnl(&self.drift.own)?;
         let mut rtnl = open_rtnl(&self.drift.own)?;
         rtnl.address_lifetime = cfg.address_lifetime_secs;
-        let mut old = self.take_observed(&mut nfnl)?;
+        let mut old = self.take_observed(nfnl)?;
         let routing = rtnl.read(&cfg)?;
 
         let steer = old
@@ -264,6 +291,17 @@ impl Engine {
             report.nft_messages = encoded.messages;
             report.nft_bytes = encoded.bytes;
             if let Err(e) = nfnl.send_batch(&encoded.batch) {
+                let owning = ops.iter().any(|o| {
+                    matches!(o, NftOp::AddTable { flags } | NftOp::AdoptTable { flags } if *flags != 0)
+                });
+                if owning
+                    && matches!(
+                        e.error.raw_os_error(),
+                        Some(libc::EOPNOTSUPP | libc::EINVAL)
+                    )
+                {
+                    return Err(DataplaneError::TableOwnershipUnsupported { source: e.error });
+                }
                 let failed = e
                     .seq
                     .and_then(|s| encoded.op_for_seq(s))
@@ -280,7 +318,7 @@ impl Engine {
                     .iter()
                     .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
                 let fresh = if rules_changed {
-                    read_rules_only(&mut nfnl)?
+                    read_rules_only(nfnl)?
                 } else {
                     old.take().unwrap_or_default()
                 };
@@ -308,7 +346,7 @@ impl Engine {
 
         // 6. conntrack
         if !stale.is_empty() {
-            report.conntrack_deleted = delete_stale(&mut nfnl, &stale)?;
+            report.conntrack_deleted = delete_stale(nfnl, &stale)?;
             info!(
                 pods = stale.pod_count(),
                 deleted = report.conntrack_deleted,

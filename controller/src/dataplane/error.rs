@@ -43,6 +43,9 @@ pub enum DataplaneError {
         max: u32,
     },
 
+    #[error("the kernel refuses an owned, persistent nftables table ({source}): needs Linux 6.9")]
+    TableOwnershipUnsupported { source: io::Error },
+
     #[error("the dataplane thread has stopped")]
     ThreadGone,
 }

@@ -7,12 +7,20 @@
 
 use std::collections::BTreeSet;
 
+use super::config::{TABLE_FLAG_OWNER, TABLE_FLAG_PERSIST};
 use super::nft_model::{ChainSpec, NftSet, NftState, RuleSpec, SetContent};
 
 /// One step of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NftOp {
-    AddTable,
+    /// Creates the table with these flags.
+    AddTable {
+        flags: u32,
+    },
+    /// Takes ownership of our orphaned persistent table (left by an agent that exited).
+    AdoptTable {
+        flags: u32,
+    },
     DelTable,
     AddChain {
         name: String,
@@ -53,7 +61,8 @@ impl NftOp {
     /// Short description for logs and errors.
     pub fn describe(&self) -> String {
         match self {
-            NftOp::AddTable => "add table".into(),
+            NftOp::AddTable { flags } => format!("add table (flags {flags:#x})"),
+            NftOp::AdoptTable { flags } => format!("adopt table (flags {flags:#x})"),
             NftOp::DelTable => "delete table".into(),
             NftOp::AddChain { name, .. } => format!("add chain {name}"),
             NftOp::DelChain { name } => format!("delete chain {name}"),
@@ -80,6 +89,14 @@ impl NftOp {
     }
 }
 
+/// Whether an existing table with `have` flags is an orphan of ours (persistent, owner gone)
+/// that a table wanting `want` takes over. An unowned table without the persist flag (an
+/// older release's, or one created on a kernel without it) cannot be adopted and stays as is.
+fn adoptable(have: u32, want: u32) -> bool {
+    let (owner, persist) = (TABLE_FLAG_OWNER, TABLE_FLAG_PERSIST);
+    want & owner != 0 && have & (owner | persist) == persist
+}
+
 fn same_kind(a: &SetContent, b: &SetContent) -> bool {
     a.is_interval() == b.is_interval()
 }
@@ -97,8 +114,10 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
     let empty = NftState::default();
     let o = observed.unwrap_or(&empty);
     let mut ops = Vec::new();
-    if observed.is_none() {
-        ops.push(NftOp::AddTable);
+    match observed {
+        None => ops.push(NftOp::AddTable { flags: d.flags }),
+        Some(o) if adoptable(o.flags, d.flags) => ops.push(NftOp::AdoptTable { flags: d.flags }),
+        Some(_) => {}
     }
 
     let dirty_chains: BTreeSet<&String> = o
@@ -287,7 +306,7 @@ mod tests {
     fn fresh_table_is_built_in_dependency_order() {
         let d = state(&[1, 2], "203.0.113.0/24");
         let ops = diff(None, Some(&d));
-        assert_eq!(ops[0], NftOp::AddTable);
+        assert_eq!(ops[0], NftOp::AddTable { flags: 0 });
         let first_rule = ops
             .iter()
             .position(|o| matches!(o, NftOp::AddRule(_)))
@@ -428,5 +447,32 @@ mod tests {
         let o = observed(&state(&[1], "203.0.113.0/24"));
         assert_eq!(diff(Some(&o), None), vec![NftOp::DelTable]);
         assert!(diff(None, None).is_empty());
+    }
+
+    #[test]
+    fn an_orphaned_table_is_adopted_and_an_unowned_one_left_as_is() {
+        use crate::dataplane::config::OWNED_TABLE_FLAGS;
+        let mut want = state(&[1], "203.0.113.0/24");
+        want.flags = OWNED_TABLE_FLAGS;
+        let mut have = observed(&want);
+        assert!(
+            diff(Some(&have), Some(&want)).is_empty(),
+            "owned by us: nothing to do"
+        );
+        have.flags = TABLE_FLAG_PERSIST; // the previous agent exited
+        assert_eq!(
+            diff(Some(&have), Some(&want)),
+            [NftOp::AdoptTable {
+                flags: OWNED_TABLE_FLAGS
+            }]
+        );
+        have.flags = 0; // an older release's table cannot be adopted
+        assert!(diff(Some(&have), Some(&want)).is_empty());
+        assert_eq!(
+            diff(None, Some(&want))[0],
+            NftOp::AddTable {
+                flags: OWNED_TABLE_FLAGS
+            }
+        );
     }
 }

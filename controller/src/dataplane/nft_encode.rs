@@ -44,6 +44,34 @@ pub fn table() -> Table {
     Table::new(cstr(TABLE), ProtoFamily::Ipv4)
 }
 
+/// NEWTABLE for our table with `NFTA_TABLE_FLAGS` (nftnl's `Table` always sends 0): creates
+/// it, or on an existing orphaned table takes ownership of it.
+struct TableWithFlags(u32);
+
+unsafe impl NlMsg for TableWithFlags {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _msg_type: MsgType) {
+        let name = cstr(TABLE);
+        unsafe {
+            let t = sys::nftnl_table_alloc();
+            if t.is_null() {
+                std::process::abort();
+            }
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, ProtoFamily::Ipv4 as u32);
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, self.0);
+            let hdr = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                libc::NFT_MSG_NEWTABLE as u16,
+                ProtoFamily::Ipv4 as u16,
+                libc::NLM_F_ACK as u16,
+                seq,
+            );
+            sys::nftnl_table_nlmsg_build_payload(hdr, t);
+            sys::nftnl_table_free(t);
+        }
+    }
+}
+
 /// DELSETELEM without elements: flushes the set.
 struct FlushSet<'a>(&'a Set<'a, Ipv4Addr>);
 
@@ -226,8 +254,8 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
         let before = op_of_message.len();
         let mut count = |n: usize| op_of_message.extend(std::iter::repeat_n(i, n));
         match op {
-            NftOp::AddTable => {
-                batch.add(&table, MsgType::Add);
+            NftOp::AddTable { flags } | NftOp::AdoptTable { flags } => {
+                batch.add(&TableWithFlags(*flags), MsgType::Add);
                 count(1);
             }
             NftOp::DelTable => {

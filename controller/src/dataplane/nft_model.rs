@@ -370,6 +370,8 @@ pub struct ForeignRule {
 /// The content of our table. Desired states carry no handles; observed ones do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NftState {
+    /// `NFTA_TABLE_FLAGS` (see [`super::config::OWNED_TABLE_FLAGS`]).
+    pub flags: u32,
     pub chains: BTreeMap<String, ChainSpec>,
     pub sets: BTreeMap<String, NftSet>,
     pub rules: BTreeMap<RuleSpec, Option<RuleHandle>>,

@@ -110,8 +110,8 @@ pub fn ranges_from_elements(mut elems: Vec<(u32, bool)>) -> BTreeSet<IpRange> {
     out
 }
 
-/// Whether our table exists.
-fn table_exists(sock: &mut NfnlSocket) -> Result<bool, DataplaneError> {
+/// Our table's flags, or `None` when it does not exist.
+fn table_flags(sock: &mut NfnlSocket) -> Result<Option<u32>, DataplaneError> {
     let name = table_cstr();
     let mut req = get_request(libc::NFT_MSG_GETTABLE, false, |hdr| unsafe {
         let t = sys::nftnl_table_alloc();
@@ -119,9 +119,25 @@ fn table_exists(sock: &mut NfnlSocket) -> Result<bool, DataplaneError> {
         sys::nftnl_table_nlmsg_build_payload(hdr, t);
         sys::nftnl_table_free(t);
     });
-    match sock.request(&mut req, |_| Ok(())) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+    let mut flags = 0;
+    let parsed = sock.request(&mut req, |m| {
+        unsafe {
+            let t = Owned {
+                ptr: sys::nftnl_table_alloc(),
+                free: sys::nftnl_table_free,
+            };
+            if sys::nftnl_table_nlmsg_parse(m.header_ptr(), t.ptr) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if sys::nftnl_table_is_set(t.ptr, sys::NFTNL_TABLE_FLAGS as u16) {
+                flags = sys::nftnl_table_get_u32(t.ptr, sys::NFTNL_TABLE_FLAGS as u16);
+            }
+        }
+        Ok(())
+    });
+    match parsed {
+        Ok(()) => Ok(Some(flags)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(DataplaneError::kernel(
             "NFT_MSG_GETTABLE",
             format!("table ip {TABLE}"),
@@ -419,10 +435,13 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
 
 /// Our table as the kernel holds it, or `None` when it does not exist.
 pub fn read_table(sock: &mut NfnlSocket) -> Result<Option<NftState>, DataplaneError> {
-    if !table_exists(sock)? {
+    let Some(flags) = table_flags(sock)? else {
         return Ok(None);
-    }
-    let mut st = NftState::default();
+    };
+    let mut st = NftState {
+        flags,
+        ..NftState::default()
+    };
     read_chains(sock, &mut st)?;
     read_sets(sock, &mut st)?;
     read_rules(sock, &mut st)?;
@@ -432,7 +451,7 @@ pub fn read_table(sock: &mut NfnlSocket) -> Result<Option<NftState>, DataplaneEr
 /// Only the rules (handles and counters) of our table.
 pub fn read_rules_only(sock: &mut NfnlSocket) -> Result<NftState, DataplaneError> {
     let mut st = NftState::default();
-    if table_exists(sock)? {
+    if table_flags(sock)?.is_some() {
         read_rules(sock, &mut st)?;
     }
     Ok(st)

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrac
 CRD := crds/egressgateways.egressgw.io.yaml
 DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-failover bench-leaks bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-drift bench-failover bench-leaks bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -41,6 +41,12 @@ bench-scale: deps control-plane
 bench-dataplane: deps
 	$(CARGO) build --release -p egressgw-bench-dataplane --bin bench-dataplane
 	$(RELEASE_DIR)/bench-dataplane $(ARGS)
+
+## bench-drift: drift repair times per tampering, on one node and end to end with the leak probe (as root)
+bench-drift: deps control-plane
+	$(CARGO) build -p egressgw --bin egressgw
+	$(CARGO) test -p egressgw-tests --test dataplane_drift --test e2e_drift -- --include-ignored --nocapture --test-threads=1 2>&1 \
+	  | grep -oE 'drift-(repair|e2e) .*|test result: .*'
 
 ## bench-failover: failover time on the simulated cluster (as root; ARGS=<trials>, default 20)
 bench-failover: deps control-plane

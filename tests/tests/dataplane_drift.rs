@@ -71,6 +71,9 @@ fn normalized(mut s: KernelSnapshot) -> KernelSnapshot {
     s
 }
 
+/// One tampering: what it is, and how.
+type Case<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
 /// The agent's repair loop in miniature, on its own thread.
 struct Repairer {
     dp: Arc<Mutex<KernelDataplane>>,
@@ -227,7 +230,7 @@ fn a_gateway_node_is_repaired_within_a_second_of_any_tampering() {
     let gid = GatewayId::derive("billing", 0);
     let snat_set = SetName::Snat(gid, E1).to_string();
     let pod = tb.pod(2, 0).ip().to_string();
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "nft delete table ip egressgw",
             Box::new(|| run(node, "nft", &["delete", "table", "ip", "egressgw"])),
@@ -350,7 +353,7 @@ fn a_source_node_is_repaired_within_a_second_of_any_tampering() {
         format!("{:#x}/{:#x}", rule.mark, rule.mask),
         rule.table.to_string(),
     );
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "nft delete table ip egressgw",
             Box::new(|| run(node, "nft", &["delete", "table", "ip", "egressgw"])),

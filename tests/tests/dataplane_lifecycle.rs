@@ -8,8 +8,7 @@ use egressgw::dataplane::{
     ApplyReport, Dataplane, DataplaneConfig, KernelDataplane, KernelSnapshot,
 };
 use egressgw_tests::testbed::{
-    GatewaySpec, Node, PROTECTED_SERVER, Testbed, all_plans, apply_all, dataplane, dataplanes,
-    node_plan,
+    GatewaySpec, Node, PROTECTED_SERVER, Testbed, all_plans, apply_all, dataplanes, node_plan,
 };
 
 const E1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);

@@ -218,8 +218,12 @@ fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
     }
     dp.cleanup()?;
     // the same full table as one transaction only (desired state built beforehand)
-    let want =
-        egressgw::dataplane::desired::desired(&base, &DataplaneConfig::default(), &BTreeMap::new());
+    let want = egressgw::dataplane::desired::desired(
+        &base,
+        &DataplaneConfig::default(),
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+    );
     let ops = egressgw::dataplane::nft_diff::diff(None, want.nft.as_ref());
     let full_tx = in_netns(scratch.path(), move || {
         let t = Instant::now();

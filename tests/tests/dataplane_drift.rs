@@ -198,6 +198,21 @@ fn first_rule_handle(node: &Node, chain: &str) -> String {
         .unwrap_or_else(|| panic!("no rule in chain {chain}: {listing}"))
 }
 
+/// The handle and comment of the rule of `chain` whose listing contains `needle`.
+fn rule_with(node: &Node, chain: &str, needle: &str) -> (String, String) {
+    let listing = node
+        .netns()
+        .exec("nft", &["-a", "list", "chain", "ip", "egressgw", chain])
+        .unwrap();
+    let line = listing
+        .lines()
+        .find(|l| l.contains(needle) && l.contains("comment"))
+        .unwrap_or_else(|| panic!("no rule with {needle} in {chain}: {listing}"));
+    let (rest, handle) = line.rsplit_once("# handle ").unwrap();
+    let comment = rest.split('"').nth(1).unwrap().to_string();
+    (handle.trim().to_string(), comment)
+}
+
 fn run(node: &Node, cmd: &str, args: &[&str]) {
     node.netns()
         .exec(cmd, args)
@@ -292,6 +307,16 @@ fn a_gateway_node_is_repaired_within_a_second_of_any_tampering() {
                     "ip",
                     &["addr", "del", &format!("{E1}/32"), "dev", "eth0"],
                 )
+            }),
+        ),
+        (
+            "edit a rule in place under its comment",
+            Box::new(|| {
+                let (h, comment) = rule_with(node, "post", "snat to");
+                let script = format!(
+                    "replace rule ip egressgw post handle {h} counter snat to 198.18.0.201 comment \"{comment}\""
+                );
+                run(node, "nft", &[&script])
             }),
         ),
         (

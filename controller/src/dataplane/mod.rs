@@ -44,6 +44,7 @@ pub mod nfnl_socket;
 pub mod nft_diff;
 pub mod nft_encode;
 pub mod nft_expr;
+pub mod nft_fingerprint;
 pub mod nft_model;
 pub mod nft_read;
 pub mod own_ports;

@@ -475,4 +475,36 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn a_rule_whose_expressions_changed_is_replaced_in_one_transaction() {
+        // the reader found the SNAT rule's comment on a rule with other expressions (a hand
+        // edit, or an older release): not ours, a foreign rule at that handle
+        let d = state(&[1], "203.0.113.0/24");
+        let snat = RuleSpec::Snat {
+            gid: gid(),
+            egress_ip: Ipv4Addr::new(198, 18, 0, 200),
+        };
+        let mut o = observed(&d);
+        o.rules.remove(&snat);
+        o.foreign_rules.push(ForeignRule {
+            chain: "post".into(),
+            handle: 42,
+        });
+        let ops = diff(Some(&o), Some(&d));
+        let del = ops
+            .iter()
+            .position(|op| matches!(op, NftOp::DelRule { handle: 42, .. }))
+            .expect("the edited rule goes");
+        let add = ops
+            .iter()
+            .position(|op| *op == NftOp::AddRule(snat.clone()))
+            .expect("ours comes back");
+        assert!(del < add, "{ops:?}");
+        assert!(
+            !ops.contains(&NftOp::DelTable),
+            "never by deleting the table"
+        );
+        assert_eq!(ops.len(), 2, "nothing else changes: {ops:?}");
+    }
 }

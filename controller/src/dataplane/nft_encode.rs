@@ -149,6 +149,11 @@ fn chain_object<'a>(table: &'a Table, name: &str) -> Chain<'a> {
     Chain::new(cstr(name), table)
 }
 
+/// The chain object a rule of `spec` goes in (for building its expressions elsewhere).
+pub(crate) fn rule_chain_object<'a>(table: &'a Table, spec: &RuleSpec) -> Chain<'a> {
+    chain_object(table, spec.chain())
+}
+
 fn lookup(set: SetName, invert: bool) -> Expr {
     Expr::Lookup {
         set: cstr(&set.to_string()),

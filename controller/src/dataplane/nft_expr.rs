@@ -8,6 +8,9 @@ use nftnl::Rule;
 use nftnl::expr::Expression;
 use nftnl::nftnl_sys::{self as sys, libc};
 
+/// `NF_NAT_RANGE_MAP_IPS`: the NAT maps addresses (set by the kernel for any address range).
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+
 /// An IPv4 header field.
 #[derive(Clone, Copy, Debug)]
 pub enum Ip4Field {
@@ -89,13 +92,13 @@ impl Expression for Expr {
                     let p = e.as_ptr();
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_SREG as u16, reg1);
                     sys::nftnl_expr_set_str(p, sys::NFTNL_EXPR_LOOKUP_SET as u16, set.as_ptr());
-                    if *invert {
-                        sys::nftnl_expr_set_u32(
-                            p,
-                            sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
-                            libc::NFT_LOOKUP_F_INV as u32,
-                        );
-                    }
+                    // always set, as the kernel reports it (see nft_fingerprint)
+                    let flags = if *invert {
+                        libc::NFT_LOOKUP_F_INV as u32
+                    } else {
+                        0
+                    };
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, flags);
                     e
                 }
                 Expr::MarkLoad | Expr::MarkStore => {
@@ -158,6 +161,14 @@ impl Expression for Expr {
                         libc::NFPROTO_IPV4 as u32,
                     );
                     sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, reg1);
+                    // what the kernel makes of a single address anyway, and reports back (see
+                    // nft_fingerprint): max = min, NF_NAT_RANGE_MAP_IPS
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_NAT_REG_ADDR_MAX as u16, reg1);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_NAT_FLAGS as u16,
+                        NF_NAT_RANGE_MAP_IPS,
+                    );
                     e
                 }
                 Expr::CtOriginalSaddr | Expr::CtDirection => {

@@ -11,6 +11,7 @@ use nftnl::nftnl_sys::{self as sys, libc};
 use super::config::TABLE;
 use super::error::DataplaneError;
 use super::nfnl_socket::{NfnlSocket, RawMsg};
+use super::nft_fingerprint::{expected, expr_text};
 use super::nft_model::{
     ChainHook, ChainKind, ChainSpec, ForeignRule, IpRange, NftSet, NftState, RuleHandle, RuleSpec,
     SetContent,
@@ -391,6 +392,7 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
                 )
             };
             let (mut packets, mut bytes) = (0, 0);
+            let mut texts = Vec::new();
             let it = Owned {
                 ptr: sys::nftnl_expr_iter_create(r.ptr),
                 free: expr_iter_destroy,
@@ -401,9 +403,10 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
                     packets = expr_u64(e, sys::NFTNL_EXPR_CTR_PACKETS);
                     bytes = expr_u64(e, sys::NFTNL_EXPR_CTR_BYTES);
                 }
+                texts.extend(expr_text(e));
                 e = sys::nftnl_expr_iter_next(it.ptr);
             }
-            rules.push((chain, handle, comment, packets, bytes));
+            rules.push((chain, handle, comment, packets, bytes, texts));
         }
         Ok(())
     })
@@ -411,11 +414,12 @@ fn read_rules(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneE
         DataplaneError::kernel("NFT_MSG_GETRULE", format!("rules of table ip {TABLE}"), e)
     })?;
 
-    for (chain, handle, comment, packets, bytes) in rules {
+    for (chain, handle, comment, packets, bytes, texts) in rules {
+        // ours only when the comment names it and the expressions are what we write for it
         let spec = comment
             .as_deref()
             .and_then(RuleSpec::parse_key)
-            .filter(|s| s.chain() == chain);
+            .filter(|s| s.chain() == chain && texts == expected(s));
         match spec {
             Some(spec) if !st.rules.contains_key(&spec) => {
                 st.rules.insert(

@@ -272,6 +272,23 @@ impl SimCluster {
         Ok(())
     }
 
+    /// SIGTERM the agent of node `i` (as a DaemonSet rolling update does) and wait for it to
+    /// exit.
+    pub fn stop_agent(&mut self, i: usize) -> Result<()> {
+        let mut child = self
+            .agents
+            .remove(&i)
+            .context("no agent running on that node")?;
+        let pid = i32::try_from(child.id()).context("pid")?;
+        anyhow::ensure!(
+            unsafe { libc::kill(pid, libc::SIGTERM) } == 0,
+            "SIGTERM to the agent of node {i}: {}",
+            std::io::Error::last_os_error()
+        );
+        child.wait()?;
+        Ok(())
+    }
+
     /// The Prometheus text the agent of node `i` serves at /metrics.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
         scrape_metrics(self.agent_metrics[&i])

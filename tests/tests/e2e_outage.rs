@@ -1,7 +1,8 @@
 //! The dataplane outlives the control plane (issue 13, DESIGN.md "Invariants" 3), end to
 //! end: with the kube-apiserver frozen for a minute, or every agent request slowed by 800 ms
-//! for a minute, programmed pods keep leaving from their egress IP, the IP stays on its node
-//! (and on no other), and nothing moves afterwards.
+//! for a minute, or the gateway node's agent replaced (an upgrade), programmed pods keep
+//! leaving from their egress IP, the IP stays on its node (and on no other), and nothing
+//! moves afterwards.
 //!
 //! Real apiserver (SIGSTOP), controller, agents and kernel; the leak probe samples the open
 //! server every ~20 ms from a selected pod on each node: every sample must come from the
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use egressgw_tests::leak::{LeakReport, Outcome};
 use egressgw_tests::sim::{SimCluster, status};
+use egressgw_tests::testbed::topology::PROTECTED_SERVER;
 
 const E1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
 const GATEWAY: &str = "billing-egress";
@@ -265,4 +267,87 @@ async fn a_slow_apiserver_changes_nothing_that_works() {
     .await;
     let after: Vec<u64> = [2, 3].iter().map(|&n| fences(&sim, n)).collect();
     assert_eq!(before, after, "no candidate fenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the control plane"]
+async fn an_agent_upgrade_on_the_gateway_node_moves_nothing() {
+    /// The new agent starts this long after the old one exited (a rolling update's gap).
+    const GAP: Duration = Duration::from_secs(3);
+    const LINE_EVERY: Duration = Duration::from_millis(50);
+    const WATCH_AFTER: Duration = Duration::from_secs(8);
+    let _serial = SERIAL.lock().await;
+    let (mut sim, host) = cluster().await;
+    let before = sim
+        .wait_gateway(GATEWAY, CONVERGE, |_| true)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .assignments;
+    let conn = sim
+        .tb
+        .pod(1, 0)
+        .long_lived(PROTECTED_SERVER, LINE_EVERY)
+        .expect("long-lived connection through the gateway");
+    let probe = sim.leak_probe(&ONE_PER_NODE).unwrap();
+    if let Err(e) = probe
+        .wait_steady(&[E1], Duration::from_millis(500), CONVERGE)
+        .await
+    {
+        panic!("selected pods never left steadily from {E1}: {e:#}");
+    }
+    let echoes_before = conn.peek().received;
+    probe.mark("agent stopped (SIGTERM)");
+    sim.stop_agent(host).unwrap();
+    let mut wrong = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < GAP {
+        let h = sim.holders(E1).unwrap();
+        if h != vec![host] {
+            wrong.push((t.elapsed(), h));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe.mark("new agent started");
+    sim.start_agent(host).unwrap();
+    while t.elapsed() < GAP + WATCH_AFTER {
+        let h = sim.holders(E1).unwrap();
+        if h != vec![host] {
+            wrong.push((t.elapsed(), h));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let report = probe.stop();
+    let long = conn.peek();
+    eprintln!(
+        "== agent upgrade on the gateway node\n{}\nlong-lived connection: {long:?}",
+        report.table(&[E1])
+    );
+    assert!(
+        agent_log(&sim, host).contains("handed this node's egress IPs over"),
+        "the old agent handed over"
+    );
+    assert!(
+        wrong.is_empty(),
+        "E1 was not on node {host} alone: {wrong:?}"
+    );
+    assert_only_e1(&report.since("agent stopped (SIGTERM)"), "agent upgrade");
+    assert!(
+        long.error.is_none() && long.received > echoes_before,
+        "the established connection broke or stalled: {long:?}"
+    );
+    assert!(
+        long.max_stall <= MAX_BLIP,
+        "the established connection stalled {:?}",
+        long.max_stall
+    );
+    let after = sim
+        .wait_gateway(GATEWAY, CONVERGE, status::ready_and_programmed)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .assignments;
+    assert_eq!(before, after, "nothing moved, the epoch stayed");
 }

@@ -15,16 +15,18 @@ use crate::dataplane::config::DataplaneConfig;
 use crate::dataplane::error::DataplaneError;
 
 type Reply = oneshot::Sender<Result<Option<usize>, DataplaneError>>;
+/// A request: the deadline, a lifetime other than the configured one, where to answer.
+type Request = (Instant, Option<u32>, Reply);
 
 /// Handle to the lifetime thread.
 pub struct Lifetimes {
-    tx: mpsc::Sender<(Instant, Reply)>,
+    tx: mpsc::Sender<Request>,
 }
 
 impl Lifetimes {
     /// Start the thread (in the dataplane's network namespace).
     pub fn start(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
-        let (tx, rx) = mpsc::channel::<(Instant, Reply)>();
+        let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("lifetimes".into())
@@ -36,9 +38,15 @@ impl Lifetimes {
                     return;
                 }
                 let _ = ready_tx.send(Ok(()));
-                while let Ok((deadline, reply)) = rx.recv() {
+                while let Ok((deadline, secs, reply)) = rx.recv() {
                     let r = if Instant::now() > deadline {
                         Ok(None)
+                    } else if let Some(secs) = secs {
+                        let cfg = DataplaneConfig {
+                            address_lifetime_secs: Some(secs),
+                            ..cfg.clone()
+                        };
+                        crate::dataplane::engine::refresh_lifetimes(&cfg).map(Some)
                     } else {
                         crate::dataplane::engine::refresh_lifetimes(&cfg).map(Some)
                     };
@@ -54,8 +62,26 @@ impl Lifetimes {
     /// netlink call would be made. `Ok(Some(n))`: n addresses extended; `Ok(None)`: too late,
     /// nothing extended.
     pub async fn refresh_by(&self, deadline: Instant) -> Result<Option<usize>, DataplaneError> {
+        self.request(deadline, None).await
+    }
+
+    /// [`Self::refresh_by`], with a lifetime of `secs` (a handover window) instead of the
+    /// configured one.
+    pub async fn extend_by(
+        &self,
+        deadline: Instant,
+        secs: u32,
+    ) -> Result<Option<usize>, DataplaneError> {
+        self.request(deadline, Some(secs)).await
+    }
+
+    async fn request(
+        &self,
+        deadline: Instant,
+        secs: Option<u32>,
+    ) -> Result<Option<usize>, DataplaneError> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send((deadline, tx)).is_err() {
+        if self.tx.send((deadline, secs, tx)).is_err() {
             return Err(DataplaneError::ThreadGone);
         }
         rx.await.unwrap_or_else(|_| {

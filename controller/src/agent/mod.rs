@@ -108,7 +108,18 @@ pub struct AgentArgs {
     /// gateway-candidate agents; see docs/security.md).
     #[arg(long, default_value_t = peers::DEFAULT_PEER_PORT)]
     pub peer_port: u16,
+    /// On SIGTERM (an upgrade), keep this node's egress IPs this many milliseconds for the
+    /// next agent on the node, and tell the controller to wait that long before judging the
+    /// node; 0: no hand-over (the IPs fail over).
+    #[arg(long, default_value_t = DEFAULT_HANDOVER.as_millis() as u64)]
+    pub handover_ms: u64,
 }
+
+/// The default hand-over window of a stopping agent (a DaemonSet rolling update replaces the
+/// pod within it).
+pub const DEFAULT_HANDOVER: Duration = Duration::from_secs(10);
+/// How long a stopping agent waits for the renewal that announces its hand-over.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
@@ -133,6 +144,8 @@ struct Shared {
     hosted_planned: usize,
     /// Egress IPs the last committed plan put in the kernel (what the peers are told).
     held: Vec<std::net::Ipv4Addr>,
+    /// The renewal announcing the hand-over succeeded and the lifetimes cover the window.
+    handed_over: bool,
     report: Report,
 }
 
@@ -199,6 +212,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let lifetimes = Arc::new(lifetimes::Lifetimes::start(cfg.clone())?);
     let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg)?));
+    // Egress IPs already in the kernel (a predecessor on this node added them): held, not
+    // acquired, so the acquire rule does not hold them back.
+    let inherited: BTreeSet<std::net::IpAddr> = dp
+        .lock()
+        .expect("dataplane lock")
+        .routing()
+        .map(|r| {
+            r.addresses
+                .iter()
+                .filter(|a| {
+                    a.proto == Some(crate::dataplane::config::ADDRESS_PROTO) && a.prefix == 32
+                })
+                .map(|a| std::net::IpAddr::V4(a.ip))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut stop = std::pin::pin!(stop_requested()?);
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
@@ -233,7 +263,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
-        held: Vec::new(),
+        held: inherited
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
+        handed_over: false,
         report: Report {
             renew_interval: timing.renew_interval,
             ..Report::default()
@@ -326,6 +363,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(DEBOUNCE).await;
             }
             _ = tokio::time::sleep(TICK) => {}
+            () = &mut stop => {
+                hand_over(&shared, &renew_now, Duration::from_millis(args.handover_ms)).await;
+                return Ok(());
+            }
         }
         let now = Instant::now();
         let (fenced, idle, epoch, first_outcome) = {
@@ -444,7 +485,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let held: BTreeSet<std::net::IpAddr> = committed
                 .as_ref()
                 .map(|c| c.hosted.keys().copied().collect())
-                .unwrap_or_default();
+                .unwrap_or_else(|| inherited.clone());
             if let Some(again) = outage::gate_acquisitions(&mut plan, &held, p, now, &metrics) {
                 held_back = true;
                 let wake = notify.clone();
@@ -551,6 +592,54 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             last_trim = Instant::now();
         }
     }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (handlers installed when called).
+fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "stop requested"),
+        }
+    })
+}
+
+/// A stopping agent that hosts egress IPs hands them over to its successor on the node: one
+/// renewal announces the window (the controller then waits that much longer before judging
+/// the node), and right after it succeeds — within the refresh window of its send — the
+/// addresses' lifetimes are extended to cover the window. The rules stay in the kernel; the
+/// next agent keeps the epoch and adopts them.
+async fn hand_over(shared: &Mutex<Shared>, renew_now: &Notify, window: Duration) {
+    let hosting = {
+        let mut s = shared.lock().expect("agent state lock");
+        let hosting = !s.idle && !s.fence.is_fenced() && !s.held.is_empty();
+        if hosting && !window.is_zero() {
+            s.report.handover = Some(window);
+        }
+        hosting
+    };
+    if !hosting || window.is_zero() {
+        info!("stopping: nothing to hand over; the rules stay in the kernel");
+        return;
+    }
+    renew_now.notify_one();
+    let deadline = Instant::now() + HANDOVER_WAIT;
+    while Instant::now() < deadline {
+        if shared.lock().expect("agent state lock").handed_over {
+            info!(
+                window_ms = window.as_millis() as u64,
+                "stopping: handed this node's egress IPs over to the next agent"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!(
+        "stopping: the hand-over renewal did not succeed in time; the egress IPs will fail over unless the next agent renews first"
+    );
 }
 
 /// Switch between the hosting and the idle cadence. Either way the fencing clock starts over
@@ -750,6 +839,13 @@ async fn heartbeat_loop(
                     (!idle && !s.idle).then(|| s.fence.renewed(sent, Instant::now()))
                 };
                 let Some(outcome) = outcome else { continue };
+                if let (Some(window), true) = (report.handover, outcome.refresh_lifetimes) {
+                    let secs = window.as_secs_f64().ceil() as u32;
+                    if let Ok(Some(_)) = lifetimes.extend_by(sent + refresh_window, secs).await {
+                        shared.lock().expect("agent state lock").handed_over = true;
+                    }
+                    continue;
+                }
                 if outcome.unfenced {
                     info!(
                         epoch = hb.epoch,

@@ -934,16 +934,18 @@ async fn an_ip_listed_by_two_pods_belongs_to_the_pod_that_owns_it() {
         report.table(&[E1])
     );
     assert!(
-        report
-            .samples
-            .iter()
-            .all(|s| s.outcome == Outcome::Timeout),
+        report.samples.iter().all(|s| s.outcome == Outcome::Timeout),
         "dropped, not refused or reset:\n{}",
         report.table(&[E1])
     );
     for name in ["twin-selected", "twin-batch"] {
         assert!(
-            pods.get(name).await.unwrap().metadata.deletion_timestamp.is_none(),
+            pods.get(name)
+                .await
+                .unwrap()
+                .metadata
+                .deletion_timestamp
+                .is_none(),
             "{name} still runs"
         );
     }

@@ -132,7 +132,10 @@ impl IpClaims {
                 .map(|(k, _)| (*k).clone())
                 .collect();
             if ambiguous.is_none() && !ties.is_empty() {
-                ambiguous = Some(Claim::Ambiguous { ip: *ip, with: ties });
+                ambiguous = Some(Claim::Ambiguous {
+                    ip: *ip,
+                    with: ties,
+                });
             }
         }
         ambiguous.unwrap_or(Claim::Owner)

@@ -79,13 +79,11 @@ fn gw_gen() -> impl Strategy<Value = GwGen> {
 }
 
 fn pod_gen() -> impl Strategy<Value = PodGen> {
-    (0..TEAMS.len(), 0..APPS.len(), 0usize..8, 0u8..4).prop_map(|(team, app, node, life)| {
-        PodGen {
-            team,
-            app,
-            node,
-            life,
-        }
+    (0..TEAMS.len(), 0..APPS.len(), 0usize..8, 0u8..4).prop_map(|(team, app, node, life)| PodGen {
+        team,
+        app,
+        node,
+        life,
     })
 }
 

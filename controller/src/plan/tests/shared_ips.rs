@@ -61,8 +61,12 @@ fn selected(c: &Cluster) -> Vec<String> {
 fn a_new_pod_owns_the_ip_of_a_terminating_one_and_its_gateways_decide() {
     let mut c = cluster();
     // The draining selected pod and the new, unselected pod the CNI gave its address to.
-    c.pod(at(pod("billing", "old", "invoicer", "n1", SHARED), 100, true))
-        .pod(at(pod("billing", "new", "web", "n1", SHARED), 200, false));
+    c.pod(at(
+        pod("billing", "old", "invoicer", "n1", SHARED),
+        100,
+        true,
+    ))
+    .pod(at(pod("billing", "new", "web", "n1", SHARED), 200, false));
     assert!(selected(&c).is_empty(), "the IP is the new pod's");
     let plan = c.plan();
     assert_eq!(
@@ -71,17 +75,18 @@ fn a_new_pod_owns_the_ip_of_a_terminating_one_and_its_gateways_decide() {
         "the new pod's traffic is none of g's business"
     );
     assert_eq!(
-        roles(
-            &plan.node_plan_guarding("n2", |g| g == "g"),
-            SHARED
-        ),
+        roles(&plan.node_plan_guarding("n2", |g| g == "g"), SHARED),
         (false, false, false, false)
     );
 
     // Swapped: the new pod is the selected one, and it is served as usual.
     let mut c = cluster();
     c.pod(at(pod("billing", "old", "web", "n1", SHARED), 300, true))
-        .pod(at(pod("billing", "new", "invoicer", "n1", SHARED), 200, false));
+        .pod(at(
+            pod("billing", "new", "invoicer", "n1", SHARED),
+            200,
+            false,
+        ));
     assert_eq!(
         selected(&c),
         vec!["billing/new"],
@@ -102,21 +107,33 @@ fn a_new_pod_owns_the_ip_of_a_terminating_one_and_its_gateways_decide() {
 #[test]
 fn of_two_running_pods_the_newer_owns_the_ip() {
     let mut c = cluster();
-    c.pod(at(pod("billing", "stale", "invoicer", "n1", SHARED), 100, false))
-        .pod(at(pod("billing", "fresh", "web", "n1", SHARED), 101, false));
+    c.pod(at(
+        pod("billing", "stale", "invoicer", "n1", SHARED),
+        100,
+        false,
+    ))
+    .pod(at(pod("billing", "fresh", "web", "n1", SHARED), 101, false));
     assert!(selected(&c).is_empty());
     let mut c = cluster();
     c.pod(at(pod("billing", "stale", "web", "n1", SHARED), 100, false))
-        .pod(at(pod("billing", "fresh", "invoicer", "n1", SHARED), 101, false));
+        .pod(at(
+            pod("billing", "fresh", "invoicer", "n1", SHARED),
+            101,
+            false,
+        ));
     assert_eq!(selected(&c), vec!["billing/fresh"]);
 }
 
 #[test]
 fn an_ip_nobody_owns_is_blocked_never_snated() {
     let mut c = cluster();
-    c.pod(at(pod("billing", "a", "invoicer", "n1", SHARED), 100, false))
-        .pod(at(pod("billing", "b", "web", "n1", SHARED), 100, false))
-        .pod(pod("billing", "other", "invoicer", "n1", "198.19.1.11"));
+    c.pod(at(
+        pod("billing", "a", "invoicer", "n1", SHARED),
+        100,
+        false,
+    ))
+    .pod(at(pod("billing", "b", "web", "n1", SHARED), 100, false))
+    .pod(pod("billing", "other", "invoicer", "n1", "198.19.1.11"));
     let plan = c.plan();
     assert_eq!(
         roles(&plan.node_plan("n1"), SHARED),
@@ -131,7 +148,9 @@ fn an_ip_nobody_owns_is_blocked_never_snated() {
         "the other pods of the gateway are untouched"
     );
     assert!(
-        !plan.rollouts["g"].pod_ip.contains_key(&PodKey::new("billing", "a")),
+        !plan.rollouts["g"]
+            .pod_ip
+            .contains_key(&PodKey::new("billing", "a")),
         "no egress IP is reported for the blocked pod"
     );
 }
@@ -139,7 +158,11 @@ fn an_ip_nobody_owns_is_blocked_never_snated() {
 #[test]
 fn re_planning_one_pod_re_plans_the_pods_sharing_its_ip() {
     let mut c = cluster();
-    c.pod(at(pod("billing", "old", "invoicer", "n1", SHARED), 100, false));
+    c.pod(at(
+        pod("billing", "old", "invoicer", "n1", SHARED),
+        100,
+        false,
+    ));
     let mut plan = c.plan();
     assert_eq!(
         roles(&plan.node_plan("n1"), SHARED),
@@ -148,7 +171,11 @@ fn re_planning_one_pod_re_plans_the_pods_sharing_its_ip() {
 
     // The old pod starts draining and a new pod takes its address: only the new pod's key
     // is handed to the planner, as a watch event would.
-    c.pod(at(pod("billing", "old", "invoicer", "n1", SHARED), 100, true));
+    c.pod(at(
+        pod("billing", "old", "invoicer", "n1", SHARED),
+        100,
+        true,
+    ));
     let old = PodKey::new("billing", "old");
     plan.update_pod(&c.index, &old);
     c.pod(at(pod("billing", "new", "web", "n1", SHARED), 200, false));

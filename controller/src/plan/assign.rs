@@ -92,7 +92,8 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
             } else if g.spec.is_err() {
                 // An invalid spec places nothing; its pods stay blocked by the last valid one.
                 Err(Unplaced::NoEligibleNode(BTreeMap::new()))
-            } else if let Some(r) = refusal(index, *ip) {
+            } else if let Some(r) = refusal(index, *ip, g.recorded.get(ip).map(|r| r.node.as_str()))
+            {
                 // Judged before the recorded placement: an IP that became a node's address
                 // (or entered a pod range) leaves its node.
                 Err(Unplaced::Refused(r))

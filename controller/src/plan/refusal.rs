@@ -81,6 +81,10 @@ impl fmt::Display for Refusal {
     }
 }
 
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
 /// `198.18.0.0/24` for an interface network `198.18.0.12/24`.
 fn subnet_of(net: &IpNetwork) -> IpNetwork {
     IpNetwork::new(net.network(), net.prefix()).unwrap_or(*net)
@@ -88,7 +92,14 @@ fn subnet_of(net: &IpNetwork) -> IpNetwork {
 
 /// The first reason `ip` may not be an egress IP in this cluster, or `None`. Nodes are judged
 /// in name order, each check over every node before the next check, so the reason is stable.
-pub fn refusal(index: &ClusterIndex, ip: IpAddr) -> Option<Refusal> {
+///
+/// `host` is the node status records as hosting `ip`: a host address (/32) equal to `ip` that
+/// its agent reports is taken to be the egress IP itself. Agents leave their own addresses out
+/// of the report by their `IFA_PROTO` mark, which kernels before 5.18 do not keep; without
+/// this exception such a node would report the IP it hosts and lose it at the next plan. (A
+/// foreign address equal to `ip` cannot be added beside ours on that node: the kernel refuses
+/// a duplicate.)
+pub fn refusal(index: &ClusterIndex, ip: IpAddr, host: Option<&str>) -> Option<Refusal> {
     let nodes = || index.nodes.values();
     for n in nodes() {
         let internal = n
@@ -104,7 +115,13 @@ pub fn refusal(index: &ClusterIndex, ip: IpAddr) -> Option<Refusal> {
         }
     }
     for n in nodes() {
-        if let Some(i) = n.interfaces.iter().find(|i| i.network.ip() == ip) {
+        let hosted_here = host == Some(n.name.as_str());
+        let own = |net: &IpNetwork| hosted_here && net.prefix() == host_prefix(ip);
+        if let Some(i) = n
+            .interfaces
+            .iter()
+            .find(|i| i.network.ip() == ip && !own(&i.network))
+        {
             return Some(Refusal::InterfaceAddress {
                 node: n.name.clone(),
                 interface: i.name.clone(),
@@ -203,7 +220,7 @@ mod tests {
     }
 
     fn why(s: &str) -> Option<String> {
-        refusal(&cluster(), ip(s)).map(|r| r.to_string())
+        refusal(&cluster(), ip(s), None).map(|r| r.to_string())
     }
 
     #[test]
@@ -229,7 +246,7 @@ mod tests {
         let mut c = cluster();
         c.nodes.get_mut("node-1").unwrap().addresses.clear();
         assert_eq!(
-            refusal(&c, ip("198.18.0.11")),
+            refusal(&c, ip("198.18.0.11"), None),
             Some(Refusal::NodeAddress {
                 node: "node-1".into(),
                 kind: NodeAddressKind::InternalIp
@@ -258,7 +275,7 @@ mod tests {
             Some("is the network address of subnet 198.18.0.0/24 (interface eth1 of node node-1)")
         );
         assert!(matches!(
-            refusal(&cluster(), ip("198.51.100.255")),
+            refusal(&cluster(), ip("198.51.100.255"), None),
             Some(Refusal::BroadcastAddress { .. })
         ));
     }
@@ -267,6 +284,30 @@ mod tests {
     fn a_point_to_point_subnet_has_no_broadcast_address_to_refuse() {
         // 198.18.1.0/31: both addresses are hosts (RFC 3021); .0 is the interface's own.
         assert_eq!(why("198.18.1.1"), None);
+    }
+
+    #[test]
+    fn the_host_reporting_the_ip_it_hosts_keeps_it_but_any_other_node_refuses_it() {
+        let mut c = cluster();
+        let vip = NodeInterface {
+            name: "eth1".into(),
+            network: "198.18.0.200/32".parse().unwrap(),
+        };
+        c.nodes.get_mut("node-2").unwrap().interfaces.push(vip);
+        let egress = ip("198.18.0.200");
+        assert_eq!(refusal(&c, egress, Some("node-2")), None);
+        assert_eq!(
+            refusal(&c, egress, Some("node-1")),
+            Some(Refusal::InterfaceAddress {
+                node: "node-2".into(),
+                interface: "eth1".into()
+            }),
+            "another node's address is refused"
+        );
+        assert!(
+            refusal(&c, egress, None).is_some(),
+            "never placed there first"
+        );
     }
 
     #[test]
@@ -284,8 +325,8 @@ mod tests {
     #[test]
     fn removing_the_node_that_had_the_address_frees_it() {
         let mut c = cluster();
-        assert!(refusal(&c, ip("198.18.0.12")).is_some());
+        assert!(refusal(&c, ip("198.18.0.12"), None).is_some());
         c.nodes.remove("node-2");
-        assert_eq!(refusal(&c, ip("198.18.0.12")), None);
+        assert_eq!(refusal(&c, ip("198.18.0.12"), None), None);
     }
 }

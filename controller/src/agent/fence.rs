@@ -92,6 +92,8 @@ pub struct Renewed {
 pub struct FenceClock {
     timing: FenceTiming,
     last_success_sent: Option<Instant>,
+    /// The send time of the last renewal that completed within the refresh window.
+    last_fresh_sent: Option<Instant>,
     fenced: bool,
 }
 
@@ -101,6 +103,7 @@ impl FenceClock {
         Self {
             timing,
             last_success_sent: None,
+            last_fresh_sent: None,
             fenced: true,
         }
     }
@@ -119,6 +122,9 @@ impl FenceClock {
             self.last_success_sent = Some(sent);
         }
         let fresh = now.duration_since(sent) <= self.timing.refresh_window;
+        if fresh && self.last_fresh_sent.is_none_or(|t| sent > t) {
+            self.last_fresh_sent = Some(sent);
+        }
         let unfenced = self.fenced && fresh;
         if unfenced {
             self.fenced = false;
@@ -132,16 +138,35 @@ impl FenceClock {
     /// Whether the agent must fence now (it is not fenced yet and the deadline passed).
     /// Marks it fenced.
     pub fn check(&mut self, now: Instant) -> bool {
-        if self.fenced {
+        self.check_holding(now, false)
+    }
+
+    /// [`Self::check`], unless `hold` (every peer confirms the control plane is down for
+    /// everyone, see `agent::peers`): then the agent stays unfenced past its deadline.
+    pub fn check_holding(&mut self, now: Instant, hold: bool) -> bool {
+        if self.fenced || hold {
             return false;
         }
-        let overdue = self
-            .last_success_sent
-            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after);
+        let overdue = self.overdue(now);
         if overdue {
             self.fenced = true;
         }
         overdue
+    }
+
+    /// No renewal sent within the fencing deadline has succeeded.
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.last_success_sent
+            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after)
+    }
+
+    /// No *fresh* renewal (one that completed within the refresh window) was sent within the
+    /// fencing deadline: the agent cannot extend its addresses on its renewals. This is what
+    /// it tells its peers as "cut off" (a slow apiserver counts: every agent is then in the
+    /// same situation, and the peers keep each other's addresses).
+    pub fn degraded(&self, now: Instant) -> bool {
+        self.last_fresh_sent
+            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after)
     }
 }
 
@@ -218,5 +243,36 @@ mod tests {
             "too slow to trust"
         );
         assert!(f.renewed(t0 + MS(2500), t0 + MS(2510)).unfenced);
+    }
+
+    #[test]
+    fn a_hold_keeps_an_overdue_agent_unfenced_and_its_end_fences_it() {
+        let t0 = Instant::now();
+        let mut f = FenceClock::new(FenceTiming::default());
+        f.renewed(t0, t0 + MS(5));
+        assert!(f.overdue(t0 + MS(1000)) && f.degraded(t0 + MS(1000)));
+        assert!(
+            !f.check_holding(t0 + MS(1000), true),
+            "held past the deadline"
+        );
+        assert!(!f.is_fenced());
+        assert!(f.check_holding(t0 + MS(5000), false), "the hold ended");
+        assert!(f.is_fenced());
+    }
+
+    #[test]
+    fn slow_renewals_are_degraded_but_not_overdue() {
+        let t0 = Instant::now();
+        let mut f = FenceClock::new(FenceTiming::default());
+        f.renewed(t0, t0 + MS(5));
+        for i in 1..=4 {
+            let sent = t0 + MS(500 * i);
+            f.renewed(sent, sent + MS(800));
+        }
+        let now = t0 + MS(2900);
+        assert!(!f.overdue(now), "the slow renewals succeed");
+        assert!(f.degraded(now), "but none was fresh: the peers are told");
+        f.renewed(now, now + MS(10));
+        assert!(!f.degraded(now + MS(20)));
     }
 }

@@ -6,14 +6,17 @@ pub mod decide;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
+pub mod lifetimes;
 pub mod marks;
+pub mod outage;
+pub mod peers;
 pub mod pod_watches;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
@@ -101,6 +104,10 @@ pub struct AgentArgs {
     /// destinations like the ServiceCIDR objects; give the controller the same.
     #[arg(long = "service-cidr")]
     pub service_cidrs: Vec<IpNetwork>,
+    /// UDP port of the peer channel on the node's addresses (authenticated pings between
+    /// gateway-candidate agents; see docs/security.md).
+    #[arg(long, default_value_t = peers::DEFAULT_PEER_PORT)]
+    pub peer_port: u16,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -124,6 +131,8 @@ struct Shared {
     /// The kernel holds fewer egress IPs than the last plan (a lifetime ran out): re-apply.
     needs_reapply: bool,
     hosted_planned: usize,
+    /// Egress IPs the last committed plan put in the kernel (what the peers are told).
+    held: Vec<std::net::Ipv4Addr>,
     report: Report,
 }
 
@@ -188,6 +197,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .clone()
         .expect("clap requires --node-name without --cleanup");
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
+    let lifetimes = Arc::new(lifetimes::Lifetimes::start(cfg.clone())?);
     let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg)?));
 
     let mut registry = Registry::default();
@@ -223,6 +233,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
+        held: Vec::new(),
         report: Report {
             renew_interval: timing.renew_interval,
             ..Report::default()
@@ -237,11 +248,47 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &node,
         takeover,
         shared.clone(),
-        dp.clone(),
+        HeartbeatKernel {
+            dp: dp.clone(),
+            lifetimes: lifetimes.clone(),
+        },
         wakes,
         metrics.clone(),
     )
     .await?;
+    let peers: Arc<OnceLock<Arc<peers::Peers>>> = Arc::new(OnceLock::new());
+    {
+        let own = shared.clone();
+        let state: peers::OwnState = Arc::new(move |now| {
+            let s = own.lock().expect("agent state lock");
+            (s.fence.degraded(now), s.held.clone())
+        });
+        let (client, namespace, netns, port, me, slot) = (
+            client.clone(),
+            args.namespace.clone(),
+            args.netns.clone(),
+            args.peer_port,
+            node.clone(),
+            peers.clone(),
+        );
+        let bound = timing.kernel_bound() - timing.refresh_window;
+        tokio::spawn(async move {
+            match peers::start_when_keyed(client, namespace, netns, port, me, bound, state).await {
+                Ok(p) => {
+                    let _ = slot.set(p);
+                }
+                Err(e) => {
+                    error!(error = %e, "the peer channel cannot start: this agent fences on its own deadline during any apiserver outage")
+                }
+            }
+        });
+        tokio::spawn(outage::hold_loop(
+            peers.clone(),
+            shared.clone(),
+            lifetimes.clone(),
+            metrics.clone(),
+        ));
+    }
     info!(node = %node, epoch, "agent starting");
     for (who, bits, advice) in marks::collisions(args.mark_mask) {
         warn!(
@@ -280,11 +327,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         let now = Instant::now();
         let (fenced, idle, epoch, first_outcome) = {
+            // Past the deadline, the peers may confirm an outage for everyone (agent::peers).
+            let hold = peers.get().map(|p| p.hold(now));
             let mut s = shared.lock().expect("agent state lock");
-            if !s.idle && s.fence.check(now) {
+            if !s.idle && s.fence.check_holding(now, matches!(hold, Some(Ok(_)))) {
                 s.needs_new_epoch = true;
                 metrics.fences.inc();
-                warn!(node = %node, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
+                let why = match &hold {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no peer channel".to_string(),
+                };
+                warn!(node = %node, peers = %why, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
                 dirty_since.get_or_insert(now);
             }
             if std::mem::take(&mut s.needs_reapply) {
@@ -318,6 +371,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
         let everything = change == Change::Everything;
+        if let (true, Some(p)) = (everything, peers.get()) {
+            p.set_known(if idle {
+                BTreeMap::new()
+            } else {
+                peers::targets::known_peers(&inputs.index, &node)
+            });
+        }
         // Whether the node may host changes only with gateways or nodes: a full change.
         if let (true, Some(idle_renew)) = (everything, idle_renew) {
             let want_idle = !inputs.may_host();
@@ -369,6 +429,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         retention.apply(now, &mut plan, committed.as_ref(), |ip| {
             local_pods.contains(&ip)
         });
+        if let Some(p) = peers.get() {
+            let held: BTreeSet<std::net::IpAddr> = committed
+                .as_ref()
+                .map(|c| c.hosted.keys().copied().collect())
+                .unwrap_or_default();
+            if let Some(again) = outage::gate_acquisitions(&mut plan, &held, p, now, &metrics) {
+                let wake = notify.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(again.into()).await;
+                    wake.notify_one();
+                });
+            }
+        }
         if last_plan.as_ref() != Some(&plan) {
             let dp = dp.clone();
             let p = plan.clone();
@@ -395,6 +468,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         );
                     }
                     record_sizes(&metrics, &plan);
+                    shared.lock().expect("agent state lock").held = plan
+                        .hosted
+                        .keys()
+                        .filter_map(|ip| match ip {
+                            std::net::IpAddr::V4(v4) => Some(*v4),
+                            std::net::IpAddr::V6(_) => None,
+                        })
+                        .collect();
                     committed = Some(plan.clone());
                 }
                 Err(e) => {
@@ -486,6 +567,13 @@ fn set_cadence(
     }
 }
 
+/// What the heartbeat reads and extends in the kernel: interfaces through the dataplane,
+/// address lifetimes on their own thread.
+struct HeartbeatKernel {
+    dp: SharedDataplane,
+    lifetimes: Arc<lifetimes::Lifetimes>,
+}
+
 /// What the heartbeat wakes, and what wakes it.
 struct Wakes {
     /// The apply loop.
@@ -502,7 +590,7 @@ async fn spawn_heartbeat(
     node: &str,
     takeover: Duration,
     shared: Arc<Mutex<Shared>>,
-    dp: SharedDataplane,
+    kernel: HeartbeatKernel,
     wakes: Wakes,
     metrics: AgentMetrics,
 ) -> anyhow::Result<i32> {
@@ -542,7 +630,7 @@ async fn spawn_heartbeat(
                     Ok(hb) => {
                         shared.lock().expect("agent state lock").epoch = hb.epoch;
                         let _ = tx.send(Ok(hb.epoch));
-                        heartbeat_loop(hb, shared, dp, wakes, metrics).await;
+                        heartbeat_loop(hb, shared, kernel, wakes, metrics).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -557,10 +645,17 @@ async fn spawn_heartbeat(
 async fn heartbeat_loop(
     mut hb: Heartbeat,
     shared: Arc<Mutex<Shared>>,
-    dp: SharedDataplane,
+    kernel: HeartbeatKernel,
     wakes: Wakes,
     metrics: AgentMetrics,
 ) {
+    let HeartbeatKernel { dp, lifetimes } = kernel;
+    let refresh_window = shared
+        .lock()
+        .expect("agent state lock")
+        .fence
+        .timing()
+        .refresh_window;
     let mut round: u32 = 0;
     let mut next = Instant::now();
     let renew_timeout = shared
@@ -650,21 +745,22 @@ async fn heartbeat_loop(
                     wakes.apply.notify_one();
                 }
                 if outcome.refresh_lifetimes {
-                    let dp = dp.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        dp.lock().expect("dataplane lock").refresh_lifetimes()
-                    })
-                    .await
-                    {
-                        Ok(Ok(n)) => {
+                    // The bound holds only if the extension lands within the refresh window
+                    // of the renewal's send: checked right before the netlink call, on the
+                    // lifetime thread, which no apply can hold up.
+                    match lifetimes.refresh_by(sent + refresh_window).await {
+                        Ok(Some(n)) => {
                             let mut s = shared.lock().expect("agent state lock");
                             if n < s.hosted_planned && !s.fence.is_fenced() {
                                 s.needs_reapply = true;
                                 wakes.apply.notify_one();
                             }
                         }
-                        Ok(Err(e)) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
-                        Err(e) => warn!(error = %e, "lifetime refresh task failed"),
+                        Ok(None) => warn!(
+                            window_ms = refresh_window.as_millis() as u64,
+                            "the renewal's refresh window closed before the lifetimes could be extended: not extended"
+                        ),
+                        Err(e) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
                     }
                 }
             }

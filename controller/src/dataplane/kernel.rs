@@ -29,7 +29,7 @@ enum Request {
 }
 
 /// Moves the calling thread into the network namespace at `path`.
-fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
+pub(crate) fn enter_netns(path: &Path) -> Result<(), DataplaneError> {
     let err = |source| DataplaneError::Netns {
         path: path.to_path_buf(),
         source,

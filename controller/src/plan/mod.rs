@@ -28,4 +28,4 @@ pub use rollout::GatewayRollout;
 pub use select::{GatewaySelection, Selections};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,0 +1,66 @@
+//! Extending the kernel lifetime of the node's egress IPs, on a thread of its own.
+//!
+//! The dataplane thread can be busy for a while with an apply (a large transaction, a
+//! conntrack clean-up); a lifetime extension queued behind it could land after the moment
+//! that justified it. Here every extension carries a deadline and is checked against it right
+//! before the netlink call, on a thread nothing else uses: late means not at all.
+
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::dataplane::config::DataplaneConfig;
+use crate::dataplane::error::DataplaneError;
+
+type Reply = oneshot::Sender<Result<Option<usize>, DataplaneError>>;
+
+/// Handle to the lifetime thread.
+pub struct Lifetimes {
+    tx: mpsc::Sender<(Instant, Reply)>,
+}
+
+impl Lifetimes {
+    /// Start the thread (in the dataplane's network namespace).
+    pub fn start(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let (tx, rx) = mpsc::channel::<(Instant, Reply)>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("lifetimes".into())
+            .spawn(move || {
+                if let Some(path) = cfg.netns.as_deref()
+                    && let Err(e) = crate::dataplane::kernel::enter_netns(path)
+                {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(()));
+                while let Ok((deadline, reply)) = rx.recv() {
+                    let r = if Instant::now() > deadline {
+                        Ok(None)
+                    } else {
+                        crate::dataplane::engine::refresh_lifetimes(&cfg).map(Some)
+                    };
+                    let _ = reply.send(r);
+                }
+            })
+            .map_err(|e| DataplaneError::kernel("spawn", "lifetime thread", e))?;
+        ready_rx.recv().map_err(|_| DataplaneError::ThreadGone)??;
+        Ok(Self { tx })
+    }
+
+    /// Extend the lifetimes of our egress IPs, unless `deadline` has passed by the time the
+    /// netlink call would be made. `Ok(Some(n))`: n addresses extended; `Ok(None)`: too late,
+    /// nothing extended.
+    pub async fn refresh_by(&self, deadline: Instant) -> Result<Option<usize>, DataplaneError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send((deadline, tx)).is_err() {
+            return Err(DataplaneError::ThreadGone);
+        }
+        rx.await.unwrap_or_else(|_| {
+            warn!("the lifetime thread dropped a request");
+            Err(DataplaneError::ThreadGone)
+        })
+    }
+}

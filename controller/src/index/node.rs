@@ -94,7 +94,7 @@ pub enum Ineligible {
 
 impl std::fmt::Display for Ineligible {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        let text = match self {
             Ineligible::SelectorMismatch => "does not match gatewayNodeSelector",
             Ineligible::NotReady => "is not Ready",
             Ineligible::AgentDown => "has no live egressgw agent",
@@ -105,7 +105,8 @@ impl std::fmt::Display for Ineligible {
             Ineligible::MissingInterface(name) => {
                 return write!(f, "has no interface {name} (spec.interface)");
             }
-        })
+        };
+        f.write_str(text)
     }
 }
 
@@ -207,6 +208,34 @@ impl Node {
 mod tests {
     use super::*;
     use crate::api::LabelSelector;
+
+    #[test]
+    fn internal_and_external_addresses_are_kept_hostnames_are_not() {
+        let kube: KubeNode = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "node-1" },
+            "status": { "addresses": [
+                { "type": "Hostname", "address": "node-1" },
+                { "type": "ExternalIP", "address": "203.0.113.11" },
+                { "type": "InternalIP", "address": "198.18.0.11" },
+            ] }
+        }))
+        .unwrap();
+        let n = Node::from_kube(&kube).unwrap();
+        assert_eq!(n.internal_ip, Some("198.18.0.11".parse().unwrap()));
+        assert_eq!(
+            n.addresses,
+            vec![
+                NodeAddress {
+                    kind: NodeAddressKind::ExternalIp,
+                    ip: "203.0.113.11".parse().unwrap()
+                },
+                NodeAddress {
+                    kind: NodeAddressKind::InternalIp,
+                    ip: "198.18.0.11".parse().unwrap()
+                },
+            ]
+        );
+    }
 
     #[test]
     fn an_idle_agent_cannot_host_until_it_renews_at_the_hosting_cadence() {

@@ -287,6 +287,18 @@ impl SimCluster {
         self.proxies[&i].0.restore();
     }
 
+    /// Every request of every agent to the apiserver takes `delay` longer (zero: no delay).
+    pub fn slow_agents(&self, delay: Duration) {
+        for (p, _) in self.proxies.values() {
+            p.set_delay(delay);
+        }
+    }
+
+    /// The kube-apiserver's PID.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.cp.pids().0
+    }
+
     /// Stop (SIGSTOP) or continue (SIGCONT) controller replica `i`.
     pub fn controller_pid(&self, i: usize) -> Option<u32> {
         self.controllers.get(i).map(Child::id)

@@ -286,6 +286,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             peers.clone(),
             shared.clone(),
             lifetimes.clone(),
+            notify.clone(),
             metrics.clone(),
         ));
     }
@@ -317,6 +318,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut last_fenced = false;
     let mut last_trim = Instant::now();
     let mut dirty_since: Option<Instant> = Some(Instant::now());
+    let mut peers_known = false;
     loop {
         tokio::select! {
             _ = notify.notified() => {
@@ -330,7 +332,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             // Past the deadline, the peers may confirm an outage for everyone (agent::peers).
             let hold = peers.get().map(|p| p.hold(now));
             let mut s = shared.lock().expect("agent state lock");
-            if !s.idle && s.fence.check_holding(now, matches!(hold, Some(Ok(_)))) {
+            let verdict = match &hold {
+                None => fence::Hold::Unavailable,
+                Some(Ok(_)) => fence::Hold::Confirmed,
+                Some(Err(_)) => fence::Hold::Pending,
+            };
+            if !s.idle && s.fence.check_holding(now, verdict) {
                 s.needs_new_epoch = true;
                 metrics.fences.inc();
                 let why = match &hold {
@@ -371,12 +378,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
         let everything = change == Change::Everything;
-        if let (true, Some(p)) = (everything, peers.get()) {
+        if let Some(p) = peers.get()
+            && (everything || !peers_known)
+        {
             p.set_known(if idle {
                 BTreeMap::new()
             } else {
                 peers::targets::known_peers(&inputs.index, &node)
             });
+            peers_known = true;
         }
         // Whether the node may host changes only with gateways or nodes: a full change.
         if let (true, Some(idle_renew)) = (everything, idle_renew) {
@@ -429,12 +439,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         retention.apply(now, &mut plan, committed.as_ref(), |ip| {
             local_pods.contains(&ip)
         });
+        let mut held_back = false;
         if let Some(p) = peers.get() {
             let held: BTreeSet<std::net::IpAddr> = committed
                 .as_ref()
                 .map(|c| c.hosted.keys().copied().collect())
                 .unwrap_or_default();
             if let Some(again) = outage::gate_acquisitions(&mut plan, &held, p, now, &metrics) {
+                held_back = true;
                 let wake = notify.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(again.into()).await;
@@ -509,7 +521,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             s.report.programmed = programmed;
             s.hosted_planned = plan.hosted.len();
         }
-        last_plan = Some(plan);
+        // A plan with an egress IP held back is not the plan: plan again when woken.
+        last_plan = (!held_back).then_some(plan);
         ready.store(true, Ordering::Relaxed);
         let tainted = inputs
             .index

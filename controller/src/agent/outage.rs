@@ -28,6 +28,7 @@ pub(super) async fn hold_loop(
     peers: Arc<OnceLock<Arc<Peers>>>,
     shared: Arc<Mutex<Shared>>,
     lifetimes: Arc<Lifetimes>,
+    apply: Arc<tokio::sync::Notify>,
     metrics: AgentMetrics,
 ) {
     let mut last_refresh: Option<Instant> = None;
@@ -74,7 +75,16 @@ pub(super) async fn hold_loop(
             continue;
         }
         match lifetimes.refresh_by(valid_until).await {
-            Ok(Some(_)) => last_refresh = Some(now),
+            Ok(Some(n)) => {
+                last_refresh = Some(now);
+                let mut s = shared.lock().expect("agent state lock");
+                if n < s.held.len() && !s.fence.is_fenced() {
+                    // A lifetime ran out before the peers confirmed the outage: put the
+                    // address back (the same bound holds: the hold is confirmed now).
+                    s.needs_reapply = true;
+                    apply.notify_one();
+                }
+            }
             Ok(None) => {
                 warn!("the peers' answers expired before the lifetime extension: not extended")
             }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How often an agent pings each peer.
-pub const PING_EVERY: Duration = Duration::from_millis(200);
+pub const PING_EVERY: Duration = Duration::from_millis(100);
 /// A pong counts only as the answer to a ping sent at most this long ago.
 pub const PONG_VALID: Duration = Duration::from_millis(600);
 /// A node that pinged this agent stays one of its peers this long after its last ping.

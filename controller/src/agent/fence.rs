@@ -283,9 +283,15 @@ mod tests {
             !f.check_holding(t0 + MS(1000), Hold::Confirmed),
             "held past the deadline"
         );
-        assert!(!f.check_holding(t0 + MS(1400), Hold::Pending), "within the grace");
+        assert!(
+            !f.check_holding(t0 + MS(1400), Hold::Pending),
+            "within the grace"
+        );
         assert!(!f.is_fenced());
-        assert!(f.check_holding(t0 + MS(1500), Hold::Pending), "the grace is over");
+        assert!(
+            f.check_holding(t0 + MS(1500), Hold::Pending),
+            "the grace is over"
+        );
         assert!(f.is_fenced());
         let mut g = FenceClock::new(FenceTiming::default());
         g.renewed(t0, t0 + MS(5));

@@ -243,6 +243,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // Lead until stopped. A replica that loses leadership (it could not renew within the
     // renew deadline, or someone else holds the Lease) stays up as a standby, its watches
     // synced, and seeks leadership again.
+    let view: Arc<Mutex<reconciler::View>> = Arc::default();
     loop {
         tokio::select! {
             r = elector.acquire() => r?,
@@ -277,7 +278,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         };
         let reconciler = Reconciler {
             stores: stores.clone(),
-            view: Mutex::default(),
+            view: {
+                view.lock().expect("view lock").new_term();
+                view.clone()
+            },
             liveness: liveness.clone(),
             writer: StatusWriter::new(
                 Api::all(client.clone()),

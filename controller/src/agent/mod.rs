@@ -166,20 +166,35 @@ fn dataplane_config(args: &AgentArgs, timing: &FenceTiming) -> DataplaneConfig {
 /// loopback are not interfaces that can carry one.
 pub fn node_interfaces(routing: &RoutingState) -> Vec<NodeInterface> {
     let ours = crate::dataplane::config::ADDRESS_PROTO;
-    routing
+    let mut v: Vec<NodeInterface> = routing
         .addresses
         .iter()
         .filter(|a| a.proto != Some(ours) && !a.ip.is_loopback())
         .filter_map(|a| {
             let link = routing.link_by_index(a.link)?;
+            if SERVICE_ADDRESS_LINKS.contains(&link.name.as_str()) {
+                return None;
+            }
             let network = IpNetwork::new(a.ip.into(), a.prefix).ok()?;
             Some(NodeInterface {
                 name: link.name.clone(),
                 network,
             })
         })
-        .collect()
+        .collect();
+    // Subnets first (what placement needs), then single addresses, then at most a bounded
+    // number: the report is written on every renewal.
+    v.sort_by_key(|i| (i.network.prefix() == 32, i.name.clone(), i.network));
+    v.truncate(MAX_REPORTED_ADDRESSES);
+    v
 }
+
+/// Interfaces that hold the cluster's Service addresses (kube-proxy IPVS mode puts every
+/// ClusterIP on `kube-ipvs0`, NodeLocal DNSCache its address on `nodelocaldns`): never
+/// reported; they can be thousands and never carry egress IPs.
+pub const SERVICE_ADDRESS_LINKS: [&str; 2] = ["kube-ipvs0", "nodelocaldns"];
+/// At most this many interface addresses go into the agent's Lease report.
+pub const MAX_REPORTED_ADDRESSES: usize = 64;
 
 /// Run the agent (or the cleanup).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -947,5 +962,65 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
             .snat_bytes
             .get_or_create(&label("gateway", &g))
             .set(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::route_model::{AddrEntry, Link};
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: None,
+        }
+    }
+
+    fn addr(link: u32, ip: std::net::Ipv4Addr, prefix: u8) -> AddrEntry {
+        AddrEntry {
+            link,
+            ip,
+            prefix,
+            proto: None,
+        }
+    }
+
+    #[test]
+    fn the_interface_report_stays_bounded_with_ten_thousand_service_addresses() {
+        let mut routing = RoutingState {
+            links: vec![link(2, "eth0"), link(3, "kube-ipvs0"), link(4, "eth1")],
+            ..RoutingState::default()
+        };
+        routing
+            .addresses
+            .push(addr(2, std::net::Ipv4Addr::new(198, 18, 0, 12), 24));
+        routing
+            .addresses
+            .push(addr(4, std::net::Ipv4Addr::new(198, 51, 100, 12), 24));
+        for i in 0..10_000u32 {
+            let ip =
+                std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 192, 0)) + i);
+            routing.addresses.push(addr(3, ip, 32));
+        }
+        for i in 0..200u8 {
+            routing
+                .addresses
+                .push(addr(2, std::net::Ipv4Addr::new(198, 19, 255, i), 32));
+        }
+        let report = node_interfaces(&routing);
+        assert!(report.len() <= MAX_REPORTED_ADDRESSES);
+        assert!(report.iter().all(|i| i.name != "kube-ipvs0"));
+        assert_eq!(
+            report[..2]
+                .iter()
+                .map(|i| i.network.to_string())
+                .collect::<Vec<_>>(),
+            vec!["198.18.0.12/24", "198.51.100.12/24"],
+            "the subnets that place egress IPs always make it"
+        );
+        let encoded = crate::k8s::lease::encode_interfaces(&report);
+        assert!(encoded.len() < 4096, "{} bytes", encoded.len());
     }
 }

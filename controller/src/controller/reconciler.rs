@@ -138,6 +138,13 @@ impl Reconciler {
             &self.stores.extra_service_cidrs,
         );
         index.gateways = view.gateway_cache.build(&self.stores.gateways.state());
+        // Placements come from our own last write, not the watch's copy: a lagging watch
+        // must not make an IP moved by a failover flap back.
+        for (name, gw) in index.gateways.iter_mut() {
+            if let Some(sent) = self.writer.sent(name) {
+                gw.record_from(&sent);
+            }
+        }
         let changed = self.stores.pods.update(&mut index.pods);
         view.pending.extend(changed);
     }

@@ -146,6 +146,12 @@ impl Gateway {
         self.spec.as_ref().ok().or(self.fallback.as_ref())
     }
 
+    /// Take the recorded placements from `status` (the controller's own last write, newer
+    /// than the watch's copy while the watch lags).
+    pub fn record_from(&mut self, status: &crate::api::EgressGatewayStatus) {
+        self.recorded = recorded_from(status);
+    }
+
     /// Cut an `EgressGateway` down, re-validating its spec.
     pub fn from_kube(gw: &EgressGateway) -> Option<Self> {
         let name = gw.metadata.name.clone()?;
@@ -155,28 +161,7 @@ impl Gateway {
             .as_ref()
             .map(|t| t.0)
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        let recorded = gw
-            .status
-            .as_ref()
-            .map(|s| {
-                s.assignments
-                    .iter()
-                    .filter_map(|a| {
-                        let ip = a.egress_ip.parse().ok()?;
-                        let node = a.node.clone()?;
-                        Some((
-                            ip,
-                            RecordedAssignment {
-                                node,
-                                interface: a.interface.clone(),
-                                epoch: a.epoch,
-                                since: a.since.as_ref().map(|t| t.0),
-                            },
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let recorded = gw.status.as_ref().map(recorded_from).unwrap_or_default();
         Some(Self {
             name,
             generation: gw.metadata.generation.unwrap_or(0),
@@ -600,4 +585,27 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// The placements a status records, by egress IP (IPs without a node are left out).
+pub fn recorded_from(
+    status: &crate::api::EgressGatewayStatus,
+) -> BTreeMap<IpAddr, RecordedAssignment> {
+    status
+        .assignments
+        .iter()
+        .filter_map(|a| {
+            let ip = a.egress_ip.parse().ok()?;
+            let node = a.node.clone()?;
+            Some((
+                ip,
+                RecordedAssignment {
+                    node,
+                    interface: a.interface.clone(),
+                    epoch: a.epoch,
+                    since: a.since.as_ref().map(|t| t.0),
+                },
+            ))
+        })
+        .collect()
 }

@@ -278,3 +278,46 @@ fn a_placed_ip_that_becomes_a_node_address_leaves_its_node() {
         Err(Unplaced::Refused(_))
     ));
 }
+
+#[test]
+fn the_controllers_own_last_write_outranks_a_lagging_watch() {
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(gw_node("n0", 10));
+    let first = c.plan();
+    c.record(&first.assignments);
+    let host = nodes_of(&first, "g")[0].clone().unwrap();
+    let other = if host == "n1" { "n0" } else { "n1" };
+    // The host dies and the controller writes the failover...
+    c.index.nodes.get_mut(&host).unwrap().agent_alive = false;
+    let failover = c.plan();
+    assert_eq!(nodes_of(&failover, "g"), vec![Some(other.to_string())]);
+    let written = crate::api::EgressGatewayStatus {
+        assignments: vec![crate::api::IpAssignment {
+            egress_ip: "198.18.0.200".into(),
+            node: Some(other.into()),
+            interface: Some("eth1".into()),
+            epoch: Some(1),
+            since: None,
+        }],
+        ..Default::default()
+    };
+    // ...the host recovers while the watch still shows the old status (it lags): planned
+    // from the watch's copy, the IP would flap back; from the controller's write, it stays.
+    c.index.nodes.get_mut(&host).unwrap().agent_alive = true;
+    assert_eq!(
+        nodes_of(&c.plan(), "g"),
+        vec![Some(host.clone())],
+        "the lagging copy alone flaps back"
+    );
+    c.index.gateways.get_mut("g").unwrap().record_from(&written);
+    assert_eq!(nodes_of(&c.plan(), "g"), vec![Some(other.to_string())]);
+}

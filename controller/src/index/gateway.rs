@@ -363,6 +363,29 @@ fn is_broadcast(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
+/// The placements a status records, by egress IP (IPs without a node are left out).
+pub fn recorded_from(
+    status: &crate::api::EgressGatewayStatus,
+) -> BTreeMap<IpAddr, RecordedAssignment> {
+    status
+        .assignments
+        .iter()
+        .filter_map(|a| {
+            let ip = a.egress_ip.parse().ok()?;
+            let node = a.node.clone()?;
+            Some((
+                ip,
+                RecordedAssignment {
+                    node,
+                    interface: a.interface.clone(),
+                    epoch: a.epoch,
+                    since: a.since.as_ref().map(|t| t.0),
+                },
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,27 +608,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// The placements a status records, by egress IP (IPs without a node are left out).
-pub fn recorded_from(
-    status: &crate::api::EgressGatewayStatus,
-) -> BTreeMap<IpAddr, RecordedAssignment> {
-    status
-        .assignments
-        .iter()
-        .filter_map(|a| {
-            let ip = a.egress_ip.parse().ok()?;
-            let node = a.node.clone()?;
-            Some((
-                ip,
-                RecordedAssignment {
-                    node,
-                    interface: a.interface.clone(),
-                    epoch: a.epoch,
-                    since: a.since.as_ref().map(|t| t.0),
-                },
-            ))
-        })
-        .collect()
 }

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrac
 CRD := crds/egressgateways.egressgw.io.yaml
 DEPLOY_CRD := deploy/crd/egressgateways.egressgw.io.yaml
 
-.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-drift bench-failover bench-leaks bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
+.PHONY: all deps build bench-plan bench-scale bench-dataplane bench-disruption bench-drift bench-failover bench-leaks bench-programming bench-status-write crds checkov check-crds lint unit test control-plane demo clean
 
 all: build
 
@@ -59,6 +59,12 @@ bench-leaks: deps control-plane
 	$(CARGO) build --release -p egressgw --bin egressgw
 	$(CARGO) build --release -p egressgw-bench-runtime --bin leaks
 	$(RELEASE_DIR)/leaks $(ARGS)
+
+## bench-disruption: egress through control-plane outages, slow apiservers and agent upgrades (as root; ARGS="--trials N --outage-secs S --only ROWS")
+bench-disruption: deps control-plane
+	$(CARGO) build --release -p egressgw --bin egressgw
+	$(CARGO) build --release -p egressgw-bench-runtime --bin disruption
+	$(RELEASE_DIR)/disruption $(ARGS)
 
 ## bench-programming: apply-to-kernel latency on the simulated cluster (as root; ARGS=<pods>, default 1000)
 bench-programming: deps control-plane

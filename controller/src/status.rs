@@ -28,6 +28,10 @@ pub mod reason {
     pub const EGRESS_IPS_PLACED: &str = "EgressIPsPlaced";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NO_ELIGIBLE_NODE: &str = "NoEligibleNode";
+    /// An egress IP is an address the cluster already uses or reserves (a node's address, a
+    /// subnet's network or broadcast address, inside the pod or Service ranges): the spec must
+    /// change.
+    pub const INVALID_EGRESS_IP: &str = "InvalidEgressIP";
     /// Every node that could host the IP has an agent still at the idle cadence (it switches
     /// within about a second of seeing a gateway select its node): transient, no warning.
     pub const WAITING_FOR_AGENTS: &str = "WaitingForAgents";
@@ -119,8 +123,9 @@ pub fn gateway_status(
             let mut nodes = Vec::with_capacity(placements.len());
             let mut claimed = Vec::new();
             let mut homeless = Vec::new();
+            let mut refused = false;
             let mut all_waiting = true;
-            for p in &placements {
+            for (index, p) in placements.iter().enumerate() {
                 let ip = p.ip.to_string();
                 let (node, interface, epoch) = match &p.placement {
                     Ok(pl) => (
@@ -141,6 +146,12 @@ pub fn gateway_status(
                             all_waiting = false;
                         }
                         homeless.push(format!("{ip} has no eligible node ({})", explain(why)));
+                        (None, None, None)
+                    }
+                    Err(Unplaced::Refused(r)) => {
+                        refused = true;
+                        all_waiting = false;
+                        homeless.push(format!("spec.egressIPs[{index}] {ip} {r}"));
                         (None, None, None)
                     }
                 };
@@ -173,7 +184,9 @@ pub fn gateway_status(
                 nodes.join(",")
             });
             let placed = placements.iter().filter(|p| p.placement.is_ok()).count();
-            let homeless_reason = if all_waiting {
+            let homeless_reason = if refused {
+                reason::INVALID_EGRESS_IP
+            } else if all_waiting {
                 reason::WAITING_FOR_AGENTS
             } else {
                 reason::NO_ELIGIBLE_NODE

@@ -272,6 +272,23 @@ impl SimCluster {
         Ok(())
     }
 
+    /// SIGTERM the agent of node `i` (as a DaemonSet rolling update does) and wait for it to
+    /// exit.
+    pub fn stop_agent(&mut self, i: usize) -> Result<()> {
+        let mut child = self
+            .agents
+            .remove(&i)
+            .context("no agent running on that node")?;
+        let pid = i32::try_from(child.id()).context("pid")?;
+        anyhow::ensure!(
+            unsafe { libc::kill(pid, libc::SIGTERM) } == 0,
+            "SIGTERM to the agent of node {i}: {}",
+            std::io::Error::last_os_error()
+        );
+        child.wait()?;
+        Ok(())
+    }
+
     /// The Prometheus text the agent of node `i` serves at /metrics.
     pub fn agent_metrics(&self, i: usize) -> Result<String> {
         scrape_metrics(self.agent_metrics[&i])
@@ -285,6 +302,18 @@ impl SimCluster {
     /// Let the agent of node `i` reach the apiserver again.
     pub fn restore_agent(&self, i: usize) {
         self.proxies[&i].0.restore();
+    }
+
+    /// Every request of every agent to the apiserver takes `delay` longer (zero: no delay).
+    pub fn slow_agents(&self, delay: Duration) {
+        for (p, _) in self.proxies.values() {
+            p.set_delay(delay);
+        }
+    }
+
+    /// The kube-apiserver's PID.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.cp.pids().0
     }
 
     /// Stop (SIGSTOP) or continue (SIGCONT) controller replica `i`.

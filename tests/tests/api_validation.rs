@@ -144,6 +144,62 @@ fn cases() -> Vec<Case> {
             expect: &["spec.excludedCIDRs", "covers a whole destination CIDR"],
         },
         Case {
+            name: "label-value-with-a-space",
+            pointer: "/spec/namespaceSelector",
+            value: json!({ "matchLabels": { "team": "billing team" } }),
+            expect: &[
+                "spec.namespaceSelector.matchLabels[team]",
+                "\"billing team\" is not a valid label value",
+            ],
+        },
+        Case {
+            name: "label-value-too-long",
+            pointer: "/spec/podSelector",
+            value: json!({ "matchLabels": { "app": "a".repeat(64) } }),
+            expect: &["spec.podSelector.matchLabels.app", "Too long"],
+        },
+        Case {
+            name: "label-key-with-a-space",
+            pointer: "/spec/podSelector",
+            value: json!({ "matchLabels": { "app name": "invoicer" } }),
+            expect: &[
+                "spec.podSelector.matchLabels",
+                "label key \"app name\" is not valid",
+            ],
+        },
+        Case {
+            name: "label-key-prefix-too-long",
+            pointer: "/spec/gatewayNodeSelector",
+            value: json!({ "matchLabels": { format!("{}/gateway", "e".repeat(254)): "true" } }),
+            expect: &["spec.gatewayNodeSelector.matchLabels", "is not valid"],
+        },
+        Case {
+            name: "too-many-match-labels",
+            pointer: "/spec/podSelector",
+            value: json!({
+                "matchLabels": Value::Object((0..65).map(|i| (format!("k{i}"), json!("v"))).collect())
+            }),
+            expect: &["spec.podSelector.matchLabels", "must have at most 64 items"],
+        },
+        Case {
+            name: "expression-key-upper-case-prefix",
+            pointer: "/spec/gatewayNodeSelector",
+            value: json!({ "matchExpressions": [{ "key": "Zone.Example/zone", "operator": "Exists" }] }),
+            expect: &[
+                "spec.gatewayNodeSelector.matchExpressions[0].key",
+                "label key \"Zone.Example/zone\" is not valid",
+            ],
+        },
+        Case {
+            name: "expression-value-bad",
+            pointer: "/spec/podSelector",
+            value: json!({ "matchExpressions": [{ "key": "app", "operator": "NotIn", "values": ["web", "-web"] }] }),
+            expect: &[
+                "spec.podSelector.matchExpressions[0].values[1]",
+                "\"-web\" is not a valid label value",
+            ],
+        },
+        Case {
             name: "missing-egress-ips",
             pointer: "/spec/egressIPs",
             value: Value::Null,

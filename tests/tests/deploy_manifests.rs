@@ -273,11 +273,14 @@ fn each_component_has_exactly_the_verbs_it_uses() {
     );
     assert_eq!(
         role("Role", "egressgw-controller", Some("egressgw-system")),
-        expect(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update", "list", "watch"]
-        )])
+        expect(&[
+            (
+                "coordination.k8s.io",
+                "leases",
+                &["get", "create", "update", "list", "watch"]
+            ),
+            ("", "secrets", &["create", "get"]),
+        ])
     );
     assert_eq!(
         role("Role", "egressgw-controller-events", Some("default")),
@@ -295,22 +298,63 @@ fn each_component_has_exactly_the_verbs_it_uses() {
     );
     assert_eq!(
         role("Role", "egressgw-agent", Some("egressgw-system")),
-        expect(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update"]
-        )])
+        expect(&[
+            (
+                "coordination.k8s.io",
+                "leases",
+                &["get", "create", "update"]
+            ),
+            ("", "secrets", &["get"]),
+        ])
     );
     for o in objects
         .iter()
         .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
     {
         let all = rules(o);
-        assert!(
-            !all.keys().any(|(_, r)| r == "secrets" || r == "*"),
-            "{} touches secrets or *",
-            name(o)
-        );
+        assert!(!all.keys().any(|(_, r)| r == "*"), "{} touches *", name(o));
+        // Secrets: only the peer key, by name, in egressgw-system; `create` (which RBAC
+        // cannot limit by name) only for the controller.
+        for r in o["rules"].as_array().into_iter().flatten() {
+            let has = |k: &str, v: &str| {
+                r[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x.as_str() == Some(v))
+            };
+            if !has("resources", "secrets") {
+                continue;
+            }
+            assert_eq!(
+                o["metadata"]["namespace"].as_str(),
+                Some("egressgw-system"),
+                "{} reads secrets outside egressgw-system",
+                name(o)
+            );
+            let verbs: Vec<&str> = r["verbs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let by_name = r["resourceNames"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>());
+            if verbs == ["create"] {
+                assert_eq!(
+                    name(o),
+                    "egressgw-controller",
+                    "only the controller creates the peer key"
+                );
+            } else {
+                assert_eq!(
+                    (verbs, by_name),
+                    (vec!["get"], Some(vec!["egressgw-peer-key"])),
+                    "{}: secrets are read by name only",
+                    name(o)
+                );
+            }
+        }
         assert!(
             !all.values()
                 .flatten()

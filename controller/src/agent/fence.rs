@@ -29,6 +29,9 @@ pub struct FenceTiming {
     pub refresh_window: Duration,
     /// `valid_lft` of egress IPs, whole seconds (the kernel's unit).
     pub address_lifetime_secs: u32,
+    /// Past `fence_after`, how long an agent whose peers may yet confirm an outage for
+    /// everyone waits for them before it fences (see `agent::peers`).
+    pub hold_grace: Duration,
 }
 
 impl Default for FenceTiming {
@@ -38,11 +41,18 @@ impl Default for FenceTiming {
             fence_after: Duration::from_millis(1000),
             refresh_window: Duration::from_millis(300),
             address_lifetime_secs: 1,
+            hold_grace: Duration::from_millis(500),
         }
     }
 }
 
 impl FenceTiming {
+    /// Without a fresh renewal sent this long ago the agent tells its peers it is cut off:
+    /// it missed its last renewal's refresh window.
+    pub fn cut_off_after(&self) -> Duration {
+        self.renew_interval + self.refresh_window
+    }
+
     /// The latest an address can outlive the agent's last successful renewal send.
     pub fn kernel_bound(&self) -> Duration {
         self.refresh_window
@@ -61,10 +71,10 @@ impl FenceTiming {
                 self.renew_interval, self.fence_after
             ));
         }
-        if self.fence_after >= takeover {
+        if self.fence_after + self.hold_grace >= takeover {
             return Err(format!(
-                "fencing deadline {:?} must be shorter than the takeover {:?}",
-                self.fence_after, takeover
+                "fencing deadline {:?} (plus the {:?} the peers may take to confirm an outage) must be shorter than the takeover {:?}",
+                self.fence_after, self.hold_grace, takeover
             ));
         }
         if self.kernel_bound() >= takeover {
@@ -76,6 +86,17 @@ impl FenceTiming {
         }
         Ok(())
     }
+}
+
+/// What the peers say about fencing (`agent::peers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// No peer channel: fence on the deadline.
+    Unavailable,
+    /// Not (yet) confirmed: fence on the deadline plus the hold grace.
+    Pending,
+    /// Every peer confirms it is cut off too: do not fence.
+    Confirmed,
 }
 
 /// What a renewal outcome means for the dataplane.
@@ -92,6 +113,8 @@ pub struct Renewed {
 pub struct FenceClock {
     timing: FenceTiming,
     last_success_sent: Option<Instant>,
+    /// The send time of the last renewal that completed within the refresh window.
+    last_fresh_sent: Option<Instant>,
     fenced: bool,
 }
 
@@ -101,6 +124,7 @@ impl FenceClock {
         Self {
             timing,
             last_success_sent: None,
+            last_fresh_sent: None,
             fenced: true,
         }
     }
@@ -119,6 +143,9 @@ impl FenceClock {
             self.last_success_sent = Some(sent);
         }
         let fresh = now.duration_since(sent) <= self.timing.refresh_window;
+        if fresh && self.last_fresh_sent.is_none_or(|t| sent > t) {
+            self.last_fresh_sent = Some(sent);
+        }
         let unfenced = self.fenced && fresh;
         if unfenced {
             self.fenced = false;
@@ -132,16 +159,42 @@ impl FenceClock {
     /// Whether the agent must fence now (it is not fenced yet and the deadline passed).
     /// Marks it fenced.
     pub fn check(&mut self, now: Instant) -> bool {
-        if self.fenced {
+        self.check_holding(now, Hold::Unavailable)
+    }
+
+    /// [`Self::check`], with what the peers say (`agent::peers`): a confirmed outage for
+    /// everyone keeps the agent unfenced past its deadline; one that may yet be confirmed
+    /// (the peers miss renewals a little later than this node) gets [`FenceTiming::hold_grace`].
+    pub fn check_holding(&mut self, now: Instant, hold: Hold) -> bool {
+        if self.fenced || hold == Hold::Confirmed {
             return false;
         }
+        let deadline = match hold {
+            Hold::Pending => self.timing.fence_after + self.timing.hold_grace,
+            _ => self.timing.fence_after,
+        };
         let overdue = self
             .last_success_sent
-            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after);
+            .is_none_or(|t| now.duration_since(t) >= deadline);
         if overdue {
             self.fenced = true;
         }
         overdue
+    }
+
+    /// No renewal sent within the fencing deadline has succeeded.
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.last_success_sent
+            .is_none_or(|t| now.duration_since(t) >= self.timing.fence_after)
+    }
+
+    /// No *fresh* renewal (one that completed within the refresh window) was sent within
+    /// [`FenceTiming::cut_off_after`]: the agent cannot extend its addresses on its renewals. This is what
+    /// it tells its peers as "cut off" (a slow apiserver counts: every agent is then in the
+    /// same situation, and the peers keep each other's addresses).
+    pub fn degraded(&self, now: Instant) -> bool {
+        self.last_fresh_sent
+            .is_none_or(|t| now.duration_since(t) >= self.timing.cut_off_after())
     }
 }
 
@@ -218,5 +271,53 @@ mod tests {
             "too slow to trust"
         );
         assert!(f.renewed(t0 + MS(2500), t0 + MS(2510)).unfenced);
+    }
+
+    #[test]
+    fn a_hold_keeps_an_overdue_agent_unfenced_and_its_end_fences_it() {
+        let t0 = Instant::now();
+        let mut f = FenceClock::new(FenceTiming::default());
+        f.renewed(t0, t0 + MS(5));
+        assert!(f.overdue(t0 + MS(1000)) && f.degraded(t0 + MS(1000)));
+        assert!(
+            !f.check_holding(t0 + MS(1000), Hold::Confirmed),
+            "held past the deadline"
+        );
+        assert!(
+            !f.check_holding(t0 + MS(1400), Hold::Pending),
+            "within the grace"
+        );
+        assert!(!f.is_fenced());
+        assert!(
+            f.check_holding(t0 + MS(1500), Hold::Pending),
+            "the grace is over"
+        );
+        assert!(f.is_fenced());
+        let mut g = FenceClock::new(FenceTiming::default());
+        g.renewed(t0, t0 + MS(5));
+        assert!(
+            g.check_holding(t0 + MS(1000), Hold::Unavailable),
+            "no peers: the plain deadline"
+        );
+    }
+
+    #[test]
+    fn slow_renewals_are_degraded_but_not_overdue() {
+        let t0 = Instant::now();
+        let mut f = FenceClock::new(FenceTiming::default());
+        f.renewed(t0, t0 + MS(5));
+        for i in 1..=4 {
+            let sent = t0 + MS(500 * i);
+            f.renewed(sent, sent + MS(800));
+        }
+        let now = t0 + MS(2900);
+        assert!(!f.overdue(now), "the slow renewals succeed");
+        assert!(f.degraded(now), "but none was fresh: the peers are told");
+        assert!(
+            !f.degraded(t0 + MS(799)) && f.degraded(t0 + MS(800)),
+            "cut off once a renewal's refresh window is missed"
+        );
+        f.renewed(now, now + MS(10));
+        assert!(!f.degraded(now + MS(20)));
     }
 }

@@ -14,8 +14,8 @@ use thiserror::Error;
 use crate::index::NodeInterface;
 use crate::k8s::lease::{encode_interfaces, encode_programmed};
 use crate::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL,
-    CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
+    ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED,
+    ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
 };
 
 #[derive(Debug, Error)]
@@ -44,6 +44,8 @@ pub struct Report {
     pub idle: bool,
     /// The longest wait until the next renewal.
     pub renew_interval: Duration,
+    /// The agent is stopping: its successor takes over within this window.
+    pub handover: Option<Duration>,
 }
 
 /// The agent's view of its own Lease.
@@ -61,8 +63,9 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Read the Lease and decide the epoch: keep it when our last renewal (our own wall
-    /// clock wrote it) is younger than `fence_after`, bump it otherwise — an agent that was
-    /// away longer than its fencing deadline must not trust assignments from before.
+    /// clock wrote it) is younger than `fence_after` — or than the handover window our
+    /// predecessor on this node announced when it stopped — and bump it otherwise: an agent
+    /// that was away longer must not trust assignments from before.
     pub async fn start(
         client: Client,
         namespace: &str,
@@ -84,9 +87,16 @@ impl Heartbeat {
             None => 0,
             Some(spec) => {
                 let last = spec.lease_transitions.unwrap_or(0);
+                let handover = current
+                    .as_ref()
+                    .and_then(|l| l.metadata.annotations.as_ref())
+                    .and_then(|a| a.get(ANNOTATION_HANDOVER))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(Duration::from_millis)
+                    .unwrap_or_default();
                 let recent = spec.renew_time.as_ref().is_some_and(|t| {
                     let age = Timestamp::now().duration_since(t.0);
-                    age.is_positive() && age.unsigned_abs() < fence_after
+                    age.is_positive() && age.unsigned_abs() < fence_after.max(handover)
                 });
                 if recent { last } else { last + 1 }
             }
@@ -137,6 +147,14 @@ impl Heartbeat {
             ann.insert(ANNOTATION_CADENCE.into(), CADENCE_IDLE.into());
         } else {
             ann.remove(ANNOTATION_CADENCE);
+        }
+        match report.handover {
+            Some(w) => {
+                ann.insert(ANNOTATION_HANDOVER.into(), w.as_millis().to_string());
+            }
+            None => {
+                ann.remove(ANNOTATION_HANDOVER);
+            }
         }
         Lease {
             metadata: meta,

@@ -7,14 +7,17 @@ pub mod drift;
 pub mod fence;
 pub mod heartbeat;
 pub mod inputs;
+pub mod lifetimes;
 pub mod marks;
+pub mod outage;
+pub mod peers;
 pub mod pod_watches;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
@@ -102,11 +105,26 @@ pub struct AgentArgs {
     /// destinations like the ServiceCIDR objects; give the controller the same.
     #[arg(long = "service-cidr")]
     pub service_cidrs: Vec<IpNetwork>,
+    /// UDP port of the peer channel on the node's addresses (authenticated pings between
+    /// gateway-candidate agents; see docs/security.md).
+    #[arg(long, default_value_t = peers::DEFAULT_PEER_PORT)]
+    pub peer_port: u16,
+    /// On SIGTERM (an upgrade), keep this node's egress IPs this many milliseconds for the
+    /// next agent on the node, and tell the controller to wait that long before judging the
+    /// node; 0: no hand-over (the IPs fail over).
+    #[arg(long, default_value_t = DEFAULT_HANDOVER.as_millis() as u64)]
+    pub handover_ms: u64,
     /// Period of the full kernel read-and-diff that repairs drift the event monitor missed,
     /// milliseconds.
     #[arg(long, default_value_t = drift::DEFAULT_DRIFT_CHECK.as_millis() as u64)]
     pub drift_check_ms: u64,
 }
+
+/// The default hand-over window of a stopping agent (a DaemonSet rolling update replaces the
+/// pod within it).
+pub const DEFAULT_HANDOVER: Duration = Duration::from_secs(10);
+/// How long a stopping agent waits for the renewal that announces its hand-over.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 fn parse_u32(s: &str) -> Result<u32, String> {
     match s.strip_prefix("0x") {
@@ -129,6 +147,10 @@ struct Shared {
     /// The kernel holds fewer egress IPs than the last plan (a lifetime ran out): re-apply.
     needs_reapply: bool,
     hosted_planned: usize,
+    /// Egress IPs the last committed plan put in the kernel (what the peers are told).
+    held: Vec<std::net::Ipv4Addr>,
+    /// The renewal announcing the hand-over succeeded and the lifetimes cover the window.
+    handed_over: bool,
     report: Report,
 }
 
@@ -149,20 +171,35 @@ fn dataplane_config(args: &AgentArgs, timing: &FenceTiming) -> DataplaneConfig {
 /// loopback are not interfaces that can carry one.
 pub fn node_interfaces(routing: &RoutingState) -> Vec<NodeInterface> {
     let ours = crate::dataplane::config::ADDRESS_PROTO;
-    routing
+    let mut v: Vec<NodeInterface> = routing
         .addresses
         .iter()
         .filter(|a| a.proto != Some(ours) && !a.ip.is_loopback())
         .filter_map(|a| {
             let link = routing.link_by_index(a.link)?;
+            if SERVICE_ADDRESS_LINKS.contains(&link.name.as_str()) {
+                return None;
+            }
             let network = IpNetwork::new(a.ip.into(), a.prefix).ok()?;
             Some(NodeInterface {
                 name: link.name.clone(),
                 network,
             })
         })
-        .collect()
+        .collect();
+    // Subnets first (what placement needs), then single addresses, then at most a bounded
+    // number: the report is written on every renewal.
+    v.sort_by_key(|i| (i.network.prefix() == 32, i.name.clone(), i.network));
+    v.truncate(MAX_REPORTED_ADDRESSES);
+    v
 }
+
+/// Interfaces that hold the cluster's Service addresses (kube-proxy IPVS mode puts every
+/// ClusterIP on `kube-ipvs0`, NodeLocal DNSCache its address on `nodelocaldns`): never
+/// reported; they can be thousands and never carry egress IPs.
+pub const SERVICE_ADDRESS_LINKS: [&str; 2] = ["kube-ipvs0", "nodelocaldns"];
+/// At most this many interface addresses go into the agent's Lease report.
+pub const MAX_REPORTED_ADDRESSES: usize = 64;
 
 /// Run the agent (or the cleanup).
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -193,7 +230,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .clone()
         .expect("clap requires --node-name without --cleanup");
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
-    let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg)?));
+    let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg.clone())?));
+    let ours = dp.lock().expect("dataplane lock").ownership()?;
+    let lifetimes = Arc::new(lifetimes::Lifetimes::start(cfg, ours)?);
+    // Egress IPs already in the kernel (a predecessor on this node added them): held, not
+    // acquired, so the acquire rule does not hold them back. Ours by the record in our table
+    // (IFA_PROTO only where the kernel keeps it).
+    let inherited: BTreeSet<std::net::IpAddr> = dp
+        .lock()
+        .expect("dataplane lock")
+        .owned_addresses()
+        .map(|ips| ips.into_iter().map(std::net::IpAddr::V4).collect())
+        .unwrap_or_default();
+    let mut stop = std::pin::pin!(stop_requested()?);
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
@@ -228,6 +277,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         needs_new_epoch: false,
         needs_reapply: false,
         hosted_planned: 0,
+        held: inherited
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect(),
+        handed_over: false,
         report: Report {
             renew_interval: timing.renew_interval,
             ..Report::default()
@@ -242,11 +299,48 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         &node,
         takeover,
         shared.clone(),
-        dp.clone(),
+        HeartbeatKernel {
+            dp: dp.clone(),
+            lifetimes: lifetimes.clone(),
+        },
         wakes,
         metrics.clone(),
     )
     .await?;
+    let peers: Arc<OnceLock<Arc<peers::Peers>>> = Arc::new(OnceLock::new());
+    {
+        let own = shared.clone();
+        let state: peers::OwnState = Arc::new(move |now| {
+            let s = own.lock().expect("agent state lock");
+            (s.fence.degraded(now), s.held.clone())
+        });
+        let (client, namespace, netns, port, me, slot) = (
+            client.clone(),
+            args.namespace.clone(),
+            args.netns.clone(),
+            args.peer_port,
+            node.clone(),
+            peers.clone(),
+        );
+        let bound = timing.kernel_bound() - timing.refresh_window;
+        tokio::spawn(async move {
+            match peers::start_when_keyed(client, namespace, netns, port, me, bound, state).await {
+                Ok(p) => {
+                    let _ = slot.set(p);
+                }
+                Err(e) => {
+                    error!(error = %e, "the peer channel cannot start: this agent fences on its own deadline during any apiserver outage")
+                }
+            }
+        });
+        tokio::spawn(outage::hold_loop(
+            peers.clone(),
+            shared.clone(),
+            lifetimes.clone(),
+            notify.clone(),
+            metrics.clone(),
+        ));
+    }
     info!(node = %node, epoch, "agent starting");
     for (who, bits, advice) in marks::collisions(args.mark_mask) {
         warn!(
@@ -280,6 +374,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut last_fenced = false;
     let mut last_trim = Instant::now();
     let mut dirty_since: Option<Instant> = Some(Instant::now());
+    let mut peers_known = false;
     let mut repairing = BTreeSet::new();
     let mut foreign_ips: BTreeSet<std::net::Ipv4Addr> = BTreeSet::new();
     loop {
@@ -289,14 +384,29 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(DEBOUNCE).await;
             }
             _ = tokio::time::sleep(TICK) => {}
+            () = &mut stop => {
+                hand_over(&shared, &renew_now, Duration::from_millis(args.handover_ms)).await;
+                return Ok(());
+            }
         }
         let now = Instant::now();
         let (fenced, idle, epoch, first_outcome) = {
+            // Past the deadline, the peers may confirm an outage for everyone (agent::peers).
+            let hold = peers.get().map(|p| p.hold(now));
             let mut s = shared.lock().expect("agent state lock");
-            if !s.idle && s.fence.check(now) {
+            let verdict = match &hold {
+                None => fence::Hold::Unavailable,
+                Some(Ok(_)) => fence::Hold::Confirmed,
+                Some(Err(_)) => fence::Hold::Pending,
+            };
+            if !s.idle && s.fence.check_holding(now, verdict) {
                 s.needs_new_epoch = true;
                 metrics.fences.inc();
-                warn!(node = %node, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
+                let why = match &hold {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no peer channel".to_string(),
+                };
+                warn!(node = %node, peers = %why, "fencing: no lease renewal succeeded in time; dropping this node's egress IPs");
                 dirty_since.get_or_insert(now);
             }
             if std::mem::take(&mut s.needs_reapply) {
@@ -336,6 +446,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         let unchanged = matches!(&change, Change::Pods(keys) if keys.is_empty());
         let everything = change == Change::Everything;
+        if let Some(p) = peers.get()
+            && (everything || !peers_known)
+        {
+            p.set_known(if idle {
+                BTreeMap::new()
+            } else {
+                peers::targets::known_peers(&inputs.index, &node)
+            });
+            peers_known = true;
+        }
         // Whether the node may host changes only with gateways or nodes: a full change.
         if let (true, Some(idle_renew)) = (everything, idle_renew) {
             let want_idle = !inputs.may_host();
@@ -387,6 +507,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         retention.apply(now, &mut plan, committed.as_ref(), |ip| {
             local_pods.contains(&ip)
         });
+        let mut held_back = false;
+        if let Some(p) = peers.get() {
+            let held: BTreeSet<std::net::IpAddr> = committed
+                .as_ref()
+                .map(|c| c.hosted.keys().copied().collect())
+                .unwrap_or_else(|| inherited.clone());
+            if let Some(again) = outage::gate_acquisitions(&mut plan, &held, p, now, &metrics) {
+                held_back = true;
+                let wake = notify.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(again.into()).await;
+                    wake.notify_one();
+                });
+            }
+        }
         if last_plan.as_ref() != Some(&plan) {
             let dp = dp.clone();
             let p = plan.clone();
@@ -420,6 +555,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         since.elapsed(),
                     );
                     foreign_ips = r.foreign_addresses.iter().map(|f| f.ip).collect();
+                    // (an address that is not ours is not held here)
+                    shared.lock().expect("agent state lock").held = plan
+                        .hosted
+                        .keys()
+                        .filter_map(|ip| match ip {
+                            std::net::IpAddr::V4(v4) => Some(*v4),
+                            std::net::IpAddr::V6(_) => None,
+                        })
+                        .filter(|v4| !foreign_ips.contains(v4))
+                        .collect();
                     committed = Some(plan.clone());
                 }
                 Err(e) => {
@@ -461,7 +606,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             s.report.programmed = programmed;
             s.hosted_planned = plan.hosted.len();
         }
-        last_plan = Some(plan);
+        // A plan with an egress IP held back is not the plan: plan again when woken.
+        last_plan = (!held_back).then_some(plan);
         ready.store(true, Ordering::Relaxed);
         let tainted = inputs
             .index
@@ -492,6 +638,54 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Resolves on the first SIGTERM or SIGINT (handlers installed when called).
+fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "stop requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "stop requested"),
+        }
+    })
+}
+
+/// A stopping agent that hosts egress IPs hands them over to its successor on the node: one
+/// renewal announces the window (the controller then waits that much longer before judging
+/// the node), and right after it succeeds — within the refresh window of its send — the
+/// addresses' lifetimes are extended to cover the window. The rules stay in the kernel; the
+/// next agent keeps the epoch and adopts them.
+async fn hand_over(shared: &Mutex<Shared>, renew_now: &Notify, window: Duration) {
+    let hosting = {
+        let mut s = shared.lock().expect("agent state lock");
+        let hosting = !s.idle && !s.fence.is_fenced() && !s.held.is_empty();
+        if hosting && !window.is_zero() {
+            s.report.handover = Some(window);
+        }
+        hosting
+    };
+    if !hosting || window.is_zero() {
+        info!("stopping: nothing to hand over; the rules stay in the kernel");
+        return;
+    }
+    renew_now.notify_one();
+    let deadline = Instant::now() + HANDOVER_WAIT;
+    while Instant::now() < deadline {
+        if shared.lock().expect("agent state lock").handed_over {
+            info!(
+                window_ms = window.as_millis() as u64,
+                "stopping: handed this node's egress IPs over to the next agent"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!(
+        "stopping: the hand-over renewal did not succeed in time; the egress IPs will fail over unless the next agent renews first"
+    );
+}
+
 /// Switch between the hosting and the idle cadence. Either way the fencing clock starts over
 /// fenced: an idle agent hosts nothing, and one that may host again does so only after a
 /// fresh renewal under a new epoch, so no assignment recorded before it went idle is trusted.
@@ -519,6 +713,13 @@ fn set_cadence(
     }
 }
 
+/// What the heartbeat reads and extends in the kernel: interfaces through the dataplane,
+/// address lifetimes on their own thread.
+struct HeartbeatKernel {
+    dp: SharedDataplane,
+    lifetimes: Arc<lifetimes::Lifetimes>,
+}
+
 /// What the heartbeat wakes, and what wakes it.
 struct Wakes {
     /// The apply loop.
@@ -535,7 +736,7 @@ async fn spawn_heartbeat(
     node: &str,
     takeover: Duration,
     shared: Arc<Mutex<Shared>>,
-    dp: SharedDataplane,
+    kernel: HeartbeatKernel,
     wakes: Wakes,
     metrics: AgentMetrics,
 ) -> anyhow::Result<i32> {
@@ -575,7 +776,7 @@ async fn spawn_heartbeat(
                     Ok(hb) => {
                         shared.lock().expect("agent state lock").epoch = hb.epoch;
                         let _ = tx.send(Ok(hb.epoch));
-                        heartbeat_loop(hb, shared, dp, wakes, metrics).await;
+                        heartbeat_loop(hb, shared, kernel, wakes, metrics).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -590,10 +791,17 @@ async fn spawn_heartbeat(
 async fn heartbeat_loop(
     mut hb: Heartbeat,
     shared: Arc<Mutex<Shared>>,
-    dp: SharedDataplane,
+    kernel: HeartbeatKernel,
     wakes: Wakes,
     metrics: AgentMetrics,
 ) {
+    let HeartbeatKernel { dp, lifetimes } = kernel;
+    let refresh_window = shared
+        .lock()
+        .expect("agent state lock")
+        .fence
+        .timing()
+        .refresh_window;
     let mut round: u32 = 0;
     let mut next = Instant::now();
     let renew_timeout = shared
@@ -675,6 +883,13 @@ async fn heartbeat_loop(
                     (!idle && !s.idle).then(|| s.fence.renewed(sent, Instant::now()))
                 };
                 let Some(outcome) = outcome else { continue };
+                if let (Some(window), true) = (report.handover, outcome.refresh_lifetimes) {
+                    let secs = window.as_secs_f64().ceil() as u32;
+                    if let Ok(Some(_)) = lifetimes.extend_by(sent + refresh_window, secs).await {
+                        shared.lock().expect("agent state lock").handed_over = true;
+                    }
+                    continue;
+                }
                 if outcome.unfenced {
                     info!(
                         epoch = hb.epoch,
@@ -683,21 +898,22 @@ async fn heartbeat_loop(
                     wakes.apply.notify_one();
                 }
                 if outcome.refresh_lifetimes {
-                    let dp = dp.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        dp.lock().expect("dataplane lock").refresh_lifetimes()
-                    })
-                    .await
-                    {
-                        Ok(Ok(n)) => {
+                    // The bound holds only if the extension lands within the refresh window
+                    // of the renewal's send: checked right before the netlink call, on the
+                    // lifetime thread, which no apply can hold up.
+                    match lifetimes.refresh_by(sent + refresh_window).await {
+                        Ok(Some(n)) => {
                             let mut s = shared.lock().expect("agent state lock");
                             if n < s.hosted_planned && !s.fence.is_fenced() {
                                 s.needs_reapply = true;
                                 wakes.apply.notify_one();
                             }
                         }
-                        Ok(Err(e)) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
-                        Err(e) => warn!(error = %e, "lifetime refresh task failed"),
+                        Ok(None) => warn!(
+                            window_ms = refresh_window.as_millis() as u64,
+                            "the renewal's refresh window closed before the lifetimes could be extended: not extended"
+                        ),
+                        Err(e) => warn!(error = %e, "cannot refresh egress IP lifetimes"),
                     }
                 }
             }
@@ -775,5 +991,65 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
             .snat_bytes
             .get_or_create(&label("gateway", &g))
             .set(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::route_model::{AddrEntry, Link};
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: None,
+        }
+    }
+
+    fn addr(link: u32, ip: std::net::Ipv4Addr, prefix: u8) -> AddrEntry {
+        AddrEntry {
+            link,
+            ip,
+            prefix,
+            proto: None,
+        }
+    }
+
+    #[test]
+    fn the_interface_report_stays_bounded_with_ten_thousand_service_addresses() {
+        let mut routing = RoutingState {
+            links: vec![link(2, "eth0"), link(3, "kube-ipvs0"), link(4, "eth1")],
+            ..RoutingState::default()
+        };
+        routing
+            .addresses
+            .push(addr(2, std::net::Ipv4Addr::new(198, 18, 0, 12), 24));
+        routing
+            .addresses
+            .push(addr(4, std::net::Ipv4Addr::new(198, 51, 100, 12), 24));
+        for i in 0..10_000u32 {
+            let ip =
+                std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 192, 0)) + i);
+            routing.addresses.push(addr(3, ip, 32));
+        }
+        for i in 0..200u8 {
+            routing
+                .addresses
+                .push(addr(2, std::net::Ipv4Addr::new(198, 19, 255, i), 32));
+        }
+        let report = node_interfaces(&routing);
+        assert!(report.len() <= MAX_REPORTED_ADDRESSES);
+        assert!(report.iter().all(|i| i.name != "kube-ipvs0"));
+        assert_eq!(
+            report[..2]
+                .iter()
+                .map(|i| i.network.to_string())
+                .collect::<Vec<_>>(),
+            vec!["198.18.0.12/24", "198.51.100.12/24"],
+            "the subnets that place egress IPs always make it"
+        );
+        let encoded = crate::k8s::lease::encode_interfaces(&report);
+        assert!(encoded.len() < 4096, "{} bytes", encoded.len());
     }
 }

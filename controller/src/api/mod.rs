@@ -2,6 +2,7 @@
 
 pub mod crd;
 pub mod gateway;
+pub mod label_grammar;
 pub mod schema;
 pub mod selector;
 

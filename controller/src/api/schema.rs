@@ -1,7 +1,13 @@
-//! Hand-written OpenAPI schemas for the address fields, so `kubectl apply` rejects bad input
-//! with a message that names the field (CEL `x-kubernetes-validations` on each item).
+//! Hand-written OpenAPI schemas for the address fields and the label selectors' keys and
+//! values, so `kubectl apply` rejects bad input with a message that names the field and the
+//! value (CEL `x-kubernetes-validations` on each item).
 
 use schemars::{Schema, SchemaGenerator, json_schema};
+
+use super::label_grammar::{
+    KEY_REGEX, KEY_RULE, MAX_KEY_PREFIX_LEN, MAX_LABEL_NAME_LEN, VALUE_REGEX, VALUE_RULE,
+};
+use super::selector::{MAX_MATCH_LABELS, MAX_SELECTOR_VALUES};
 
 /// Most egress IPs one gateway may carry.
 pub const MAX_EGRESS_IPS: u32 = 16;
@@ -104,5 +110,59 @@ pub fn interface_name(_: &mut SchemaGenerator) -> Schema {
         "minLength": 1,
         "maxLength": MAX_INTERFACE_LEN,
         "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    })
+}
+
+/// CEL: `key` (a CEL expression of type string) is a label key. The regex bounds the name
+/// part; `indexOf('/')` bounds the prefix.
+fn label_key_cel(key: &str) -> String {
+    format!("{key}.matches(r'{KEY_REGEX}') && {key}.indexOf('/') <= {MAX_KEY_PREFIX_LEN}")
+}
+
+/// The rule on a `matchExpressions` entry that its `key` is a label key (the entry's schema
+/// carries it: a rule on the key's own schema could not quote the value in its message any
+/// better, and this keeps the requirement's rules together).
+pub fn label_key_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": label_key_cel("self.key"),
+        "messageExpression": format!("'label key \"' + self.key + '\" is not valid ' + \"({KEY_RULE})\""),
+        "fieldPath": ".key"
+    })
+}
+
+/// One label value: at most 63 characters of the label grammar, or empty.
+fn label_value_item() -> serde_json::Value {
+    serde_json::json!({
+        "type": "string",
+        "maxLength": MAX_LABEL_NAME_LEN,
+        "x-kubernetes-validations": [{
+            "rule": format!("self.matches(r'{VALUE_REGEX}')"),
+            "messageExpression": format!("'\"' + self + '\" is not a valid label value ' + \"({VALUE_RULE})\"")
+        }]
+    })
+}
+
+/// `matchLabels`: at most [`MAX_MATCH_LABELS`] pairs; keys and values in the label grammar.
+pub fn match_labels(_: &mut SchemaGenerator) -> Schema {
+    let bad_key = format!("!({})", label_key_cel("k"));
+    json_schema!({
+        "description": "Each key: value pair must be present among the object's labels.",
+        "type": "object",
+        "maxProperties": MAX_MATCH_LABELS,
+        "additionalProperties": label_value_item(),
+        "x-kubernetes-validations": [{
+            "rule": format!("self.all(k, {})", label_key_cel("k")),
+            "messageExpression": format!("'label key \"' + self.filter(k, {bad_key})[0] + '\" is not valid ' + \"({KEY_RULE})\"")
+        }]
+    })
+}
+
+/// `matchExpressions[].values`: at most [`MAX_SELECTOR_VALUES`] label values.
+pub fn label_values(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Values for In and NotIn; must be empty for Exists and DoesNotExist.",
+        "type": "array",
+        "maxItems": MAX_SELECTOR_VALUES,
+        "items": label_value_item()
     })
 }

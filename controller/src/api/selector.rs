@@ -1,15 +1,21 @@
 //! Label selectors with the Kubernetes semantics, typed so the CRD schema rejects unknown
-//! operators at `kubectl apply`.
+//! operators and keys or values outside the label grammar ([`super::label_grammar`]) at
+//! `kubectl apply`.
 
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::schema;
+
 /// Maximum number of `matchExpressions` in one selector (keeps CEL cost and reviews sane).
 pub const MAX_SELECTOR_EXPRESSIONS: u32 = 32;
 /// Maximum number of values in one `matchExpressions` entry.
 pub const MAX_SELECTOR_VALUES: u32 = 64;
+/// Maximum number of `matchLabels` pairs in one selector (bounds the CEL cost of checking
+/// their keys and values).
+pub const MAX_MATCH_LABELS: u32 = 64;
 
 /// A label query over a set of resources, as `metav1.LabelSelector`: the results of
 /// `matchLabels` and `matchExpressions` are ANDed. An empty selector (`{}`) matches everything.
@@ -18,6 +24,7 @@ pub const MAX_SELECTOR_VALUES: u32 = 64;
 pub struct LabelSelector {
     /// Each `key: value` pair must be present among the object's labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "schema::match_labels")]
     pub match_labels: BTreeMap<String, String>,
     /// Requirements on label keys and values; all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -32,17 +39,18 @@ pub struct LabelSelector {
     {
         "rule": "self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
         "message": "values must be non-empty for operators In and NotIn, and empty for Exists and DoesNotExist"
-    }
+    },
+    schema::label_key_rule()
 ]))]
 pub struct LabelSelectorRequirement {
     /// The label key the requirement applies to.
-    #[schemars(length(min = 1, max = 317))]
+    #[schemars(length(min = 1, max = super::label_grammar::MAX_KEY_LEN))]
     pub key: String,
     /// How the key relates to the values.
     pub operator: SelectorOperator,
     /// Values for `In` and `NotIn`; must be empty for `Exists` and `DoesNotExist`.
     #[serde(default)]
-    #[schemars(length(max = MAX_SELECTOR_VALUES), inner(length(max = 63)))]
+    #[schemars(schema_with = "schema::label_values")]
     pub values: Vec<String>,
 }
 

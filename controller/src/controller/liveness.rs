@@ -10,6 +10,9 @@
 //! - when more than half of the known agents (and at least [`MASS_SILENCE_MIN`]) are past
 //!   their deadline at once, it is the control plane's trouble more likely than theirs: failover freezes, as the
 //!   node lifecycle controller's full-disruption mode does, until their renewals are seen.
+//! - when renewals arrive again after the watch was quiet for a takeover, or after such a
+//!   freeze, every agent gets a full takeover from that moment: after an apiserver outage the
+//!   agents (which kept their IPs, see `agent::peers`) renew again before anyone is judged.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -52,6 +55,8 @@ pub struct AgentLiveness {
     seen: HashMap<String, Seen>,
     /// When any agent's Lease last changed (the watch is delivering).
     last_event: Option<Instant>,
+    /// When renewals resumed after a quiet watch or a freeze: deadlines count from here.
+    resumed: Option<Instant>,
 }
 
 impl AgentLiveness {
@@ -60,6 +65,7 @@ impl AgentLiveness {
             takeover,
             seen: HashMap::new(),
             last_event: None,
+            resumed: None,
         }
     }
 
@@ -81,33 +87,38 @@ impl AgentLiveness {
     ) {
         let deadline = deadline.unwrap_or(self.takeover).max(self.takeover);
         let interval = interval.unwrap_or(DEFAULT_RENEW_INTERVAL);
-        match self.seen.get_mut(node) {
-            Some(s) if s.version == version => {
-                s.deadline = deadline;
-                s.interval = interval;
-            }
-            other => {
-                let fresh = Seen {
-                    version: version.to_string(),
-                    since: now,
-                    deadline,
-                    interval,
-                };
-                match other {
-                    Some(s) => *s = fresh,
-                    None => {
-                        self.seen.insert(node.to_string(), fresh);
-                    }
-                }
-                self.last_event = Some(self.last_event.map_or(now, |e| e.max(now)));
-            }
+        if let Some(s) = self.seen.get_mut(node)
+            && s.version == version
+        {
+            s.deadline = deadline;
+            s.interval = interval;
+            return;
+        }
+        let quiet = self
+            .last_event
+            .is_some_and(|e| now.saturating_duration_since(e) >= self.takeover);
+        let was_blind = self.blind(now).is_some();
+        self.seen.insert(
+            node.to_string(),
+            Seen {
+                version: version.to_string(),
+                since: now,
+                deadline,
+                interval,
+            },
+        );
+        self.last_event = Some(self.last_event.map_or(now, |e| e.max(now)));
+        // Renewals resume after a quiet watch, or this one ends a freeze.
+        if quiet || (was_blind && self.blind(now).is_none()) {
+            self.resumed = Some(now);
         }
     }
 
     /// Whether `s` is past its deadline at `now` with evidence that the watch still
     /// delivers other renewals.
     fn silent(&self, s: &Seen, now: Instant) -> bool {
-        now.duration_since(s.since) >= s.deadline
+        let from = self.resumed.map_or(s.since, |r| r.max(s.since));
+        now.saturating_duration_since(from) >= s.deadline
             && self
                 .last_event
                 .is_some_and(|e| e >= s.since + s.interval + EVIDENCE_SLACK)
@@ -124,9 +135,10 @@ impl AgentLiveness {
     /// Agents past their deadline whose death still waits for evidence (the controller
     /// looks again soon).
     fn undecided(&self, now: Instant) -> bool {
-        self.seen
-            .values()
-            .any(|s| now.duration_since(s.since) >= s.deadline && !self.silent(s, now))
+        self.seen.values().any(|s| {
+            let from = self.resumed.map_or(s.since, |r| r.max(s.since));
+            now.saturating_duration_since(from) >= s.deadline && !self.silent(s, now)
+        })
     }
 
     /// The agent's Lease is gone.
@@ -153,7 +165,7 @@ impl AgentLiveness {
         let deadlines = self
             .seen
             .values()
-            .map(|s| s.since + s.deadline)
+            .map(|s| self.resumed.map_or(s.since, |r| r.max(s.since)) + s.deadline)
             .filter(|t| *t > now)
             .min();
         if self.undecided(now) {
@@ -328,5 +340,49 @@ mod tests {
         // Back at the hosting cadence: the same version, now held to the takeover.
         l.observe("idle", "1", None, t0 + ms(2000));
         assert!(!l.alive("idle", t0 + ms(2000)));
+    }
+
+    #[test]
+    fn after_a_quiet_watch_every_agent_gets_a_full_takeover_to_renew() {
+        let t0 = Instant::now();
+        let mut l = AgentLiveness::new(ms(1600));
+        renewing(&mut l, t0, 1000, 1000);
+        // The apiserver is down 60 s; then b renews first, a and c a moment later.
+        l.observe("b", "b-back", None, t0 + ms(61_000));
+        let now = t0 + ms(61_000);
+        assert!(
+            l.alive("a", now + ms(1500)) && l.alive("c", now + ms(1500)),
+            "not judged on b's first renewal: they get a takeover from it"
+        );
+        l.observe("a", "a-back", None, now + ms(400));
+        l.observe("b", "b-again", None, now + ms(500));
+        assert!(l.alive("a", now + ms(1700)));
+        assert!(
+            !l.alive("c", now + ms(1700)),
+            "still silent a takeover after renewals resumed: dead"
+        );
+    }
+
+    #[test]
+    fn the_end_of_a_freeze_gives_the_still_silent_a_full_takeover() {
+        let t0 = Instant::now();
+        let mut l = AgentLiveness::new(ms(1600));
+        let mut v = 0;
+        for t in (0..=10_000).step_by(500) {
+            v += 1;
+            for n in ["a", "b", "c", "d"] {
+                if n == "d" || t <= 1000 {
+                    l.observe(n, &format!("{n}{v}"), None, t0 + ms(t));
+                }
+            }
+        }
+        assert!(l.blind(t0 + ms(10_000)).is_some());
+        // a renews: two silent of four, the freeze ends, b and c get a takeover from here.
+        let back = t0 + ms(10_100);
+        l.observe("a", "a-back", None, back);
+        assert_eq!(l.blind(back), None);
+        assert!(l.alive("b", back + ms(1500)) && l.alive("c", back + ms(1500)));
+        l.observe("d", "d-more", None, back + ms(400));
+        assert!(!l.alive("b", back + ms(1600)), "then judged as usual");
     }
 }

@@ -39,6 +39,8 @@ use status_writer::StatusWriter;
 /// An agent is dead when its Lease has not changed for this long (controller's clock). Must
 /// exceed the agent's fencing bound (see `agent::fence`).
 pub const DEFAULT_TAKEOVER: Duration = Duration::from_millis(1600);
+/// How often the controller retries creating the agents' peer key.
+const PEER_KEY_RETRY: Duration = Duration::from_secs(2);
 /// Coalesce bursts of watch events into one reconcile.
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
 /// Longest sleep without any event; the loop also wakes exactly when an agent's takeover
@@ -106,6 +108,23 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
 
+    {
+        // The agents' peer key (agent::peers): made once, by whichever replica is first.
+        let (client, namespace) = (client.clone(), args.namespace.clone());
+        tokio::spawn(async move {
+            loop {
+                match crate::k8s::peer_key::ensure(client.clone(), &namespace).await {
+                    Ok(true) => {
+                        info!(namespace = %namespace, "created the agents' peer key secret");
+                        break;
+                    }
+                    Ok(false) => break,
+                    Err(e) => warn!(error = %e, "cannot ensure the agents' peer key; retrying"),
+                }
+                tokio::time::sleep(PEER_KEY_RETRY).await;
+            }
+        });
+    }
     let notify = Arc::new(Notify::new());
     let takeover = Duration::from_millis(args.takeover_ms);
     let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
@@ -224,6 +243,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // Lead until stopped. A replica that loses leadership (it could not renew within the
     // renew deadline, or someone else holds the Lease) stays up as a standby, its watches
     // synced, and seeks leadership again.
+    let view: Arc<Mutex<reconciler::View>> = Arc::default();
     loop {
         tokio::select! {
             r = elector.acquire() => r?,
@@ -258,7 +278,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         };
         let reconciler = Reconciler {
             stores: stores.clone(),
-            view: Mutex::default(),
+            view: {
+                view.lock().expect("view lock").new_term();
+                view.clone()
+            },
             liveness: liveness.clone(),
             writer: StatusWriter::new(
                 Api::all(client.clone()),

@@ -11,6 +11,7 @@ pub mod event_reason {
     pub const NO_ELIGIBLE_NODE: &str = "NoEligibleNode";
     pub const CONFLICT: &str = "Conflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const INVALID_EGRESS_IP: &str = "InvalidEgressIP";
 }
 
 /// One event to publish.
@@ -74,6 +75,7 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
             let reason = match r.reason.as_str() {
                 reason::INVALID_SPEC => event_reason::INVALID_SPEC,
                 reason::NO_ELIGIBLE_NODE => event_reason::NO_ELIGIBLE_NODE,
+                reason::INVALID_EGRESS_IP => event_reason::INVALID_EGRESS_IP,
                 _ => event_reason::CONFLICT,
             };
             out.push(Notice {
@@ -86,10 +88,15 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
     }
     if let Some(d) = cond(Some(new), condition::DEGRADED).filter(|_| changed(condition::DEGRADED)) {
         let ready_false = cond(Some(new), condition::READY).is_some_and(|r| r.status == "False");
-        if d.status == "True" && d.reason == reason::NO_ELIGIBLE_NODE && !ready_false {
+        let event = match d.reason.as_str() {
+            reason::NO_ELIGIBLE_NODE => Some(event_reason::NO_ELIGIBLE_NODE),
+            reason::INVALID_EGRESS_IP => Some(event_reason::INVALID_EGRESS_IP),
+            _ => None,
+        };
+        if let Some(reason) = event.filter(|_| d.status == "True" && !ready_false) {
             out.push(Notice {
                 warning: true,
-                reason: event_reason::NO_ELIGIBLE_NODE,
+                reason,
                 action: "Assign",
                 note: d.message.clone(),
             });

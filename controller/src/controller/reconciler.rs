@@ -79,6 +79,13 @@ pub struct View {
     cache: Option<PlanCache>,
 }
 
+impl View {
+    /// Forget the last plan (a new leadership term plans in full), keep the index.
+    pub fn new_term(&mut self) {
+        self.cache = None;
+    }
+}
+
 /// Two reports of one agent say the same (the Lease version, a heartbeat, aside).
 fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
     a.epoch == b.epoch
@@ -90,7 +97,9 @@ fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
 pub struct Reconciler {
     pub stores: Stores,
     /// The index and the last plan, for incremental reconciles (no plan: plan in full).
-    pub view: Mutex<View>,
+    /// Kept across leadership terms: the pods arrive once from the [`PodStore`], so a
+    /// replica that leads again must not start from an empty index.
+    pub view: Arc<Mutex<View>>,
     pub liveness: Arc<Mutex<AgentLiveness>>,
     pub writer: Arc<StatusWriter>,
     pub metrics: ControllerMetrics,
@@ -129,6 +138,13 @@ impl Reconciler {
             &self.stores.extra_service_cidrs,
         );
         index.gateways = view.gateway_cache.build(&self.stores.gateways.state());
+        // Placements come from our own last write, not the watch's copy: a lagging watch
+        // must not make an IP moved by a failover flap back.
+        for (name, gw) in index.gateways.iter_mut() {
+            if let Some(sent) = self.writer.sent(name) {
+                gw.record_from(&sent);
+            }
+        }
         let changed = self.stores.pods.update(&mut index.pods);
         view.pending.extend(changed);
     }

@@ -107,6 +107,12 @@ impl StatusWriter {
             .or_else(|| gateway.status.clone())
     }
 
+    /// The last status handed over for `gateway` (queued, in flight or written), if any
+    /// since the last failure.
+    pub fn sent(&self, gateway: &str) -> Option<EgressGatewayStatus> {
+        self.lock().sent.get(gateway).cloned()
+    }
+
     /// Whether `desired` must be written ([`must_write`]).
     pub fn needs_write(&self, gateway: &EgressGateway, desired: &EgressGatewayStatus) -> bool {
         let name = gateway.name_any();

@@ -30,7 +30,7 @@ use super::nft_encode::encode;
 use super::nft_model::{NftState, RuleSpec};
 use super::nft_read::{read_rules_only, read_table};
 use super::own_ports::OwnPorts;
-use super::ownership::{AddressRecord, foreign_conflicts};
+use super::ownership::{AddressRecord, SharedOwnership, foreign_conflicts};
 use super::report::{ApplyReport, CounterKind, RuleCounter};
 use super::route_model::{RoutingState, RtOp, plan_routing};
 use super::rtnl::Rtnl;
@@ -51,6 +51,8 @@ pub struct Engine {
     cached: Option<Option<NftState>>,
     /// The egress IPs this engine added (or recovered from our table's `hosted` set).
     record: AddressRecord,
+    /// The same, published for the lifetime thread after every change.
+    shared_record: std::sync::Arc<std::sync::Mutex<AddressRecord>>,
     /// Shared with the drift monitor: our sockets' ports, and the stale-table flag.
     drift: DriftShared,
     /// The socket every transaction goes through, kept open: it owns our table (see
@@ -74,6 +76,27 @@ fn open_rtnl(own: &OwnPorts) -> Result<Rtnl, DataplaneError> {
         .map_err(|e| DataplaneError::kernel("socket(NETLINK_ROUTE)", "rtnetlink", e))?;
     own.note(rtnl.portid());
     Ok(rtnl)
+}
+
+/// Extend the lifetime of every egress IP of ours the kernel holds (see
+/// [`DataplaneConfig::address_lifetime_secs`]): those the engine added or recovered, and those
+/// with our `IFA_PROTO` — never a foreign one. Runs in the calling thread's namespace (the
+/// agent's lifetime thread, or the engine's). Returns how many were refreshed.
+pub fn refresh_lifetimes(
+    cfg: &DataplaneConfig,
+    ours: &SharedOwnership,
+) -> Result<usize, DataplaneError> {
+    let Some(secs) = cfg.address_lifetime_secs else {
+        return Ok(0);
+    };
+    let mut rtnl = open_rtnl(&ours.ports)?;
+    rtnl.address_lifetime = Some(secs);
+    let routing = rtnl.read(cfg)?;
+    let ops = lifetime_refreshes(&routing, &ours.record());
+    for op in &ops {
+        rtnl.apply(op)?;
+    }
+    Ok(ops.len())
 }
 
 /// The address refreshes that extend the lifetime of our egress IPs: only /32s the record or
@@ -125,6 +148,7 @@ impl Engine {
             cfg,
             cached: None,
             record: AddressRecord::default(),
+            shared_record: Default::default(),
             drift,
             owner: None,
         })
@@ -137,20 +161,31 @@ impl Engine {
     }
 
     /// Extend the lifetime of every egress IP of ours the kernel holds (see
-    /// [`DataplaneConfig::address_lifetime_secs`]): those this engine added or recovered, and
-    /// those with our `IFA_PROTO` (never a foreign one). Returns how many were refreshed.
+    /// [`refresh_lifetimes`]).
     pub fn refresh_lifetimes(&mut self) -> Result<usize, DataplaneError> {
-        let Some(secs) = self.cfg.address_lifetime_secs else {
-            return Ok(0);
-        };
-        let mut rtnl = open_rtnl(&self.drift.own)?;
-        rtnl.address_lifetime = Some(secs);
-        let routing = rtnl.read(&self.cfg)?;
-        let ops = lifetime_refreshes(&routing, &self.record);
-        for op in &ops {
-            rtnl.apply(op)?;
+        refresh_lifetimes(&self.cfg, &self.ownership())
+    }
+
+    /// The record and our ports, for threads outside the engine.
+    pub fn ownership(&self) -> SharedOwnership {
+        SharedOwnership {
+            record: self.shared_record.clone(),
+            ports: self.drift.own.clone(),
         }
-        Ok(ops.len())
+    }
+
+    /// Our egress IPs on the node now: those the record (recovered from our table first, when
+    /// it has not been read yet) or our `IFA_PROTO` says are ours.
+    pub fn owned_addresses(&mut self) -> Result<Vec<std::net::Ipv4Addr>, DataplaneError> {
+        let mut nfnl = open_nfnl(&self.drift.own)?;
+        self.ensure_cached(&mut nfnl)?;
+        let routing = self.read_routing()?;
+        Ok(self.record.owned(&routing).iter().map(|a| a.ip).collect())
+    }
+
+    /// Publishes the record to [`Self::ownership`] holders.
+    fn publish_record(&self) {
+        *self.shared_record.lock().expect("address record lock") = self.record.clone();
     }
 
     pub fn config(&self) -> &DataplaneConfig {
@@ -177,6 +212,7 @@ impl Engine {
             );
             if let Some(t) = &t {
                 self.record.recover(&t.hosted());
+                self.publish_record();
             }
             self.cached = Some(t);
         }
@@ -354,6 +390,7 @@ impl Engine {
             );
         }
         self.record.retain_wanted(&want.addresses);
+        self.publish_record();
         if !report.is_noop() {
             info!(?report, "dataplane converged");
         }
@@ -372,6 +409,7 @@ impl Engine {
                 RtOp::AddAddress { ip, ifname, .. } => {
                     info!(ip = %ip, interface = %ifname, "egress IP added");
                     self.record.added(*ip);
+                    self.publish_record();
                     report.addresses_added.push(IpAddr::V4(*ip));
                 }
                 RtOp::DelAddress { ip, ifname, .. } => {
@@ -513,6 +551,7 @@ impl Engine {
         let table = read_table(&mut nfnl)?;
         if let Some(t) = &table {
             self.record.recover(&t.hosted());
+            self.publish_record();
         }
         self.cached = Some(table.clone());
         let mut routing = open_rtnl(&self.drift.own)?.read(&self.cfg)?;

@@ -18,6 +18,7 @@ use super::drift_events::DriftCause;
 use super::drift_watch::{self, DriftShared};
 use super::engine::{Engine, KernelSnapshot};
 use super::error::DataplaneError;
+use super::ownership::SharedOwnership;
 use super::report::{ApplyReport, RuleCounter};
 use crate::plan::NodePlan;
 
@@ -30,6 +31,8 @@ enum Request {
     Snapshot(Reply<KernelSnapshot>),
     RefreshLifetimes(Reply<usize>),
     Routing(Reply<super::route_model::RoutingState>),
+    Owned(Reply<Vec<std::net::Ipv4Addr>>),
+    Ownership(Reply<SharedOwnership>),
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -87,6 +90,8 @@ impl KernelDataplane {
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
                         Request::Routing(reply) => drop(reply.send(engine.read_routing())),
+                        Request::Owned(reply) => drop(reply.send(engine.owned_addresses())),
+                        Request::Ownership(reply) => drop(reply.send(Ok(engine.ownership()))),
                         Request::RefreshLifetimes(reply) => {
                             drop(reply.send(engine.refresh_lifetimes()))
                         }
@@ -140,6 +145,17 @@ impl KernelDataplane {
     /// Every link and IPv4 address in the namespace.
     pub fn routing(&self) -> Result<super::route_model::RoutingState, DataplaneError> {
         self.call(Request::Routing)
+    }
+
+    /// The egress IPs of ours on the node now (by the engine's record, recovered from our
+    /// table if it has not been read yet, or our `IFA_PROTO`).
+    pub fn owned_addresses(&self) -> Result<Vec<std::net::Ipv4Addr>, DataplaneError> {
+        self.call(Request::Owned)
+    }
+
+    /// The engine's address record and socket ports, for the agent's lifetime thread.
+    pub fn ownership(&self) -> Result<SharedOwnership, DataplaneError> {
+        self.call(Request::Ownership)
     }
 
     /// Extend the kernel lifetime of the egress IPs held here; returns how many.

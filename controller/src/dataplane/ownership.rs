@@ -12,9 +12,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
 
 use super::config::ADDRESS_PROTO;
 use super::route_model::{AddrEntry, RoutingState};
+
+/// The engine's record as the other threads of the agent see it (the lifetime thread), with
+/// the port ids of our sockets (their address notifications are not drift).
+#[derive(Clone, Debug, Default)]
+pub struct SharedOwnership {
+    pub record: Arc<Mutex<AddressRecord>>,
+    pub ports: super::own_ports::OwnPorts,
+}
+
+impl SharedOwnership {
+    /// A copy of the record now.
+    pub fn record(&self) -> AddressRecord {
+        self.record.lock().expect("address record lock").clone()
+    }
+}
 
 /// The egress IPs this agent added to the node (and still holds, as far as it knows).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

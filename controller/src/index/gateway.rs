@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::jiff::Timestamp;
 use thiserror::Error;
 
+use crate::api::label_grammar::{LabelProblem, check_key, check_value};
 use crate::api::{EgressGateway, LabelSelector, SelectorOperator};
 
 /// Why a gateway's spec cannot be programmed. Each names the field; the controller turns it
@@ -63,15 +64,26 @@ pub enum SpecError {
         "spec.destinationCIDRs[{index}]: {value} is wholly covered by excludedCIDRs: nothing would be SNATed for it"
     )]
     DestinationExcluded { index: usize, value: String },
-    #[error("spec.{field}.matchExpressions[{index}]: operator {operator:?} {problem}")]
+    /// `path` is the field, e.g. `spec.namespaceSelector.matchLabels[team]`; the problem
+    /// quotes the value.
+    #[error("{path}: {problem}")]
     BadSelector {
-        field: &'static str,
-        index: usize,
-        operator: SelectorOperator,
-        problem: &'static str,
+        path: String,
+        problem: SelectorProblem,
     },
     #[error("spec.interface: {value:?} is not a valid interface name")]
     BadInterface { value: String },
+}
+
+/// What is wrong with one part of a label selector.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SelectorProblem {
+    #[error("operator {0:?} needs at least one value")]
+    NeedsValues(SelectorOperator),
+    #[error("operator {0:?} takes no values")]
+    TakesNoValues(SelectorOperator),
+    #[error(transparent)]
+    Label(#[from] LabelProblem),
 }
 
 impl SpecError {
@@ -134,6 +146,12 @@ impl Gateway {
         self.spec.as_ref().ok().or(self.fallback.as_ref())
     }
 
+    /// Take the recorded placements from `status` (the controller's own last write, newer
+    /// than the watch's copy while the watch lags).
+    pub fn record_from(&mut self, status: &crate::api::EgressGatewayStatus) {
+        self.recorded = recorded_from(status);
+    }
+
     /// Cut an `EgressGateway` down, re-validating its spec.
     pub fn from_kube(gw: &EgressGateway) -> Option<Self> {
         let name = gw.metadata.name.clone()?;
@@ -143,28 +161,7 @@ impl Gateway {
             .as_ref()
             .map(|t| t.0)
             .unwrap_or(Timestamp::UNIX_EPOCH);
-        let recorded = gw
-            .status
-            .as_ref()
-            .map(|s| {
-                s.assignments
-                    .iter()
-                    .filter_map(|a| {
-                        let ip = a.egress_ip.parse().ok()?;
-                        let node = a.node.clone()?;
-                        Some((
-                            ip,
-                            RecordedAssignment {
-                                node,
-                                interface: a.interface.clone(),
-                                epoch: a.epoch,
-                                since: a.since.as_ref().map(|t| t.0),
-                            },
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let recorded = gw.status.as_ref().map(recorded_from).unwrap_or_default();
         Some(Self {
             name,
             generation: gw.metadata.generation.unwrap_or(0),
@@ -329,24 +326,27 @@ fn parse_cidrs(
     Ok(out)
 }
 
+/// Check one selector: operators with the right values, keys and values in the label
+/// grammar. `field` is the selector's name under `spec`.
 fn check_selector(field: &'static str, s: &LabelSelector) -> Result<(), SpecError> {
+    let bad = |path: String, problem: SelectorProblem| SpecError::BadSelector { path, problem };
+    for (key, value) in &s.match_labels {
+        check_key(key).map_err(|p| bad(format!("spec.{field}.matchLabels"), p.into()))?;
+        check_value(value)
+            .map_err(|p| bad(format!("spec.{field}.matchLabels[{key}]"), p.into()))?;
+    }
     for (index, e) in s.match_expressions.iter().enumerate() {
+        let at = format!("spec.{field}.matchExpressions[{index}]");
         let needs_values = matches!(e.operator, SelectorOperator::In | SelectorOperator::NotIn);
         if needs_values && e.values.is_empty() {
-            return Err(SpecError::BadSelector {
-                field,
-                index,
-                operator: e.operator,
-                problem: "needs at least one value",
-            });
+            return Err(bad(at, SelectorProblem::NeedsValues(e.operator)));
         }
         if !needs_values && !e.values.is_empty() {
-            return Err(SpecError::BadSelector {
-                field,
-                index,
-                operator: e.operator,
-                problem: "takes no values",
-            });
+            return Err(bad(at, SelectorProblem::TakesNoValues(e.operator)));
+        }
+        check_key(&e.key).map_err(|p| bad(format!("{at}.key"), p.into()))?;
+        for (i, value) in e.values.iter().enumerate() {
+            check_value(value).map_err(|p| bad(format!("{at}.values[{i}]"), p.into()))?;
         }
     }
     Ok(())
@@ -361,6 +361,29 @@ fn is_link_local(ip: IpAddr) -> bool {
 
 fn is_broadcast(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// The placements a status records, by egress IP (IPs without a node are left out).
+pub fn recorded_from(
+    status: &crate::api::EgressGatewayStatus,
+) -> BTreeMap<IpAddr, RecordedAssignment> {
+    status
+        .assignments
+        .iter()
+        .filter_map(|a| {
+            let ip = a.egress_ip.parse().ok()?;
+            let node = a.node.clone()?;
+            Some((
+                ip,
+                RecordedAssignment {
+                    node,
+                    interface: a.interface.clone(),
+                    epoch: a.epoch,
+                    since: a.since.as_ref().map(|t| t.0),
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -470,6 +493,75 @@ mod tests {
                 .to_string()
                 .contains("takes no values")
         );
+    }
+
+    #[test]
+    fn label_keys_and_values_outside_the_grammar_are_refused_naming_field_and_value() {
+        let base = spec(&["198.18.0.200"], &["203.0.113.0/24"], &[]);
+        let with = |edit: &dyn Fn(&mut EgressGatewaySpec)| {
+            let mut s = base.clone();
+            edit(&mut s);
+            parse_spec(&s).unwrap_err().to_string()
+        };
+        let err = with(&|s| {
+            s.namespace_selector
+                .match_labels
+                .insert("team".into(), "billing team".into());
+        });
+        assert!(
+            err.starts_with(
+                "spec.namespaceSelector.matchLabels[team]: \"billing team\" is not a valid label value"
+            ),
+            "{err}"
+        );
+        let err = with(&|s| {
+            s.pod_selector
+                .match_labels
+                .insert("app name".into(), "x".into());
+        });
+        assert!(
+            err.starts_with("spec.podSelector.matchLabels: label key \"app name\" is not valid"),
+            "{err}"
+        );
+        let err = with(&|s| {
+            s.gateway_node_selector
+                .match_expressions
+                .push(LabelSelectorRequirement {
+                    key: "Zone.Example/zone".into(),
+                    operator: SelectorOperator::Exists,
+                    values: vec![],
+                });
+        });
+        assert!(
+            err.starts_with(
+                "spec.gatewayNodeSelector.matchExpressions[0].key: label key \"Zone.Example/zone\""
+            ),
+            "{err}"
+        );
+        let err = with(&|s| {
+            s.pod_selector
+                .match_expressions
+                .push(LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: SelectorOperator::NotIn,
+                    values: vec!["web".into(), "-web".into()],
+                });
+        });
+        assert!(
+            err.starts_with(
+                "spec.podSelector.matchExpressions[0].values[1]: \"-web\" is not a valid label value"
+            ),
+            "{err}"
+        );
+        // the grammar's edge cases that are valid
+        let mut ok = base.clone();
+        ok.namespace_selector
+            .match_labels
+            .insert("kubernetes.io/metadata.name".into(), "billing".into());
+        ok.pod_selector
+            .match_labels
+            .insert("empty".into(), String::new());
+        assert!(parse_spec(&ok).is_ok());
     }
 
     #[test]

@@ -9,10 +9,10 @@ pub mod pod;
 
 use std::collections::BTreeMap;
 
-pub use gateway::{Gateway, GatewaySpec, RecordedAssignment, SpecError};
+pub use gateway::{Gateway, GatewaySpec, RecordedAssignment, SelectorProblem, SpecError};
 pub use gateway_cache::GatewayCache;
 pub use intern::{Sym, intern};
-pub use node::{Ineligible, Node, NodeInterface};
+pub use node::{Ineligible, Node, NodeAddress, NodeAddressKind, NodeInterface};
 pub use pod::{Pod, PodKey, PodLabels, PodName};
 
 /// Labels of an object.

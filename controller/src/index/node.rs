@@ -14,6 +14,38 @@ pub struct NodeInterface {
     pub network: IpNetwork,
 }
 
+/// Which kind of node address (`status.addresses[].type`) an address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeAddressKind {
+    InternalIp,
+    ExternalIp,
+}
+
+impl NodeAddressKind {
+    /// The `type` of a `NodeAddress` of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAddressKind::InternalIp => "InternalIP",
+            NodeAddressKind::ExternalIp => "ExternalIP",
+        }
+    }
+
+    fn from_type(t: &str) -> Option<Self> {
+        match t {
+            "InternalIP" => Some(NodeAddressKind::InternalIp),
+            "ExternalIP" => Some(NodeAddressKind::ExternalIp),
+            _ => None,
+        }
+    }
+}
+
+/// One IP address of a node (`status.addresses`, hostnames left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeAddress {
+    pub kind: NodeAddressKind,
+    pub ip: IpAddr,
+}
+
 /// A node cut down to what assignment and steering need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
@@ -31,6 +63,9 @@ pub struct Node {
     pub agent_idle: bool,
     /// The node's InternalIP: the next hop other nodes steer traffic to.
     pub internal_ip: Option<IpAddr>,
+    /// Every InternalIP and ExternalIP of the node, in `status.addresses` order: no egress IP
+    /// may be one of them.
+    pub addresses: Vec<NodeAddress>,
     /// Interfaces the agent reported, with their subnets.
     pub interfaces: Vec<NodeInterface>,
     /// The node's pod ranges (`spec.podCIDRs`, or `spec.podCIDR`), when the cluster allocates
@@ -51,13 +86,15 @@ pub enum Ineligible {
     AgentDown,
     /// The node's agent renews at the idle cadence; it switches when it sees the node match.
     AgentIdle,
-    /// No interface of the node has a subnet holding the IP (or the named interface is absent).
+    /// No interface of the node has a subnet holding the IP.
     NoInterface,
+    /// The node has no interface of the name `spec.interface` gives.
+    MissingInterface(String),
 }
 
 impl std::fmt::Display for Ineligible {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        let text = match self {
             Ineligible::SelectorMismatch => "does not match gatewayNodeSelector",
             Ineligible::NotReady => "is not Ready",
             Ineligible::AgentDown => "has no live egressgw agent",
@@ -65,7 +102,11 @@ impl std::fmt::Display for Ineligible {
                 "has an egressgw agent at the idle cadence (not yet renewing fast enough to host)"
             }
             Ineligible::NoInterface => "has no interface for the IP's subnet",
-        })
+            Ineligible::MissingInterface(name) => {
+                return write!(f, "has no interface {name} (spec.interface)");
+            }
+        };
+        f.write_str(text)
     }
 }
 
@@ -109,7 +150,10 @@ impl Node {
             return Err(Ineligible::AgentIdle);
         }
         self.interface_for(ip, interface)
-            .ok_or(Ineligible::NoInterface)
+            .ok_or_else(|| match interface {
+                Some(name) => Ineligible::MissingInterface(name.to_string()),
+                None => Ineligible::NoInterface,
+            })
     }
 
     /// Cut a Kubernetes Node down. Liveness, epoch and interfaces come from the agent's Lease
@@ -120,10 +164,21 @@ impl Node {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let internal_ip = status
+        let addresses: Vec<NodeAddress> = status
             .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .and_then(|a| a.address.parse().ok());
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some(NodeAddress {
+                    kind: NodeAddressKind::from_type(&a.type_)?,
+                    ip: a.address.parse().ok()?,
+                })
+            })
+            .collect();
+        let internal_ip = addresses
+            .iter()
+            .find(|a| a.kind == NodeAddressKind::InternalIp)
+            .map(|a| a.ip);
         let spec = node.spec.as_ref();
         let mut pod_cidrs: Vec<IpNetwork> = spec
             .and_then(|s| s.pod_cidrs.as_ref())
@@ -139,6 +194,7 @@ impl Node {
             labels: node.metadata.labels.clone().unwrap_or_default(),
             ready,
             internal_ip,
+            addresses,
             pod_cidrs,
             agent_not_ready_taint: spec
                 .and_then(|s| s.taints.as_deref())
@@ -152,6 +208,34 @@ impl Node {
 mod tests {
     use super::*;
     use crate::api::LabelSelector;
+
+    #[test]
+    fn internal_and_external_addresses_are_kept_hostnames_are_not() {
+        let kube: KubeNode = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "node-1" },
+            "status": { "addresses": [
+                { "type": "Hostname", "address": "node-1" },
+                { "type": "ExternalIP", "address": "203.0.113.11" },
+                { "type": "InternalIP", "address": "198.18.0.11" },
+            ] }
+        }))
+        .unwrap();
+        let n = Node::from_kube(&kube).unwrap();
+        assert_eq!(n.internal_ip, Some("198.18.0.11".parse().unwrap()));
+        assert_eq!(
+            n.addresses,
+            vec![
+                NodeAddress {
+                    kind: NodeAddressKind::ExternalIp,
+                    ip: "203.0.113.11".parse().unwrap()
+                },
+                NodeAddress {
+                    kind: NodeAddressKind::InternalIp,
+                    ip: "198.18.0.11".parse().unwrap()
+                },
+            ]
+        );
+    }
 
     #[test]
     fn an_idle_agent_cannot_host_until_it_renews_at_the_hosting_cadence() {

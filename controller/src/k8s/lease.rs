@@ -9,8 +9,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use std::time::Duration;
 
 use super::names::{
-    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL,
-    CADENCE_IDLE, LABEL_AGENT_NODE,
+    ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED,
+    ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE,
 };
 use crate::index::NodeInterface;
 
@@ -29,6 +29,8 @@ pub struct AgentReport {
     pub idle: bool,
     /// The longest the agent says it waits between renewals.
     pub renew_interval: Option<Duration>,
+    /// The agent is stopping and hands over to its successor within this window.
+    pub handover: Option<Duration>,
 }
 
 /// An idle agent is judged dead after this many renewal intervals without a change.
@@ -38,10 +40,12 @@ impl AgentReport {
     /// How long after its last observed change the agent counts as dead: the takeover for an
     /// agent at the hosting cadence, several of its intervals for an idle one.
     pub fn deadline(&self, takeover: Duration) -> Duration {
-        match (self.idle, self.renew_interval) {
+        let base = match (self.idle, self.renew_interval) {
             (true, Some(i)) => takeover.max(i * IDLE_MISSED_RENEWALS),
             _ => takeover,
-        }
+        };
+        // A stopping agent's addresses live for the handover window: wait that much longer.
+        base + self.handover.unwrap_or_default()
     }
 }
 
@@ -118,6 +122,10 @@ impl AgentReport {
                 .is_some_and(|c| c == CADENCE_IDLE),
             renew_interval: ann
                 .get(ANNOTATION_RENEW_INTERVAL)
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_millis),
+            handover: ann
+                .get(ANNOTATION_HANDOVER)
                 .and_then(|s| s.parse().ok())
                 .map(Duration::from_millis),
         })

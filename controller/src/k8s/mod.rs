@@ -5,6 +5,7 @@ pub mod client;
 pub mod leader;
 pub mod lease;
 pub mod names;
+pub mod peer_key;
 pub mod pod_store;
 pub mod service_cidrs;
 pub mod slim;

@@ -28,6 +28,10 @@ pub const CADENCE_IDLE: &str = "idle";
 pub const ANNOTATION_RENEW_INTERVAL: &str = "egressgw.io/renew-interval-ms";
 /// Agent Lease annotation: the agent fenced itself at least once in this epoch (`true`).
 pub const ANNOTATION_FENCED: &str = "egressgw.io/fenced";
+/// Agent Lease annotation: the agent is stopping and its successor on the node takes over
+/// within this many milliseconds; its addresses live that long, and the controller waits that
+/// much longer than the takeover before it judges the node's agent dead.
+pub const ANNOTATION_HANDOVER: &str = "egressgw.io/handover-ms";
 
 /// Taint (effect NoSchedule) on a node whose egressgw agent is not live: no new pods there.
 pub const TAINT_AGENT_NOT_READY: &str = "egressgw.io/agent-not-ready";

@@ -1,6 +1,8 @@
 //! Assignment: which node hosts each egress IP.
 //!
-//! Rules, in order: an egress IP claimed by two gateways belongs to the older one; an IP stays
+//! Rules, in order: an egress IP claimed by two gateways belongs to the older one; an IP the
+//! cluster refuses ([`super::refusal`]: a node's or interface's address, a subnet's network or
+//! broadcast address, inside the pod or Service ranges) is never placed; an IP stays
 //! on the node status records while that node is eligible (nothing flaps back when a node
 //! recovers, nothing moves when a node is added); the others go to the eligible node with the
 //! fewest IPs of the same gateway, then the fewest IPs overall, then the lowest name.
@@ -10,6 +12,7 @@ use std::net::IpAddr;
 
 use crate::index::{ClusterIndex, Gateway, GatewaySpec, Ineligible, Node};
 
+use super::refusal::{Refusal, refusal};
 use super::select::by_seniority;
 
 /// Where an egress IP lives.
@@ -33,6 +36,8 @@ pub enum Unplaced {
     ClaimedBy(String),
     /// No node is eligible; each reason with the nodes it applies to (sorted).
     NoEligibleNode(BTreeMap<Ineligible, Vec<String>>),
+    /// No node may host it: the address is already in use or reserved in the cluster.
+    Refused(Refusal),
 }
 
 /// One egress IP of a gateway and its fate.
@@ -87,6 +92,11 @@ pub fn assign(index: &ClusterIndex) -> Assignments {
             } else if g.spec.is_err() {
                 // An invalid spec places nothing; its pods stay blocked by the last valid one.
                 Err(Unplaced::NoEligibleNode(BTreeMap::new()))
+            } else if let Some(r) = refusal(index, *ip, g.recorded.get(ip).map(|r| r.node.as_str()))
+            {
+                // Judged before the recorded placement: an IP that became a node's address
+                // (or entered a pod range) leaves its node.
+                Err(Unplaced::Refused(r))
             } else if let Some(p) = keep_recorded(index, g, spec, *ip) {
                 *load.entry(index.nodes[&p.node].name.as_str()).or_default() += 1;
                 *per_gateway

@@ -26,6 +26,8 @@ pub enum IpTrouble {
     ClaimedBy(String),
     /// No node may host it; each reason with its nodes.
     NoEligibleNode(BTreeMap<Ineligible, Vec<String>>),
+    /// No node may host it: the cluster already uses or reserves the address.
+    Refused(crate::plan::Refusal),
     /// Status records no node, but a node is eligible now: the controller has not written
     /// the placement (yet).
     NotYetRecorded { eligible: String },
@@ -306,6 +308,7 @@ fn troubles(
                     Some(Err(Unplaced::NoEligibleNode(why))) => {
                         IpTrouble::NoEligibleNode(why.clone())
                     }
+                    Some(Err(Unplaced::Refused(r))) => IpTrouble::Refused(r.clone()),
                 },
             };
             (p.ip, trouble)
@@ -334,6 +337,7 @@ fn trouble_text(t: &IpTrouble) -> String {
     match t {
         IpTrouble::ClaimedBy(w) => format!("claimed by older gateway {w}, which uses it"),
         IpTrouble::NoEligibleNode(why) => format!("no eligible node ({})", ineligible(why)),
+        IpTrouble::Refused(r) => format!("refused: it {r}"),
         IpTrouble::NotYetRecorded { eligible } => format!(
             "status records no node, yet node {eligible} is eligible now: the controller has not placed it \
              (is it running? kubectl -n egressgw-system get pods)"

@@ -106,6 +106,8 @@ pub struct AgentMetrics {
     pub pod_watches: Gauge,
     pub heap_bytes: Gauge,
     pub lease_renewal_duration: Histogram,
+    pub outage_hold: Gauge,
+    pub acquire_waits: Counter,
     /// Repairs that changed the kernel after drift, by `kind` (nft, route, rule, address,
     /// periodic).
     pub drift_repairs: Family<Labels, Counter>,
@@ -130,9 +132,21 @@ impl AgentMetrics {
             pod_watches: Gauge::default(),
             heap_bytes: Gauge::default(),
             lease_renewal_duration: latency_histogram(),
+            outage_hold: Gauge::default(),
+            acquire_waits: Counter::default(),
             drift_repairs: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("egressgw_agent");
+        r.register(
+            "outage_hold",
+            "1 while the agent keeps its egress IPs without fresh Lease renewals because every peer confirms the control plane is down or slow for everyone",
+            m.outage_hold.clone(),
+        );
+        r.register(
+            "acquire_waits",
+            "Times the agent postponed adding an egress IP (it was cut off itself moments ago, or a peer still holds the IP)",
+            m.acquire_waits.clone(),
+        );
         r.register(
             "drift_repairs",
             "Repairs that brought the kernel back on plan after someone else changed our objects, by kind (nft, route, rule, address; periodic: found by the periodic check)",

@@ -97,7 +97,11 @@ fn an_explicit_interface_must_exist_on_the_node() {
     );
     g.spec.as_mut().unwrap().interface = Some("bond0".into());
     c.gw(g).node(gw_node("n1", 11));
-    assert_eq!(why(&c, "g")[&Ineligible::NoInterface], vec!["n1"]);
+    assert_eq!(
+        why(&c, "g")[&Ineligible::MissingInterface("bond0".into())],
+        vec!["n1"],
+        "the reason names the interface the spec asks for"
+    );
     let mut n2 = gw_node("n2", 12);
     n2.interfaces.push(NodeInterface {
         name: "bond0".into(),
@@ -215,4 +219,105 @@ fn an_agent_back_with_a_new_epoch_gets_an_assignment_for_that_epoch() {
     let g = &n1.gateways["g"];
     assert!(g.snat.is_empty());
     assert!(g.blocked.contains(&"198.19.1.10".parse().unwrap()));
+}
+
+#[test]
+fn an_egress_ip_the_cluster_uses_or_reserves_is_never_placed() {
+    use crate::plan::Refusal;
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        // n1's InternalIP, the LAN's broadcast address, a free address
+        &["198.18.0.11", "198.18.0.255", "198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(gw_node("n2", 12));
+    let plan = c.plan();
+    let ps = &plan.assignments.by_gateway["g"];
+    assert!(matches!(
+        &ps[0].placement,
+        Err(Unplaced::Refused(Refusal::NodeAddress { node, .. })) if node == "n1"
+    ));
+    assert!(matches!(
+        &ps[1].placement,
+        Err(Unplaced::Refused(Refusal::BroadcastAddress { .. }))
+    ));
+    assert!(ps[2].placement.is_ok(), "a free address is placed");
+    for n in ["n1", "n2"] {
+        let hosted = plan.node_plan(n).hosted;
+        assert!(
+            !hosted.contains_key(&ip("198.18.0.11")) && !hosted.contains_key(&ip("198.18.0.255")),
+            "{n} hosts a refused IP: {hosted:?}"
+        );
+    }
+}
+
+#[test]
+fn a_placed_ip_that_becomes_a_node_address_leaves_its_node() {
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11));
+    let before = c.plan();
+    assert!(before.assignments.by_gateway["g"][0].placement.is_ok());
+    c.record(&before.assignments);
+    // A node joins whose InternalIP is the egress IP: the recorded placement is not kept.
+    c.node(worker("n9", 200));
+    assert!(matches!(
+        &c.plan().assignments.by_gateway["g"][0].placement,
+        Err(Unplaced::Refused(_))
+    ));
+}
+
+#[test]
+fn the_controllers_own_last_write_outranks_a_lagging_watch() {
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(gw_node("n0", 10));
+    let first = c.plan();
+    c.record(&first.assignments);
+    let host = nodes_of(&first, "g")[0].clone().unwrap();
+    let other = if host == "n1" { "n0" } else { "n1" };
+    // The host dies and the controller writes the failover...
+    c.index.nodes.get_mut(&host).unwrap().agent_alive = false;
+    let failover = c.plan();
+    assert_eq!(nodes_of(&failover, "g"), vec![Some(other.to_string())]);
+    let written = crate::api::EgressGatewayStatus {
+        assignments: vec![crate::api::IpAssignment {
+            egress_ip: "198.18.0.200".into(),
+            node: Some(other.into()),
+            interface: Some("eth1".into()),
+            epoch: Some(1),
+            since: None,
+        }],
+        ..Default::default()
+    };
+    // ...the host recovers while the watch still shows the old status (it lags): planned
+    // from the watch's copy, the IP would flap back; from the controller's write, it stays.
+    c.index.nodes.get_mut(&host).unwrap().agent_alive = true;
+    assert_eq!(
+        nodes_of(&c.plan(), "g"),
+        vec![Some(host.clone())],
+        "the lagging copy alone flaps back"
+    );
+    c.index.gateways.get_mut("g").unwrap().record_from(&written);
+    assert_eq!(nodes_of(&c.plan(), "g"), vec![Some(other.to_string())]);
 }

@@ -85,6 +85,10 @@ pub fn gw_node(name: &str, n: u8) -> Node {
         agent_epoch: 1,
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
+        addresses: vec![crate::index::NodeAddress {
+            kind: crate::index::NodeAddressKind::InternalIp,
+            ip: IpAddr::from([198, 18, 0, n]),
+        }],
         pod_cidrs: vec![],
         agent_not_ready_taint: false,
         interfaces: vec![NodeInterface {

@@ -344,3 +344,120 @@ fn idle_agents_make_the_gateway_wait_not_warn() {
             .any(|n| n.warning)
     );
 }
+
+#[test]
+fn a_refused_egress_ip_is_named_with_its_field_value_and_reason() {
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.11"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("node-1", 11))
+    .node(gw_node("node-2", 12));
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
+    let ready = cond(&s, condition::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason::INVALID_EGRESS_IP)
+    );
+    assert!(
+        ready
+            .message
+            .contains("spec.egressIPs[0] 198.18.0.11 is the InternalIP of node node-1"),
+        "{}",
+        ready.message
+    );
+    let degraded = cond(&s, condition::DEGRADED);
+    assert_eq!(degraded.reason, reason::INVALID_EGRESS_IP);
+    assert_eq!(s.assignments[0].node, None);
+    let events = crate::controller::notices::notices(None, &s);
+    assert!(
+        events.iter().any(|e| e.warning
+            && e.reason == crate::controller::notices::event_reason::INVALID_EGRESS_IP
+            && e.note.contains("spec.egressIPs[0] 198.18.0.11")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_refused_ip_beside_a_placed_one_degrades_with_a_warning() {
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200", "198.18.192.1"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("node-1", 11));
+    c.index.service_cidrs = vec!["198.18.192.0/20".parse().unwrap()];
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
+    assert_eq!(cond(&s, condition::READY).status, "True");
+    let degraded = cond(&s, condition::DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reason::INVALID_EGRESS_IP)
+    );
+    assert!(
+        degraded.message.contains(
+            "spec.egressIPs[1] 198.18.192.1 lies inside the Service range 198.18.192.0/20"
+        ),
+        "{}",
+        degraded.message
+    );
+    let events = crate::controller::notices::notices(None, &s);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.warning && e.reason == "InvalidEgressIP" && e.note == degraded.message),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn an_unknown_interface_is_named_in_the_reason() {
+    let mut c = Cluster::new();
+    let mut g = gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    );
+    g.spec.as_mut().unwrap().interface = Some("eth9".into());
+    c.gw(g).node(gw_node("node-1", 11));
+    let s = gateway_status(
+        &c.index.gateways["g"],
+        &c.plan(),
+        &Programming::default(),
+        None,
+        now(),
+    );
+    let ready = cond(&s, condition::READY);
+    assert_eq!(ready.reason, reason::NO_ELIGIBLE_NODE);
+    assert!(
+        ready
+            .message
+            .contains("node-1: has no interface eth9 (spec.interface)"),
+        "{}",
+        ready.message
+    );
+}

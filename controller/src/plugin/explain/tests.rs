@@ -85,6 +85,10 @@ fn node(name: &str, n: u8, gateway: bool) -> Node {
         agent_epoch: 1,
         agent_idle: false,
         internal_ip: Some(IpAddr::from([198, 18, 0, n])),
+        addresses: vec![crate::index::NodeAddress {
+            kind: crate::index::NodeAddressKind::InternalIp,
+            ip: IpAddr::from([198, 18, 0, n]),
+        }],
         pod_cidrs: vec![],
         agent_not_ready_taint: false,
         interfaces: vec![NodeInterface {
@@ -391,4 +395,23 @@ fn invalid_gateways_are_listed_with_the_field_at_fault() {
 fn an_unknown_pod_has_no_explanation() {
     let (index, _) = cluster(vec![]);
     assert!(explain(&index, &PodKey::new("billing", "nope"), &no_status(), None).is_none());
+}
+
+#[test]
+fn an_ip_the_cluster_refuses_is_explained_with_the_reason() {
+    let (index, key) = cluster(vec![gateway(
+        "billing",
+        1,
+        "billing",
+        "invoicer",
+        &["198.18.0.12"],
+        &["203.0.113.0/24"],
+        &[],
+    )]);
+    let current = assign(&index);
+    let text = render(&explain(&index, &key, &no_status(), Some(&current)).unwrap());
+    assert!(
+        text.contains("198.18.0.12: refused: it is the InternalIP of node node-2"),
+        "{text}"
+    );
 }

@@ -12,6 +12,7 @@ pub mod marks;
 pub mod outage;
 pub mod peers;
 pub mod pod_watches;
+pub mod programmed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -583,19 +584,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         last_fenced = fenced;
         metrics.pods_held.set(inputs.pods.store.len() as i64);
         metrics.pod_watches.set(inputs.pods.watches() as i64);
-        // A gateway whose egress IP this node cannot hold (the address is foreign) is not
-        // programmed here: it is left out, so its status does not say Programmed.
-        let programmed: BTreeMap<String, u64> = plan
-            .gateway_names()
-            .into_iter()
-            .filter(|g| {
-                !plan.hosted.iter().any(|(ip, h)| {
-                    h.gateway == *g
-                        && matches!(ip, std::net::IpAddr::V4(v) if foreign_ips.contains(v))
-                })
-            })
-            .map(|g| (g.to_string(), plan.gateway_digest(g)))
-            .collect();
+        let programmed = programmed::digests(&plan, &foreign_ips);
         {
             let mut s = shared.lock().expect("agent state lock");
             if s.report.programmed != programmed {

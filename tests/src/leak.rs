@@ -655,6 +655,45 @@ impl LeakReport {
 
     /// Panics with [`Self::table`] when any sample reached the server from a source not in
     /// `allowed`.
+    /// Panics with the table and the offending samples unless every pod reached the server
+    /// from `ip` and only from `ip`: no other source, no refusal or error, and no
+    /// interruption (timeouts) longer than `max_blip` (on shared cores a 150 ms sample
+    /// sometimes times out with nothing wrong; what the tests exist for lasts longer or shows
+    /// another source, and none of that is tolerated).
+    pub fn assert_only_from(&self, ip: Ipv4Addr, max_blip: Duration, what: &str) {
+        let table = self.table(&[ip]);
+        let bad: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|s| s.outcome != Outcome::Seen(ip))
+            .map(|s| {
+                format!(
+                    "  {} at {}: {:?}",
+                    self.pods[s.pod],
+                    self.when(s.at),
+                    s.outcome
+                )
+            })
+            .collect();
+        let bad = bad.join("\n");
+        for p in self.summary(&[ip]) {
+            assert!(
+                p.seen.get(&ip).is_some_and(|&n| n > 0)
+                    && p.seen.len() == 1
+                    && p.refused == 0
+                    && p.errors == 0
+                    && p.longest_interruption <= max_blip,
+                "{what}: {} did not reach the server from {ip} alone ({} of {} samples did; \
+                 longest interruption {:?}, at most {max_blip:?} of timeouts allowed):\n{table}\
+                 samples that did not:\n{bad}",
+                p.name,
+                p.seen.get(&ip).copied().unwrap_or(0),
+                p.samples,
+                p.longest_interruption,
+            );
+        }
+    }
+
     pub fn assert_no_leaks(&self, allowed: &[Ipv4Addr]) {
         let leaks = self.leaks(allowed);
         if !leaks.is_empty() {

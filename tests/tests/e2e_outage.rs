@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use egressgw_tests::leak::{LeakReport, Outcome};
+use egressgw_tests::leak::LeakReport;
 use egressgw_tests::sim::{SimCluster, status};
 use egressgw_tests::testbed::topology::PROTECTED_SERVER;
 
@@ -101,39 +101,9 @@ async fn wait_log(sim: &SimCluster, n: usize, needle: &str, timeout: Duration) {
     }
 }
 
-/// Panics unless every pod reached the server from E1 only: no other source, no refusal or
-/// error, no interruption longer than [`MAX_BLIP`].
+/// Every pod reached the server from E1 only ([`LeakReport::assert_only_from`]).
 fn assert_only_e1(report: &LeakReport, what: &str) {
-    let table = report.table(&[E1]);
-    let bad: Vec<String> = report
-        .samples
-        .iter()
-        .filter(|s| s.outcome != Outcome::Seen(E1))
-        .map(|s| {
-            format!(
-                "  {} at {}: {:?}",
-                report.pods[s.pod],
-                report.when(s.at),
-                s.outcome
-            )
-        })
-        .collect();
-    for p in report.summary(&[E1]) {
-        assert!(
-            p.seen.len() == 1
-                && p.seen.contains_key(&E1)
-                && p.refused == 0
-                && p.errors == 0
-                && p.longest_interruption <= MAX_BLIP,
-            "{what}: {} did not reach the server from {E1} alone ({} of {} samples did, \
-             longest interruption {:?}):\n{table}samples that did not:\n{}",
-            p.name,
-            p.seen.get(&E1).copied().unwrap_or(0),
-            p.samples,
-            p.longest_interruption,
-            bad.join("\n")
-        );
-    }
+    report.assert_only_from(E1, MAX_BLIP, what);
 }
 
 /// Runs `outage` for [`OUTAGE`] then `recover`, probing all the while and checking every

@@ -146,41 +146,9 @@ fn until(report: &LeakReport, until: Duration) -> LeakReport {
 /// source, refusals or a broken connection, and none of that is tolerated.
 const MAX_BLIP: Duration = Duration::from_millis(500);
 
-/// Panics with the table and the offending samples unless every pod of `report` reached the
-/// server from `ip` and only from `ip`: no other source, no refusal or error, and no
-/// interruption (timeouts) longer than [`MAX_BLIP`].
+/// [`LeakReport::assert_only_from`] with [`MAX_BLIP`].
 fn assert_only_from(report: &LeakReport, ip: Ipv4Addr, what: &str) {
-    let table = report.table(&[ip]);
-    let bad: Vec<String> = report
-        .samples
-        .iter()
-        .filter(|s| s.outcome != Outcome::Seen(ip))
-        .map(|s| {
-            format!(
-                "  {} at {}: {:?}",
-                report.pods[s.pod],
-                report.when(s.at),
-                s.outcome
-            )
-        })
-        .collect();
-    let bad = bad.join("\n");
-    for p in report.summary(&[ip]) {
-        assert!(
-            p.seen.get(&ip).is_some_and(|&n| n > 0)
-                && p.seen.len() == 1
-                && p.refused == 0
-                && p.errors == 0
-                && p.longest_interruption <= MAX_BLIP,
-            "{what}: {} did not reach the server from {ip} alone ({} of {} samples did; \
-             longest interruption {:?}, at most {MAX_BLIP:?} of timeouts allowed):\n{table}\
-             samples that did not:\n{bad}",
-            p.name,
-            p.seen.get(&ip).copied().unwrap_or(0),
-            p.samples,
-            p.longest_interruption,
-        );
-    }
+    report.assert_only_from(ip, MAX_BLIP, what);
 }
 
 /// Connects [`ATTEMPTS`] times from pod `(node, k)` to `dst`: every attempt that did not

@@ -243,7 +243,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .owned_addresses()
         .map(|ips| ips.into_iter().map(std::net::IpAddr::V4).collect())
         .unwrap_or_default();
-    let mut stop = std::pin::pin!(stop_requested()?);
+    let mut stop = std::pin::pin!(crate::telemetry::signals::stop_requested()?);
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
@@ -625,19 +625,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             last_trim = Instant::now();
         }
     }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (handlers installed when called).
-fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "stop requested"),
-            _ = int.recv() => info!(signal = "SIGINT", "stop requested"),
-        }
-    })
 }
 
 /// A stopping agent that hosts egress IPs hands them over to its successor on the node: one

@@ -87,7 +87,7 @@ pub const POD_LIST_PAGE: u32 = 5000;
 /// Run the controller until leadership is lost, a fatal error, or SIGTERM/SIGINT (then a
 /// leader finishes its reconcile, releases the leader Lease for the standby, and returns).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let mut stop = std::pin::pin!(stop_requested()?);
+    let mut stop = std::pin::pin!(crate::telemetry::signals::stop_requested()?);
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let identity = args
         .identity
@@ -328,20 +328,6 @@ enum Stopped {
     Clean,
     /// A reconcile's status writes did not finish within [`STOP_GRACE`].
     WritesHung,
-}
-
-/// Resolves on the first SIGTERM or SIGINT. The handlers are installed now, so a signal that
-/// arrives while the watches sync is not lost.
-fn stop_requested() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "stop requested"),
-            _ = int.recv() => info!(signal = "SIGINT", "stop requested"),
-        }
-    })
 }
 
 /// Reconcile until `stop` resolves. A reconcile under way when it does gets [`STOP_GRACE`] to

@@ -9,8 +9,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use std::time::Duration;
 
 use super::names::{
-    ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED,
-    ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE,
+    AGENT_LEASE_PREFIX, ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES,
+    ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE,
 };
 use crate::index::NodeInterface;
 
@@ -91,14 +91,20 @@ pub fn decode_programmed(s: &str) -> BTreeMap<String, u64> {
 }
 
 impl AgentReport {
-    /// Read an agent Lease; `None` when it is not one (no node label).
+    /// Read an agent Lease; `None` when it is not one. The node is the one the Lease's
+    /// *name* says (`egressgw-agent-<node>`: the name is what RBAC and admission can tie to
+    /// the writer), and the node label, which the watch selects by, must say the same: a
+    /// Lease whose label claims another node's identity is ignored.
     pub fn from_lease(lease: &Lease) -> Option<Self> {
         let node = lease
             .metadata
-            .labels
-            .as_ref()?
-            .get(LABEL_AGENT_NODE)?
-            .clone();
+            .name
+            .as_deref()?
+            .strip_prefix(AGENT_LEASE_PREFIX)?
+            .to_string();
+        if lease.metadata.labels.as_ref()?.get(LABEL_AGENT_NODE) != Some(&node) {
+            return None;
+        }
         let ann = lease.metadata.annotations.clone().unwrap_or_default();
         Some(Self {
             node,
@@ -192,5 +198,27 @@ mod tests {
             takeover,
             "an agent that says nothing is held to the takeover"
         );
+    }
+
+    #[test]
+    fn the_node_is_the_one_the_lease_name_says_and_the_label_must_agree() {
+        let lease = |name: &str, label: &str| -> Lease {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name, "labels": { LABEL_AGENT_NODE: label } },
+                "spec": { "leaseTransitions": 1 }
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            AgentReport::from_lease(&lease("egressgw-agent-node-2", "node-2"))
+                .unwrap()
+                .node,
+            "node-2"
+        );
+        assert!(
+            AgentReport::from_lease(&lease("egressgw-agent-node-2", "node-3")).is_none(),
+            "a label claiming another node's identity is ignored"
+        );
+        assert!(AgentReport::from_lease(&lease("egressgw-controller", "node-3")).is_none());
     }
 }

@@ -4,3 +4,4 @@ pub mod http;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod signals;

@@ -35,7 +35,8 @@ Usage: disruption [--trials N] [--outage-secs S] [--only ROW[,ROW...]]
 Disruption benchmark on the simulated cluster (as root). Rows: apiserver-frozen (SIGSTOP for S
 seconds, default 60), apiserver-slow (every agent request +800 ms for S seconds), agent-upgrade
 (SIGTERM the gateway node's agent, a new one 3 s later), agent-cut-off (the gateway node's agent
-alone cut off from the apiserver for 10 s: the IP must move). Each trial runs on a cluster of
+alone cut off from the apiserver for 10 s: the IP must move; that node's own pod, blocked while
+it cannot learn the new placement, is left out of the counts). Each trial runs on a cluster of
 its own (N trials per row, default 1). Prints per row the probe samples, the failed ones, those
 from another source than the egress IP, the longest interruption (p50, max) and the trials in
 which the IP moved. Needs the release egressgw binary beside this one.
@@ -197,13 +198,22 @@ async fn trial(row: Row, outage: Duration) -> Result<Trial> {
         .status
         .context("status")?
         .assignments;
-    let summary = report.summary(&[E1]);
+    // The cut-off node's own pod is blocked while its agent cannot learn the new placement
+    // (fail closed): counted apart, as the leak benchmark does.
+    let judged = |pod: usize| row != Row::CutOff || pod != host - 1;
+    let summary: Vec<_> = report
+        .summary(&[E1])
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| judged(*i))
+        .map(|(_, p)| p)
+        .collect();
     Ok(Trial {
         samples: report.samples.len(),
         failed: report
             .samples
             .iter()
-            .filter(|s| !matches!(s.outcome, Outcome::Seen(_)))
+            .filter(|s| judged(s.pod) && !matches!(s.outcome, Outcome::Seen(_)))
             .count(),
         other_source: report
             .samples

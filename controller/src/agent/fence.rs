@@ -115,6 +115,11 @@ pub struct FenceClock {
     last_success_sent: Option<Instant>,
     /// The send time of the last renewal that completed within the refresh window.
     last_fresh_sent: Option<Instant>,
+    /// The send time of the first renewal that failed after the last success.
+    first_failed_sent: Option<Instant>,
+    /// When the peers last confirmed an outage for everyone (a hold counts as a renewal for
+    /// the fencing deadline: when it ends, the agent gets a full deadline to renew).
+    last_hold: Option<Instant>,
     fenced: bool,
 }
 
@@ -125,6 +130,8 @@ impl FenceClock {
             timing,
             last_success_sent: None,
             last_fresh_sent: None,
+            first_failed_sent: None,
+            last_hold: None,
             fenced: true,
         }
     }
@@ -137,10 +144,29 @@ impl FenceClock {
         self.fenced
     }
 
+    /// A renewal sent at `sent` failed.
+    pub fn failed(&mut self, sent: Instant) {
+        if self.first_failed_sent.is_none() && self.last_success_sent.is_none_or(|t| sent > t) {
+            self.first_failed_sent = Some(sent);
+        }
+    }
+
+    /// The send time of the first renewal that failed since the last success.
+    pub fn first_failed_sent(&self) -> Option<Instant> {
+        self.first_failed_sent
+    }
+
+    /// How long ago the last fresh renewal was sent (`None`: never).
+    pub fn fresh_age(&self, now: Instant) -> Option<Duration> {
+        self.last_fresh_sent
+            .map(|t| now.saturating_duration_since(t))
+    }
+
     /// A renewal sent at `sent` succeeded at `now`.
     pub fn renewed(&mut self, sent: Instant, now: Instant) -> Renewed {
         if self.last_success_sent.is_none_or(|t| sent > t) {
             self.last_success_sent = Some(sent);
+            self.first_failed_sent = None;
         }
         let fresh = now.duration_since(sent) <= self.timing.refresh_window;
         if fresh && self.last_fresh_sent.is_none_or(|t| sent > t) {
@@ -166,6 +192,9 @@ impl FenceClock {
     /// everyone keeps the agent unfenced past its deadline; one that may yet be confirmed
     /// (the peers miss renewals a little later than this node) gets [`FenceTiming::hold_grace`].
     pub fn check_holding(&mut self, now: Instant, hold: Hold) -> bool {
+        if hold == Hold::Confirmed && !self.fenced {
+            self.last_hold = Some(now);
+        }
         if self.fenced || hold == Hold::Confirmed {
             return false;
         }
@@ -173,9 +202,11 @@ impl FenceClock {
             Hold::Pending => self.timing.fence_after + self.timing.hold_grace,
             _ => self.timing.fence_after,
         };
-        let overdue = self
-            .last_success_sent
-            .is_none_or(|t| now.duration_since(t) >= deadline);
+        let base = match (self.last_success_sent, self.last_hold) {
+            (Some(s), Some(h)) => Some(s.max(h)),
+            (s, h) => s.or(h),
+        };
+        let overdue = base.is_none_or(|t| now.duration_since(t) >= deadline);
         if overdue {
             self.fenced = true;
         }
@@ -283,16 +314,24 @@ mod tests {
             !f.check_holding(t0 + MS(1000), Hold::Confirmed),
             "held past the deadline"
         );
+        // The hold ends: a full deadline (and grace) from the last confirmation to renew.
         assert!(
-            !f.check_holding(t0 + MS(1400), Hold::Pending),
+            !f.check_holding(t0 + MS(2400), Hold::Pending),
             "within the grace"
         );
         assert!(!f.is_fenced());
         assert!(
-            f.check_holding(t0 + MS(1500), Hold::Pending),
+            f.check_holding(t0 + MS(2500), Hold::Pending),
             "the grace is over"
         );
         assert!(f.is_fenced());
+        let mut p = FenceClock::new(FenceTiming::default());
+        p.renewed(t0, t0 + MS(5));
+        assert!(
+            !p.check_holding(t0 + MS(1400), Hold::Pending),
+            "never held: the grace"
+        );
+        assert!(p.check_holding(t0 + MS(1500), Hold::Pending));
         let mut g = FenceClock::new(FenceTiming::default());
         g.renewed(t0, t0 + MS(5));
         assert!(

@@ -152,6 +152,9 @@ struct Shared {
     held: Vec<std::net::Ipv4Addr>,
     /// The renewal announcing the hand-over succeeded and the lifetimes cover the window.
     handed_over: bool,
+    /// An apply held an egress IP back (the address gate was closed): re-apply after the
+    /// next renewal.
+    adds_held_back: bool,
     report: Report,
 }
 
@@ -230,6 +233,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .node_name
         .clone()
         .expect("clap requires --node-name without --cleanup");
+    // Adding an egress IP starts a fresh kernel lifetime: only right after a renewal or
+    // while the peers confirm an outage (opened by the heartbeat and the hold loop).
+    let gate = crate::dataplane::config::AddressGate::default();
+    let cfg = DataplaneConfig {
+        address_gate: Some(gate.clone()),
+        ..cfg
+    };
     let client: Client = crate::k8s::client(args.kubeconfig.as_deref()).await?;
     let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg.clone())?));
     let ours = dp.lock().expect("dataplane lock").ownership()?;
@@ -286,6 +296,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             })
             .collect(),
         handed_over: false,
+        adds_held_back: false,
         report: Report {
             renew_interval: timing.renew_interval,
             ..Report::default()
@@ -303,6 +314,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         HeartbeatKernel {
             dp: dp.clone(),
             lifetimes: lifetimes.clone(),
+            gate: gate.clone(),
         },
         wakes,
         metrics.clone(),
@@ -313,7 +325,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let own = shared.clone();
         let state: peers::OwnState = Arc::new(move |now| {
             let s = own.lock().expect("agent state lock");
-            (s.fence.degraded(now), s.held.clone())
+            peers::Own {
+                cut_off: s.fence.degraded(now),
+                fresh_age: s.fence.fresh_age(now),
+                held: s.held.clone(),
+            }
         });
         let (client, namespace, netns, port, me, slot) = (
             client.clone(),
@@ -337,7 +353,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         tokio::spawn(outage::hold_loop(
             peers.clone(),
             shared.clone(),
-            lifetimes.clone(),
+            (lifetimes.clone(), gate.clone()),
             notify.clone(),
             metrics.clone(),
         ));
@@ -394,11 +410,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let (fenced, idle, epoch, first_outcome) = {
             // Past the deadline, the peers may confirm an outage for everyone (agent::peers).
             let hold = peers.get().map(|p| p.hold(now));
+            let first_failed = shared
+                .lock()
+                .expect("agent state lock")
+                .fence
+                .first_failed_sent();
+            // A peer that renewed after this node's first failed renewal shows the control
+            // plane answers: this node is cut off alone, no confirmation will come.
+            let alone = match (peers.get(), first_failed) {
+                (Some(p), Some(t)) => p.renewed_after(t, now),
+                _ => None,
+            };
             let mut s = shared.lock().expect("agent state lock");
-            let verdict = match &hold {
-                None => fence::Hold::Unavailable,
-                Some(Ok(_)) => fence::Hold::Confirmed,
-                Some(Err(_)) => fence::Hold::Pending,
+            let verdict = match (&hold, &alone) {
+                (None, _) => fence::Hold::Unavailable,
+                (Some(Ok(_)), _) => fence::Hold::Confirmed,
+                (Some(Err(_)), Some(_)) => fence::Hold::Unavailable,
+                (Some(Err(_)), None) => fence::Hold::Pending,
             };
             if !s.idle && s.fence.check_holding(now, verdict) {
                 s.needs_new_epoch = true;
@@ -411,7 +439,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 dirty_since.get_or_insert(now);
             }
             if std::mem::take(&mut s.needs_reapply) {
-                warn!(node = %node, "an egress IP's kernel lifetime ran out while hosting it; re-applying");
+                warn!(node = %node, "an egress IP is missing from the kernel (its lifetime ran out, or it was held back); re-applying");
                 last_plan = None;
                 dirty_since.get_or_insert(now);
             }
@@ -549,6 +577,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                         );
                     }
                     record_sizes(&metrics, &plan);
+                    if !r.addresses_held_back.is_empty() {
+                        shared.lock().expect("agent state lock").adds_held_back = true;
+                        renew_now.notify_one();
+                    }
                     drift::record_repair(
                         &metrics,
                         &std::mem::take(&mut repairing),
@@ -694,6 +726,7 @@ fn set_cadence(
 struct HeartbeatKernel {
     dp: SharedDataplane,
     lifetimes: Arc<lifetimes::Lifetimes>,
+    gate: crate::dataplane::config::AddressGate,
 }
 
 /// What the heartbeat wakes, and what wakes it.
@@ -771,7 +804,11 @@ async fn heartbeat_loop(
     wakes: Wakes,
     metrics: AgentMetrics,
 ) {
-    let HeartbeatKernel { dp, lifetimes } = kernel;
+    let HeartbeatKernel {
+        dp,
+        lifetimes,
+        gate,
+    } = kernel;
     let refresh_window = shared
         .lock()
         .expect("agent state lock")
@@ -852,9 +889,16 @@ async fn heartbeat_loop(
                 metrics
                     .lease_renewal_duration
                     .observe(sent.elapsed().as_secs_f64());
+                // A lifetime started before `sent + refresh window` ends before the
+                // controller could move the IP (the same bound as the refresh below).
+                gate.open_until(sent + refresh_window);
                 let outcome = {
                     let mut s = shared.lock().expect("agent state lock");
                     s.epoch = hb.epoch;
+                    if std::mem::take(&mut s.adds_held_back) {
+                        s.needs_reapply = true;
+                        wakes.apply.notify_one();
+                    }
                     // An idle agent hosts nothing: its renewals prove nothing to fence on.
                     (!idle && !s.idle).then(|| s.fence.renewed(sent, Instant::now()))
                 };
@@ -898,6 +942,11 @@ async fn heartbeat_loop(
                     .lease_renewals
                     .get_or_create(&label("result", "error"))
                     .inc();
+                shared
+                    .lock()
+                    .expect("agent state lock")
+                    .fence
+                    .failed(started);
                 warn!(error = %e, "lease renewal failed");
             }
         }

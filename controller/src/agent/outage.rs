@@ -27,7 +27,7 @@ pub const HOLD_REFRESH_EVERY: Duration = Duration::from_millis(400);
 pub(super) async fn hold_loop(
     peers: Arc<OnceLock<Arc<Peers>>>,
     shared: Arc<Mutex<Shared>>,
-    lifetimes: Arc<Lifetimes>,
+    (lifetimes, gate): (Arc<Lifetimes>, crate::dataplane::config::AddressGate),
     apply: Arc<tokio::sync::Notify>,
     metrics: AgentMetrics,
 ) {
@@ -74,6 +74,8 @@ pub(super) async fn hold_loop(
         if last_refresh.is_some_and(|t| now.duration_since(t) < HOLD_REFRESH_EVERY) {
             continue;
         }
+        // Re-adding an address that lapsed is bounded like an extension.
+        gate.open_until(valid_until);
         match lifetimes.refresh_by(valid_until).await {
             Ok(Some(n)) => {
                 last_refresh = Some(now);

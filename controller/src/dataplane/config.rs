@@ -97,7 +97,43 @@ pub struct DataplaneConfig {
     /// so nobody else can delete or change it; kernels without `NFT_TABLE_F_PERSIST` (< 6.9)
     /// get an unowned table (drift is then repaired, not prevented).
     pub own_table: bool,
+    /// When set, an egress IP is *added* (which starts a fresh kernel lifetime) only while
+    /// the gate is open, checked right before the netlink call; addresses already present
+    /// are kept either way. The agent opens it after each renewal for the window in which a
+    /// new lifetime still ends before the controller could move the IP (see agent::fence).
+    pub address_gate: Option<AddressGate>,
 }
+
+/// Until when adding an egress IP is allowed (shared by the agent, which opens it, and the
+/// dataplane thread, which checks it). Compared by identity.
+#[derive(Clone, Debug, Default)]
+pub struct AddressGate(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl AddressGate {
+    /// Allow adds until `until` (never shortens a later permission).
+    pub fn open_until(&self, until: std::time::Instant) {
+        let mut g = self.0.lock().expect("address gate lock");
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
+        }
+    }
+
+    /// Whether adding is allowed at `now`.
+    pub fn is_open(&self, now: std::time::Instant) -> bool {
+        self.0
+            .lock()
+            .expect("address gate lock")
+            .is_some_and(|t| now <= t)
+    }
+}
+
+impl PartialEq for AddressGate {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for AddressGate {}
 
 impl Default for DataplaneConfig {
     fn default() -> Self {
@@ -110,6 +146,7 @@ impl Default for DataplaneConfig {
             garp_interval: DEFAULT_GARP_INTERVAL,
             address_lifetime_secs: None,
             own_table: true,
+            address_gate: None,
         }
     }
 }

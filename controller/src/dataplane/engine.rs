@@ -375,7 +375,17 @@ impl Engine {
 
         // 4. new addresses, announced
         self.run_rt(&mut rtnl, &rplan.add_addresses, &mut report)?;
-        self.announce(&rplan.add_addresses, &routing, &mut report)?;
+        // Only what was really added is announced (the gate may have held some back).
+        let added: Vec<RtOp> = rplan
+            .add_addresses
+            .iter()
+            .filter(|op| {
+                matches!(op, RtOp::AddAddress { ip, .. }
+                    if report.addresses_added.contains(&IpAddr::V4(*ip)))
+            })
+            .cloned()
+            .collect();
+        self.announce(&added, &routing, &mut report)?;
 
         // 5. stale next hops out
         self.run_rt(&mut rtnl, &rplan.after_nft, &mut report)?;
@@ -404,6 +414,13 @@ impl Engine {
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         for op in ops {
+            if let (RtOp::AddAddress { ip, ifname, .. }, Some(gate)) = (op, &self.cfg.address_gate)
+                && !gate.is_open(std::time::Instant::now())
+            {
+                warn!(ip = %ip, interface = %ifname, "not adding the egress IP now: no recent lease renewal or confirmed outage hold to bound its lifetime");
+                report.addresses_held_back.push(IpAddr::V4(*ip));
+                continue;
+            }
             rtnl.apply(op)?;
             match op {
                 RtOp::AddAddress { ip, ifname, .. } => {

@@ -19,6 +19,9 @@ pub struct ApplyReport {
     pub rules_removed: usize,
     /// Egress IPs added to / removed from interfaces.
     pub addresses_added: Vec<IpAddr>,
+    /// Egress IPs the plan puts here that were not added because the address gate was closed
+    /// ([`super::config::AddressGate`]); the next apply with the gate open adds them.
+    pub addresses_held_back: Vec<IpAddr>,
     pub addresses_removed: Vec<IpAddr>,
     /// Gratuitous ARP frames sent or scheduled (the first round is sent before apply returns).
     pub garps_sent: usize,

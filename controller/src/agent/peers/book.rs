@@ -34,6 +34,9 @@ struct Answer {
     ping_sent: Instant,
     cut_off: bool,
     held: Vec<Ipv4Addr>,
+    /// The latest the peer can have sent its last fresh renewal, on our clock (the pong's
+    /// arrival minus the age it reported).
+    last_fresh: Option<Instant>,
 }
 
 /// Why an agent may not hold its egress IPs past its fencing deadline.
@@ -119,6 +122,19 @@ impl PeerBook {
         held: Vec<Ipv4Addr>,
         now: Instant,
     ) -> bool {
+        self.pong_received_aged(from, nonce, cut_off, None, held, now)
+    }
+
+    /// [`Self::pong_received`], with the age of the peer's last fresh renewal.
+    pub fn pong_received_aged(
+        &mut self,
+        from: &str,
+        nonce: u64,
+        cut_off: bool,
+        fresh_age: Option<std::time::Duration>,
+        held: Vec<Ipv4Addr>,
+        now: Instant,
+    ) -> bool {
         let Some((peer, sent)) = self.outstanding.get(&nonce) else {
             return false;
         };
@@ -135,6 +151,7 @@ impl PeerBook {
                     ping_sent: sent,
                     cut_off,
                     held,
+                    last_fresh: fresh_age.and_then(|a| now.checked_sub(a)),
                 },
             );
         }
@@ -199,6 +216,24 @@ impl PeerBook {
             }
         }
         until.ok_or(NoHold::NoPeers)
+    }
+
+    /// A peer whose recent answer shows a fresh renewal sent after `t` (this node's first
+    /// failed renewal): the control plane answers it, so this node is cut off alone.
+    pub fn renewed_after(
+        &self,
+        peers: &BTreeSet<String>,
+        t: Instant,
+        now: Instant,
+    ) -> Option<String> {
+        peers
+            .iter()
+            .find(|p| {
+                self.fresh(p, now)
+                    .and_then(|a| a.last_fresh)
+                    .is_some_and(|f| f > t)
+            })
+            .cloned()
     }
 
     /// Whether this node may add `ip` (which it does not hold) at `now`.
@@ -384,6 +419,25 @@ mod tests {
         assert_eq!(
             p.keys().cloned().collect::<Vec<_>>(),
             vec!["node-3".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_peer_that_renewed_after_our_first_failure_shows_we_are_cut_off_alone() {
+        let t0 = Instant::now();
+        let mut b = PeerBook::new("node-2", BOUND);
+        let peers = names(&["node-3"]);
+        let first_failed = t0 + ms(500);
+        b.ping_sent("node-3", 1, t0 + ms(1000));
+        // Its last fresh renewal was sent 600 ms before this pong: before our first failure.
+        assert!(b.pong_received_aged("node-3", 1, false, Some(ms(600)), vec![], t0 + ms(1002)));
+        assert_eq!(b.renewed_after(&peers, first_failed, t0 + ms(1003)), None);
+        // 100 ms ago: after it.
+        b.ping_sent("node-3", 2, t0 + ms(1100));
+        assert!(b.pong_received_aged("node-3", 2, false, Some(ms(100)), vec![], t0 + ms(1102)));
+        assert_eq!(
+            b.renewed_after(&peers, first_failed, t0 + ms(1103)),
+            Some("node-3".to_string())
         );
     }
 }

@@ -66,8 +66,19 @@ pub enum PeerError {
     },
 }
 
-/// What this agent tells its peers: whether it is cut off, and the egress IPs it holds.
-pub type OwnState = Arc<dyn Fn(Instant) -> (bool, Vec<Ipv4Addr>) + Send + Sync>;
+/// What this agent tells its peers at a moment.
+#[derive(Clone, Debug, Default)]
+pub struct Own {
+    /// No fresh renewal within the cut-off deadline.
+    pub cut_off: bool,
+    /// Since its last fresh renewal was sent (`None`: never).
+    pub fresh_age: Option<Duration>,
+    /// Egress IPs its kernel holds.
+    pub held: Vec<Ipv4Addr>,
+}
+
+/// What this agent tells its peers.
+pub type OwnState = Arc<dyn Fn(Instant) -> Own + Send + Sync>;
 
 /// The running channel.
 pub struct Peers {
@@ -217,7 +228,12 @@ impl Peers {
     }
 
     fn message(&self, kind: Kind, to: &str, nonce: u64, now: Instant) -> Message {
-        let (cut_off, held) = (self.state)(now);
+        let Own {
+            cut_off,
+            fresh_age,
+            held,
+        } = (self.state)(now);
+        let fresh_age_ms = fresh_age.map_or(u64::MAX, |a| a.as_millis() as u64);
         Message {
             v: WIRE_VERSION,
             kind,
@@ -225,8 +241,16 @@ impl Peers {
             to: to.to_string(),
             nonce,
             cut_off,
+            fresh_age_ms,
             held,
         }
+    }
+
+    /// A peer that renewed (fresh) after `t`, this node's first failed renewal: this node is
+    /// cut off alone and fences on its plain deadline.
+    pub fn renewed_after(&self, t: Instant, now: Instant) -> Option<String> {
+        let names: BTreeSet<String> = self.peer_addrs(now).into_keys().collect();
+        self.book().renewed_after(&names, t, now)
     }
 
     fn nonce(&self) -> u64 {
@@ -288,9 +312,15 @@ impl Peers {
                     }
                 }
                 Kind::Pong => {
-                    let accepted =
-                        self.book()
-                            .pong_received(&msg.from, msg.nonce, msg.cut_off, msg.held, now);
+                    let accepted = self.book().pong_received_aged(
+                        &msg.from,
+                        msg.nonce,
+                        msg.cut_off,
+                        (msg.fresh_age_ms != u64::MAX)
+                            .then(|| Duration::from_millis(msg.fresh_age_ms)),
+                        msg.held,
+                        now,
+                    );
                     if accepted {
                         self.answered.notify_waiters();
                     }

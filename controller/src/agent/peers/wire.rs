@@ -53,8 +53,10 @@ pub struct Message {
     pub to: String,
     /// A ping's random nonce; a pong echoes the ping's.
     pub nonce: u64,
-    /// The sender has had no fresh Lease renewal for at least its fencing deadline.
+    /// The sender has had no fresh Lease renewal for at least its cut-off deadline.
     pub cut_off: bool,
+    /// How long ago the sender sent its last fresh renewal, milliseconds (`u64::MAX`: none).
+    pub fresh_age_ms: u64,
     /// Egress IPs the sender's kernel holds.
     pub held: Vec<Ipv4Addr>,
 }
@@ -119,6 +121,7 @@ mod tests {
             to: "node-3".into(),
             nonce: 42,
             cut_off: true,
+            fresh_age_ms: 900,
             held: vec![Ipv4Addr::new(198, 18, 0, 200)],
         }
     }

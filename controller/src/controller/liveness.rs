@@ -10,9 +10,11 @@
 //! - when more than half of the known agents (and at least [`MASS_SILENCE_MIN`]) are past
 //!   their deadline at once, it is the control plane's trouble more likely than theirs: failover freezes, as the
 //!   node lifecycle controller's full-disruption mode does, until their renewals are seen.
-//! - when renewals arrive again after the watch was quiet for a takeover, or after such a
-//!   freeze, every agent gets a full takeover from that moment: after an apiserver outage the
-//!   agents (which kept their IPs, see `agent::peers`) renew again before anyone is judged.
+//! - when an agent past its deadline renews again, or a renewal ends such a freeze, every
+//!   agent gets a full takeover from that moment: after an apiserver outage the agents (which
+//!   kept their IPs, see `agent::peers`) renew again before anyone is judged. Idle agents'
+//!   slow renewals are not returns, so a node whose agent died is still judged while only
+//!   idle agents renew.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -94,9 +96,12 @@ impl AgentLiveness {
             s.interval = interval;
             return;
         }
-        let quiet = self
-            .last_event
-            .is_some_and(|e| now.saturating_duration_since(e) >= self.takeover);
+        // An agent renewing after it was past its deadline: renewals flow again after an
+        // outage (its own, or everyone's).
+        let returned = self.seen.get(node).is_some_and(|s| {
+            let from = self.resumed.map_or(s.since, |r| r.max(s.since));
+            now.saturating_duration_since(from) >= s.deadline
+        });
         let was_blind = self.blind(now).is_some();
         self.seen.insert(
             node.to_string(),
@@ -108,8 +113,8 @@ impl AgentLiveness {
             },
         );
         self.last_event = Some(self.last_event.map_or(now, |e| e.max(now)));
-        // Renewals resume after a quiet watch, or this one ends a freeze.
-        if quiet || (was_blind && self.blind(now).is_none()) {
+        // Renewals resume (an agent returns from silence), or this one ends a freeze.
+        if returned || (was_blind && self.blind(now).is_none()) {
             self.resumed = Some(now);
         }
     }
@@ -384,5 +389,25 @@ mod tests {
         assert!(l.alive("b", back + ms(1500)) && l.alive("c", back + ms(1500)));
         l.observe("d", "d-more", None, back + ms(400));
         assert!(!l.alive("b", back + ms(1600)), "then judged as usual");
+    }
+
+    #[test]
+    fn idle_witnesses_renewing_slowly_do_not_postpone_a_death() {
+        let t0 = Instant::now();
+        let mut l = AgentLiveness::new(ms(1600));
+        l.observe("hosting", "h1", None, t0);
+        for (i, t) in (0..=20_000).step_by(5000).enumerate() {
+            l.observe_with(
+                "idle",
+                &format!("i{i}"),
+                Some(ms(15_000)),
+                Some(ms(5000)),
+                t0 + ms(t),
+            );
+        }
+        assert!(
+            !l.alive("hosting", t0 + ms(6000)),
+            "dead once the idle agent's renewal shows the watch delivers"
+        );
     }
 }

@@ -4,13 +4,16 @@
 //! that name the field and the value, and the IP is never put on any node's kernel.
 //!
 //! Real kube-apiserver + etcd, the real controller and agents, the kernel in network
-//! namespaces; no traffic is sent.
+//! namespaces. The selected pod's traffic is sampled with the leak probe (the open server
+//! inside the destinations, which accepts any source): with no egress IP placed it must be
+//! dropped, never seen from any source (a node address, or the refused IP).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use egressgw::api::EgressGateway;
 use egressgw_tests::sim::SimCluster;
+use egressgw_tests::testbed::OPEN_SERVER;
 use egressgw_tests::testbed::ranges::{NODE_LAN, SERVICE_RANGE};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
@@ -114,6 +117,11 @@ async fn refused(case: Case) {
         tokio::time::sleep(POLL).await;
     }
 
+    // The selected pod is blocked (fail closed) once its node has programmed the verdict;
+    // from then on the probe must never see it from any source.
+    sim.wait_source(1, 0, OPEN_SERVER, None, JUDGED).await;
+    let probe = sim.leak_probe(&[(1, 0)]).unwrap();
+
     // The kernel: no node holds the IP or SNATs to it, now or a moment later.
     let snat = format!("snat to {ip}");
     let until = Instant::now() + WATCH_KERNEL;
@@ -133,6 +141,13 @@ async fn refused(case: Case) {
         }
         tokio::time::sleep(POLL).await;
     }
+    let report = probe.stop();
+    eprintln!(
+        "== selected pod of a refused gateway\n{}",
+        report.table(&[])
+    );
+    assert!(!report.samples.is_empty(), "the probe took no sample");
+    report.assert_no_leaks(&[]);
 }
 
 /// The Ready condition's status, reason and message.

@@ -114,19 +114,10 @@ impl PeerBook {
 
     /// A pong from `from` echoing `nonce` arrived at `now`. Accepted only as the answer of
     /// that peer to a ping of ours still valid.
+    /// A pong from `from` echoing `nonce` arrived at `now`, saying whether the peer is cut
+    /// off, how long ago it sent its last fresh renewal, and what it holds. Accepted only as
+    /// the answer of that peer to a ping of ours still valid.
     pub fn pong_received(
-        &mut self,
-        from: &str,
-        nonce: u64,
-        cut_off: bool,
-        held: Vec<Ipv4Addr>,
-        now: Instant,
-    ) -> bool {
-        self.pong_received_aged(from, nonce, cut_off, None, held, now)
-    }
-
-    /// [`Self::pong_received`], with the age of the peer's last fresh renewal.
-    pub fn pong_received_aged(
         &mut self,
         from: &str,
         nonce: u64,
@@ -290,7 +281,7 @@ mod tests {
         cut: bool,
     ) -> bool {
         b.ping_sent(peer, nonce, t0 + ms(sent));
-        b.pong_received(peer, nonce, cut, vec![], t0 + ms(at))
+        b.pong_received(peer, nonce, cut, None, vec![], t0 + ms(at))
     }
 
     #[test]
@@ -323,23 +314,23 @@ mod tests {
         let mut b = PeerBook::new("node-2", BOUND);
         let peers = names(&["node-3"]);
         assert!(
-            !b.pong_received("node-3", 7, true, vec![], t0),
+            !b.pong_received("node-3", 7, true, None, vec![], t0),
             "no ping sent"
         );
         b.ping_sent("node-3", 8, t0);
         assert!(
-            !b.pong_received("node-4", 8, true, vec![], t0 + ms(1)),
+            !b.pong_received("node-4", 8, true, None, vec![], t0 + ms(1)),
             "another node's nonce"
         );
         assert!(
-            !b.pong_received("node-3", 8, true, vec![], t0 + PONG_VALID + ms(1)),
+            !b.pong_received("node-3", 8, true, None, vec![], t0 + PONG_VALID + ms(1)),
             "too late: a delayed pong says nothing"
         );
         assert!(b.hold(&peers, t0 + ms(2)).is_err());
         b.ping_sent("node-3", 9, t0 + ms(10));
-        assert!(b.pong_received("node-3", 9, true, vec![], t0 + ms(12)));
+        assert!(b.pong_received("node-3", 9, true, None, vec![], t0 + ms(12)));
         assert!(
-            !b.pong_received("node-3", 9, true, vec![], t0 + ms(13)),
+            !b.pong_received("node-3", 9, true, None, vec![], t0 + ms(13)),
             "a replayed pong is not accepted twice"
         );
     }
@@ -350,8 +341,8 @@ mod tests {
         let mut b = PeerBook::new("node-2", BOUND);
         b.ping_sent("node-3", 1, t0);
         b.ping_sent("node-3", 2, t0 + ms(200));
-        assert!(b.pong_received("node-3", 2, false, vec![], t0 + ms(210)));
-        assert!(b.pong_received("node-3", 1, true, vec![], t0 + ms(220)));
+        assert!(b.pong_received("node-3", 2, false, None, vec![], t0 + ms(210)));
+        assert!(b.pong_received("node-3", 1, true, None, vec![], t0 + ms(220)));
         assert_eq!(
             b.hold(&names(&["node-3"]), t0 + ms(230)),
             Err(NoHold::Renewing("node-3".into()))
@@ -383,7 +374,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = PeerBook::new("node-3", BOUND);
         b.ping_sent("node-2", 1, t0);
-        assert!(b.pong_received("node-2", 1, false, vec![e1()], t0 + ms(3)));
+        assert!(b.pong_received("node-2", 1, false, None, vec![e1()], t0 + ms(3)));
         assert_eq!(
             b.acquire(e1(), t0 + ms(5)),
             Err(Wait::HeldBy("node-2".into()))
@@ -430,11 +421,11 @@ mod tests {
         let first_failed = t0 + ms(500);
         b.ping_sent("node-3", 1, t0 + ms(1000));
         // Its last fresh renewal was sent 600 ms before this pong: before our first failure.
-        assert!(b.pong_received_aged("node-3", 1, false, Some(ms(600)), vec![], t0 + ms(1002)));
+        assert!(b.pong_received("node-3", 1, false, Some(ms(600)), vec![], t0 + ms(1002)));
         assert_eq!(b.renewed_after(&peers, first_failed, t0 + ms(1003)), None);
         // 100 ms ago: after it.
         b.ping_sent("node-3", 2, t0 + ms(1100));
-        assert!(b.pong_received_aged("node-3", 2, false, Some(ms(100)), vec![], t0 + ms(1102)));
+        assert!(b.pong_received("node-3", 2, false, Some(ms(100)), vec![], t0 + ms(1102)));
         assert_eq!(
             b.renewed_after(&peers, first_failed, t0 + ms(1103)),
             Some("node-3".to_string())

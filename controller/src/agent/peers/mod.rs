@@ -312,7 +312,7 @@ impl Peers {
                     }
                 }
                 Kind::Pong => {
-                    let accepted = self.book().pong_received_aged(
+                    let accepted = self.book().pong_received(
                         &msg.from,
                         msg.nonce,
                         msg.cut_off,

@@ -33,6 +33,8 @@ use crate::testbed::topology::{OPEN_SERVER, SERVER_PORT};
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// How long one sample may wait for the connection and the greeting.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
+/// How many failed samples (timeouts, refusals, errors) [`LeakReport::table`] lists by time.
+const FAILED_LISTED: usize = 12;
 
 /// What one sample saw.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -633,6 +635,26 @@ impl LeakReport {
                     self.when(r.from),
                     self.when(r.to)
                 );
+            }
+        }
+        let failed: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|s| s.outcome.seen().is_none())
+            .take(FAILED_LISTED)
+            .map(|s| {
+                format!(
+                    "{} {:?} at {}",
+                    self.pods[s.pod],
+                    s.outcome,
+                    self.when(s.at)
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            let _ = writeln!(out, "failed samples (first {FAILED_LISTED}):");
+            for f in failed {
+                let _ = writeln!(out, "  {f}");
             }
         }
         let errors: BTreeSet<&str> = self

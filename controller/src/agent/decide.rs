@@ -12,6 +12,11 @@
 //!   pod here for a moment after this node stopped serving it (a move, a pod deleted, the
 //!   node no longer a candidate); for [`DEFAULT_GUARD_RETENTION`] the pod stays in the guard,
 //!   so that traffic is dropped rather than forwarded through the node's masquerade.
+//! - **A restarted agent keeps its predecessor's SNAT while it lists.** Until the pod watches
+//!   of its gateways have listed, the pods the predecessor SNATed to an egress IP this node
+//!   still hosts for the same gateway stay SNATed (unless the view knows that IP as some pod
+//!   and the plan left it out): an agent upgrade must not drop the other nodes' pods for
+//!   the length of a list.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -44,6 +49,37 @@ pub fn program(mut plan: NodePlan, situation: Situation) -> Option<NodePlan> {
         fence(&mut plan);
     }
     Some(plan)
+}
+
+/// Pods SNATed per gateway name and egress IP, as read from the kernel at start.
+pub type Inherited = BTreeMap<String, BTreeMap<std::net::Ipv4Addr, BTreeSet<std::net::Ipv4Addr>>>;
+
+/// Add to `plan` the pods `inherited` SNATs to an egress IP the plan still hosts for the same
+/// gateway, except those `known` says the view knows as a pod (the planner decided about
+/// them). Each carried pod is guarded too. For the time the pod watches list after a start.
+pub fn carry_inherited(plan: &mut NodePlan, inherited: &Inherited, known: impl Fn(IpAddr) -> bool) {
+    for (gateway, by_egress) in inherited {
+        let Some(g) = plan.gateways.get_mut(gateway) else {
+            continue;
+        };
+        for (egress, pods) in by_egress {
+            let egress = IpAddr::V4(*egress);
+            if plan
+                .hosted
+                .get(&egress)
+                .is_none_or(|h| &h.gateway != gateway)
+            {
+                continue;
+            }
+            let carried: Vec<IpAddr> = pods
+                .iter()
+                .map(|p| IpAddr::V4(*p))
+                .filter(|p| !known(*p) && !g.blocked.contains(p))
+                .collect();
+            g.guard.extend(carried.iter().copied());
+            g.snat.entry(egress).or_default().extend(carried);
+        }
+    }
 }
 
 /// Fence a plan: no hosted address, and every pod this node would SNAT is dropped instead.
@@ -232,6 +268,55 @@ mod tests {
         fenced: false,
         idle: false,
     };
+
+    fn inherited(egress: &str, pods: &[&str]) -> Inherited {
+        BTreeMap::from([(
+            "gw".to_string(),
+            BTreeMap::from([(
+                egress.parse().unwrap(),
+                pods.iter().map(|p| p.parse().unwrap()).collect(),
+            )]),
+        )])
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_unknown_pods_its_predecessor_snated() {
+        let mut p = gateway_node();
+        let before = inherited(
+            "198.18.0.200",
+            &["198.19.1.10", "198.19.3.10", "198.19.3.11"],
+        );
+        // 198.19.3.11 is known to the view (and the plan left it out): not carried.
+        carry_inherited(&mut p, &before, |x| x == ip("198.19.3.11"));
+        let g = &p.gateways["gw"];
+        assert_eq!(
+            g.snat[&ip("198.18.0.200")],
+            BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.3.10")])
+        );
+        assert!(g.guard.contains(&ip("198.19.3.10")));
+        assert!(!g.guard.contains(&ip("198.19.3.11")));
+        assert!(unguarded(&p).is_empty());
+    }
+
+    #[test]
+    fn nothing_is_carried_to_an_ip_the_node_no_longer_hosts_or_hosts_for_another_gateway() {
+        let before = inherited("198.18.0.200", &["198.19.3.10"]);
+        let mut fenced = gateway_node();
+        fence(&mut fenced);
+        let expected = fenced.clone();
+        carry_inherited(&mut fenced, &before, |_| false);
+        assert_eq!(fenced, expected, "a fenced node SNATs nothing");
+        let mut other = gateway_node();
+        other.hosted.get_mut(&ip("198.18.0.200")).unwrap().gateway = "other".into();
+        let expected = other.clone();
+        carry_inherited(&mut other, &before, |_| false);
+        assert_eq!(other, expected, "the IP now belongs to another gateway");
+        let mut gone = gateway_node();
+        gone.gateways.clear();
+        let expected = gone.clone();
+        carry_inherited(&mut gone, &before, |_| false);
+        assert_eq!(gone, expected, "the gateway left the node's plan");
+    }
 
     #[test]
     fn nothing_is_programmed_before_the_first_renewal_outcome() {

@@ -169,6 +169,11 @@ impl Inputs {
         Some(Change::Pods(changed))
     }
 
+    /// Whether every pod watch (the node's own, each guarded gateway's) has listed once.
+    pub fn pods_synced(&self) -> bool {
+        self.pods.synced()
+    }
+
     /// Whether this node may host an egress IP: its labels match some gateway's
     /// gatewayNodeSelector, or a status still records an IP on it. Otherwise the agent renews
     /// at the idle cadence.

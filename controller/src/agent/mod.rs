@@ -253,6 +253,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .owned_addresses()
         .map(|ips| ips.into_iter().map(std::net::IpAddr::V4).collect())
         .unwrap_or_default();
+    // What the predecessor SNATed, kept while the pod watches list (decide::carry_inherited).
+    let mut inherited_snat: Option<decide::Inherited> = match dp
+        .lock()
+        .expect("dataplane lock")
+        .snapshot()
+    {
+        Ok(s) => s.table.map(|t| t.snat_members()).filter(|m| !m.is_empty()),
+        Err(e) => {
+            warn!(error = %e, "cannot read the inherited table: nothing carried while the pod watches list");
+            None
+        }
+    };
     let mut stop = std::pin::pin!(crate::telemetry::signals::stop_requested()?);
 
     let mut registry = Registry::default();
@@ -536,6 +548,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         retention.apply(now, &mut plan, committed.as_ref(), |ip| {
             local_pods.contains(&ip)
         });
+        if inherited_snat.is_some() && inputs.pods_synced() {
+            info!("pod watches listed: the predecessor's SNAT is no longer carried");
+            inherited_snat = None;
+        }
+        if let Some(inherited) = &inherited_snat {
+            let known: BTreeSet<std::net::IpAddr> =
+                inputs.index.pods.values().flat_map(|p| p.ipv4()).collect();
+            decide::carry_inherited(&mut plan, inherited, |ip| known.contains(&ip));
+        }
         let mut held_back = false;
         if let Some(p) = peers.get() {
             let held: BTreeSet<std::net::IpAddr> = committed

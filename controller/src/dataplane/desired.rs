@@ -330,6 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn the_snat_members_read_back_are_the_plans() {
+        let d = desired(
+            &plan(),
+            &DataplaneConfig::default(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
+        let pods = BTreeSet::from([
+            "198.19.1.10".parse().unwrap(),
+            "198.19.2.10".parse().unwrap(),
+        ]);
+        assert_eq!(
+            d.nft.unwrap().snat_members(),
+            BTreeMap::from([("gw".to_string(), BTreeMap::from([(e, pods)]))])
+        );
+    }
+
+    #[test]
     fn empty_plan_wants_no_table() {
         let d = desired(
             &NodePlan::empty("n"),

@@ -406,6 +406,24 @@ impl NftState {
     pub fn hosted(&self) -> BTreeSet<Ipv4Addr> {
         self.addrs(&SetName::Hosted).cloned().unwrap_or_default()
     }
+
+    /// The pods SNATed here, per gateway name and egress IP (the `<gid>_snat_<ip>` sets of
+    /// gateways whose `_dst` set names them): what a predecessor agent programmed.
+    pub fn snat_members(&self) -> BTreeMap<String, BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>> {
+        let mut out: BTreeMap<String, BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>>> = BTreeMap::new();
+        for (name, set) in &self.sets {
+            let Ok(SetName::Snat(gid, egress)) = name.parse::<SetName>() else {
+                continue;
+            };
+            let (Some(gateway), Some(pods)) = (self.gateway_name(&gid), set.content.addrs()) else {
+                continue;
+            };
+            out.entry(gateway.to_string())
+                .or_default()
+                .insert(egress, pods.clone());
+        }
+        out
+    }
 }
 
 #[cfg(test)]

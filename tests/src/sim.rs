@@ -125,6 +125,9 @@ pub struct SimCluster {
     kube_proxies: BTreeMap<usize, KubeProxy>,
     /// Each agent reaches the apiserver through its own proxy, so a test can cut it off.
     proxies: BTreeMap<usize, (CuttableProxy, PathBuf)>,
+    /// Every controller replica reaches the apiserver through this proxy (and kubeconfig), so a
+    /// test can stall the controllers' connections.
+    controller_proxy: (CuttableProxy, PathBuf),
     /// Where each agent serves /metrics.
     agent_metrics: BTreeMap<usize, SocketAddr>,
     controllers: Vec<Child>,
@@ -166,10 +169,33 @@ impl SimCluster {
         }
         let logs = cp.dir().join("egressgw-logs");
         std::fs::create_dir_all(&logs)?;
+        let server: SocketAddr = cp
+            .server()
+            .trim_start_matches("https://")
+            .parse()
+            .context("apiserver address")?;
+        let kubeconfig = std::fs::read_to_string(cp.kubeconfig())?;
+        let proxied_kubeconfig = |name: &str, proxy: &CuttableProxy| -> Result<PathBuf> {
+            let path = logs.join(format!("kubeconfig-{name}"));
+            std::fs::write(
+                &path,
+                kubeconfig.replace(cp.server(), &format!("https://{}", proxy.addr())),
+            )?;
+            Ok(path)
+        };
+        let controller_proxy = CuttableProxy::start(server).await?;
+        let controller_kubeconfig = proxied_kubeconfig("controller", &controller_proxy)?;
+        let mut agent_proxies = BTreeMap::new();
+        for i in 1..=nodes {
+            let proxy = CuttableProxy::start(server).await?;
+            let path = proxied_kubeconfig(&format!("agent-{i}"), &proxy)?;
+            agent_proxies.insert(i, (proxy, path));
+        }
         let mut sim = Self {
             agents: BTreeMap::new(),
             kube_proxies: BTreeMap::new(),
-            proxies: BTreeMap::new(),
+            proxies: agent_proxies,
+            controller_proxy: (controller_proxy, controller_kubeconfig),
             agent_metrics: BTreeMap::new(),
             controllers: Vec::new(),
             tb,
@@ -180,21 +206,7 @@ impl SimCluster {
         for i in 0..controllers {
             sim.start_controller(i)?;
         }
-        let server: SocketAddr = sim
-            .cp
-            .server()
-            .trim_start_matches("https://")
-            .parse()
-            .context("apiserver address")?;
-        let kubeconfig = std::fs::read_to_string(sim.cp.kubeconfig())?;
         for i in 1..=nodes {
-            let proxy = CuttableProxy::start(server).await?;
-            let path = sim.logs.join(format!("kubeconfig-agent-{i}"));
-            std::fs::write(
-                &path,
-                kubeconfig.replace(sim.cp.server(), &format!("https://{}", proxy.addr())),
-            )?;
-            sim.proxies.insert(i, (proxy, path));
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             sim.agent_metrics.insert(i, port);
         }
@@ -217,7 +229,7 @@ impl SimCluster {
         let args = vec![
             "controller".into(),
             "--kubeconfig".into(),
-            self.cp.kubeconfig().display().to_string(),
+            self.controller_proxy.1.display().to_string(),
             "--identity".into(),
             format!("controller-{i}"),
             "--metrics-addr".into(),
@@ -319,6 +331,12 @@ impl SimCluster {
     /// Stop (SIGSTOP) or continue (SIGCONT) controller replica `i`.
     pub fn controller_pid(&self, i: usize) -> Option<u32> {
         self.controllers.get(i).map(Child::id)
+    }
+
+    /// Every connection the controllers have open to the apiserver goes silent (watches
+    /// included; nothing is closed or reset); their new connections work.
+    pub fn stall_controller_connections(&self) {
+        self.controller_proxy.0.stall_open_connections();
     }
 
     /// SIGKILL controller replica `i` (index into those started).

@@ -118,6 +118,21 @@ async fn ride_out(
     outage: impl FnOnce(),
     recover: impl FnOnce(),
 ) {
+    ride_out_for(sim, host, what, OUTAGE, false, outage, recover).await;
+}
+
+/// [`ride_out`] for `length`; with `status_readable` (the apiserver answers the test) the
+/// gateway's status must also place E1 on `host` every second.
+async fn ride_out_for(
+    sim: &SimCluster,
+    host: usize,
+    what: &str,
+    length: Duration,
+    status_readable: bool,
+    outage: impl FnOnce(),
+    recover: impl FnOnce(),
+) {
+    let host_name = sim.tb.node(host).name().to_string();
     let before = sim
         .wait_gateway(GATEWAY, CONVERGE, |_| true)
         .await
@@ -136,10 +151,18 @@ async fn ride_out(
     outage();
     let start = Instant::now();
     let mut holders_seen = Vec::new();
-    while start.elapsed() < OUTAGE {
+    let mut unplaced = Vec::new();
+    while start.elapsed() < length {
         let h = sim.holders(E1).unwrap();
         if h != vec![host] {
             holders_seen.push((start.elapsed(), h));
+        }
+        if status_readable {
+            let g = sim.wait_gateway(GATEWAY, CONVERGE, |_| true).await.unwrap();
+            let placed = status::node_of(&g, &E1.to_string());
+            if placed.as_deref() != Some(host_name.as_str()) {
+                unplaced.push((start.elapsed(), placed));
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -149,7 +172,7 @@ async fn ride_out(
     while back.elapsed() < AFTER {
         let h = sim.holders(E1).unwrap();
         if h != vec![host] {
-            holders_seen.push((OUTAGE + back.elapsed(), h));
+            holders_seen.push((length + back.elapsed(), h));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -158,6 +181,10 @@ async fn ride_out(
     assert!(
         holders_seen.is_empty(),
         "{what}: E1 was not on node {host} alone: {holders_seen:?}"
+    );
+    assert!(
+        unplaced.is_empty(),
+        "{what}: the status did not place E1 on {host_name}: {unplaced:?}"
     );
     assert_only_e1(&report.since(what), what);
     let after = sim
@@ -221,6 +248,83 @@ async fn a_frozen_apiserver_changes_nothing_that_works() {
         "the host kept E1 by the peers' confirmation (outage hold), not by luck"
     );
     assert_eq!(fences(&sim, host), fences_before, "the host never fenced");
+}
+
+/// How many times the controller logged a set of live agents without `node`.
+fn seen_dead(log: &str, node: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("agent liveness changed") && !l.contains(&format!("\"{node}\"")))
+        .count()
+}
+
+/// The controller's log (replica 0, first start).
+fn controller_log(sim: &SimCluster) -> String {
+    std::fs::read_to_string(sim.logs().join("controller-0-0.log")).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, network namespaces and the control plane"]
+async fn a_silently_stalled_controller_connection_unplaces_and_moves_nothing() {
+    /// Past the Lease watch's idle limit (10 + 5 s), well short of the others' (60 + 5 s).
+    const STALL: Duration = Duration::from_secs(30);
+    /// The other watches notice the stall within their 60 s timeout plus 5 s, and a change
+    /// is then planned and written.
+    const SPEC_SEEN: Duration = Duration::from_secs(90);
+    const E2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
+    /// How soon after a candidate's agent dies the controller must see it (takeover 1.6 s and
+    /// evidence from the others' renewals).
+    const DEATH_SEEN: Duration = Duration::from_secs(10);
+    let _serial = SERIAL.lock().await;
+    let (mut sim, host) = cluster().await;
+    let stalled_at = Instant::now();
+    ride_out_for(
+        &sim,
+        host,
+        "every controller connection silent (watches stalled, no reset)",
+        STALL,
+        true,
+        || sim.stall_controller_connections(),
+        || {},
+    )
+    .await;
+    // The Lease watch delivers again: the other candidate's agent dies, and the controller
+    // sees it (through a stalled watch nobody would ever die).
+    let other = 5 - host;
+    let other_name = sim.tb.node(other).name().to_string();
+    let seen_before = seen_dead(&controller_log(&sim), &other_name);
+    sim.kill_agent(other).unwrap();
+    let killed = Instant::now();
+    while seen_dead(&controller_log(&sim), &other_name) == seen_before {
+        assert!(
+            killed.elapsed() < DEATH_SEEN,
+            "the controller did not see {other_name}'s agent die within {DEATH_SEEN:?} after the stall: its Lease watch is still stalled; its log:\n{}",
+            controller_log(&sim)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "{other_name}'s agent death seen {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    // The gateway watch recovers too: a spec change is planned.
+    sim.apply_yaml(&gateway_yaml().replace(&format!("[{E1}]"), &format!("[{E1}, {E2}]")))
+        .await
+        .unwrap();
+    let g = sim
+        .wait_gateway(GATEWAY, SPEC_SEEN, |g| {
+            status::node_of(g, &E2.to_string()).is_some()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the controller never placed {E2} after the stall: {e:#}"));
+    eprintln!(
+        "{E2} placed {:.1} s after the stall began",
+        stalled_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        status::node_of(&g, &E1.to_string()).as_deref(),
+        Some(sim.tb.node(host).name()),
+        "E1 stayed where it was"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

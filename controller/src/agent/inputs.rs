@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::k8s::watch::watch_config;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 
@@ -53,20 +53,20 @@ impl Inputs {
         let service_cidrs = crate::k8s::service_cidrs::watch(client.clone(), notify.clone());
         let gateways = reflect(
             Api::<EgressGateway>::all(client.clone()),
-            watcher::Config::default(),
+            watch_config(),
             notify.clone(),
             |_| {},
         );
         let nodes = reflect_trimmed(
             Api::<KubeNode>::all(client.clone()),
-            watcher::Config::default(),
+            watch_config(),
             notify.clone(),
             |_| {},
             trim_node,
         );
         let namespaces = reflect_trimmed(
             Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
+            watch_config(),
             notify.clone(),
             |_| {},
             trim_namespace,

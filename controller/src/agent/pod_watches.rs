@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use kube::runtime::watcher;
+use crate::k8s::watch::watch_config;
 use kube::{Api, Client};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -135,7 +135,7 @@ impl PodWatches {
         let store = PodStore::new();
         let local = pod_store::feed(
             Api::all(client.clone()),
-            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            watch_config().fields(&format!("spec.nodeName={node}")),
             store.clone(),
             LOCAL,
             notify.clone(),
@@ -177,9 +177,9 @@ impl PodWatches {
                 None => Api::all(self.client.clone()),
             };
             let cfg = if s.labels.is_empty() {
-                watcher::Config::default()
+                watch_config()
             } else {
-                watcher::Config::default().labels(&s.labels)
+                watch_config().labels(&s.labels)
             };
             let source = self.next_source;
             self.next_source += 1;

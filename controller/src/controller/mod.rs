@@ -28,7 +28,9 @@ use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::lease::AgentReport;
 use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
 use crate::k8s::pod_store::{self, PodStore};
-use crate::k8s::watch::{reflect, reflect_trimmed, trim_namespace, trim_node};
+use crate::k8s::watch::{
+    LEASE_WATCH_TIMEOUT_SECS, reflect, reflect_trimmed, trim_namespace, trim_node, watch_config,
+};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::ControllerMetrics;
 
@@ -130,13 +132,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let liveness = Arc::new(Mutex::new(AgentLiveness::new(takeover)));
     let gateways = reflect(
         Api::<EgressGateway>::all(client.clone()),
-        watcher::Config::default(),
+        watch_config(),
         notify.clone(),
         |_| {},
     );
     let nodes = reflect_trimmed(
         Api::<KubeNode>::all(client.clone()),
-        watcher::Config::default(),
+        watch_config(),
         notify.clone(),
         |_| {},
         trim_node,
@@ -144,7 +146,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let pods = PodStore::new();
     let _pod_watch = pod_store::feed(
         Api::all(client.clone()),
-        watcher::Config::default().page_size(POD_LIST_PAGE),
+        watch_config().page_size(POD_LIST_PAGE),
         pods.clone(),
         0,
         notify.clone(),
@@ -153,7 +155,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     );
     let namespaces = reflect_trimmed(
         Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+        watch_config(),
         notify.clone(),
         |_| {},
         trim_namespace,
@@ -164,10 +166,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // wakes a reconcile. With 100 agents renewing every 500 ms, waking on every renewal
     // would reconcile without pause.
     let reported: Mutex<HashMap<String, AgentReport>> = Mutex::default();
+    // Its own client (own connections, a short read timeout): the liveness of every agent
+    // rides on this watch, so a silent stall must end in seconds.
+    let lease_client = crate::k8s::client::client_with_read_timeout(
+        args.kubeconfig.as_deref(),
+        crate::k8s::client::lease_watch_read_timeout(),
+    )
+    .await?;
     let wake = notify.clone();
     let leases = reflect(
-        Api::<Lease>::namespaced(client.clone(), &args.namespace),
-        watcher::Config::default().labels(LABEL_AGENT_NODE),
+        Api::<Lease>::namespaced(lease_client, &args.namespace),
+        watcher::Config::default()
+            .timeout(LEASE_WATCH_TIMEOUT_SECS)
+            .labels(LABEL_AGENT_NODE),
         Arc::new(Notify::new()),
         move |lease: &Lease| {
             if let Some(mut r) = AgentReport::from_lease(lease) {

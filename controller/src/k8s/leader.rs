@@ -22,6 +22,8 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::k8s::watch::watch_config;
+
 #[derive(Debug, Error)]
 pub enum LeaderError {
     #[error("leader lease {namespace}/{name}: {source}")]
@@ -141,8 +143,7 @@ impl LeaderElector {
     pub async fn acquire(&self) -> Result<(), LeaderError> {
         let changed = Notify::new();
         let watch = async {
-            let config =
-                watcher::Config::default().fields(&format!("metadata.name={}", self.cfg.name));
+            let config = watch_config().fields(&format!("metadata.name={}", self.cfg.name));
             let mut events = std::pin::pin!(watcher(self.api.clone(), config).default_backoff());
             while let Some(event) = events.next().await {
                 // Only a released or deleted Lease is worth an attempt at once; a renewal by

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::k8s::watch::watch_config;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -17,7 +17,7 @@ use super::watch::{Reflected, reflect};
 pub fn watch(client: Client, notify: Arc<Notify>) -> Reflected<ServiceCIDR> {
     reflect(
         Api::<ServiceCIDR>::all(client),
-        watcher::Config::default(),
+        watch_config(),
         notify,
         |_| {},
     )

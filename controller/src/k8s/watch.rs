@@ -17,6 +17,22 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+/// Every watch asks the apiserver to end it after this many seconds, and kube-runtime takes a
+/// watch that delivered nothing for that long (plus 5 s) for dead and watches again from the
+/// last version: a connection that stalls silently (an apiserver lost without a reset, a
+/// middlebox that drops the flow) is noticed within about a minute, not the 295 s of the
+/// default. Cheap: a re-watch lists nothing.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
+/// The agents' Lease watch carries a renewal every 500 ms from every busy agent and every
+/// 5 s from idle ones: 15 s without one is a stalled connection (see `controller::liveness`,
+/// which kills nobody meanwhile). Re-watched this often.
+pub const LEASE_WATCH_TIMEOUT_SECS: u32 = 10;
+
+/// The watch configuration every watch of egressgw starts from ([`WATCH_TIMEOUT_SECS`]).
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
 /// A store kept in sync by a background task; dropping the handle does not stop it, abort it.
 pub struct Reflected<K: Resource + 'static>
 where

@@ -29,6 +29,8 @@ mod readiness;
 mod table;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
@@ -68,8 +70,14 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     kubectl: PathBuf,
     // Declared before `dir`: Drop stops the processes, then the folder is removed.
-    apiserver: ManagedProcess,
-    etcd: ManagedProcess,
+    apiserver: Mutex<ManagedProcess>,
+    etcd: Mutex<ManagedProcess>,
+    /// How to start each again ([`ControlPlane::start_apiserver`], [`ControlPlane::start_etcd`]).
+    apiserver_command: (PathBuf, Vec<String>),
+    etcd_command: (PathBuf, Vec<String>),
+    etcd_client_port: u16,
+    /// Restarts so far (each gets its own log file).
+    restarts: AtomicUsize,
     dir: TempDir,
 }
 
@@ -78,8 +86,7 @@ impl std::fmt::Debug for ControlPlane {
         f.debug_struct("ControlPlane")
             .field("server", &self.server)
             .field("dir", &self.dir.path())
-            .field("apiserver_pid", &self.apiserver.pid())
-            .field("etcd_pid", &self.etcd.pid())
+            .field("pids", &self.pids())
             .finish()
     }
 }
@@ -115,19 +122,27 @@ impl ControlPlane {
         let [etcd_client_port, etcd_peer_port, apiserver_port] = ports::free_ports::<3>()?;
 
         let etcd_url = format!("http://{LOOPBACK}:{etcd_client_port}");
+        let etcd_command = (
+            binaries.etcd.clone(),
+            etcd_args(dir.path(), &etcd_url, etcd_peer_port),
+        );
         let mut etcd = ManagedProcess::spawn(
             binaries::ETCD_BINARY,
-            &binaries.etcd,
-            &etcd_args(dir.path(), &etcd_url, etcd_peer_port),
+            &etcd_command.0,
+            &etcd_command.1,
             dir.path().join("etcd.log"),
         )?;
         readiness::wait_for_etcd(&mut etcd, etcd_client_port, started + START_TIMEOUT).await?;
 
         let server = format!("https://{LOOPBACK}:{apiserver_port}");
+        let apiserver_command = (
+            binaries.kube_apiserver.clone(),
+            apiserver_args(dir.path(), &certs, &etcd_url, apiserver_port),
+        );
         let mut apiserver = ManagedProcess::spawn(
             binaries::APISERVER_BINARY,
-            &binaries.kube_apiserver,
-            &apiserver_args(dir.path(), &certs, &etcd_url, apiserver_port),
+            &apiserver_command.0,
+            &apiserver_command.1,
             dir.path().join("kube-apiserver.log"),
         )?;
         let kubeconfig = kubeconfig::write(dir.path(), &server, &certs)?;
@@ -144,10 +159,62 @@ impl ControlPlane {
             server,
             kubeconfig,
             kubectl: kubectl.to_path_buf(),
-            apiserver,
-            etcd,
+            apiserver: Mutex::new(apiserver),
+            etcd: Mutex::new(etcd),
+            apiserver_command,
+            etcd_command,
+            etcd_client_port,
+            restarts: AtomicUsize::new(0),
             dir,
         })
+    }
+
+    /// Stop kube-apiserver (SIGTERM, then SIGKILL after the grace); [`Self::start_apiserver`]
+    /// starts it again on the same port.
+    pub fn stop_apiserver(&self) {
+        self.apiserver.lock().expect("apiserver lock").stop();
+    }
+
+    /// Stop etcd (SIGTERM, then SIGKILL after the grace); its data stays for
+    /// [`Self::start_etcd`].
+    pub fn stop_etcd(&self) {
+        self.etcd.lock().expect("etcd lock").stop();
+    }
+
+    /// Start etcd again with its data and ports, and wait until it is healthy.
+    pub async fn start_etcd(&self) -> Result<()> {
+        let n = self.restarts.fetch_add(1, Ordering::SeqCst);
+        let mut etcd = ManagedProcess::spawn(
+            binaries::ETCD_BINARY,
+            &self.etcd_command.0,
+            &self.etcd_command.1,
+            self.dir.path().join(format!("etcd-restart-{n}.log")),
+        )?;
+        readiness::wait_for_etcd(
+            &mut etcd,
+            self.etcd_client_port,
+            Instant::now() + START_TIMEOUT,
+        )
+        .await?;
+        *self.etcd.lock().expect("etcd lock") = etcd;
+        Ok(())
+    }
+
+    /// Start kube-apiserver again on its port, and wait until `/readyz` answers `ok`.
+    pub async fn start_apiserver(&self) -> Result<()> {
+        let n = self.restarts.fetch_add(1, Ordering::SeqCst);
+        let mut apiserver = ManagedProcess::spawn(
+            binaries::APISERVER_BINARY,
+            &self.apiserver_command.0,
+            &self.apiserver_command.1,
+            self.dir
+                .path()
+                .join(format!("kube-apiserver-restart-{n}.log")),
+        )?;
+        readiness::wait_for_apiserver(&mut apiserver, &self.client, Instant::now() + START_TIMEOUT)
+            .await?;
+        *self.apiserver.lock().expect("apiserver lock") = apiserver;
+        Ok(())
     }
 
     /// An admin (`system:masters`) client.
@@ -176,13 +243,20 @@ impl ControlPlane {
     }
 
     /// The kube-apiserver log file.
-    pub fn apiserver_log(&self) -> &Path {
-        self.apiserver.log()
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.apiserver
+            .lock()
+            .expect("apiserver lock")
+            .log()
+            .to_path_buf()
     }
 
     /// PIDs of kube-apiserver and etcd, while they run.
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
-        (self.apiserver.pid(), self.etcd.pid())
+        (
+            self.apiserver.lock().expect("apiserver lock").pid(),
+            self.etcd.lock().expect("etcd lock").pid(),
+        )
     }
 }
 
@@ -192,16 +266,20 @@ pub const KEEP_DIRS_ENV: &str = "EGRESSGW_KEEP_TEST_DIRS";
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        let apiserver = self.apiserver.get_mut().unwrap_or_else(|e| e.into_inner());
         if std::thread::panicking() {
             eprintln!(
                 "--- kube-apiserver log tail ({}) ---\n{}\n---",
-                self.apiserver.log().display(),
-                self.apiserver.log_tail()
+                apiserver.log().display(),
+                apiserver.log_tail()
             );
         }
         // Apiserver first, so it never sees its storage vanish; `dir` is removed after this.
-        self.apiserver.stop();
-        self.etcd.stop();
+        apiserver.stop();
+        self.etcd
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
         if std::env::var_os(KEEP_DIRS_ENV).is_some() {
             self.dir.disable_cleanup(true);
             eprintln!(

@@ -33,7 +33,9 @@ const USAGE: &str = "\
 Usage: disruption [--trials N] [--outage-secs S] [--only ROW[,ROW...]]
 
 Disruption benchmark on the simulated cluster (as root). Rows: apiserver-frozen (SIGSTOP for S
-seconds, default 60), apiserver-slow (every agent request +800 ms for S seconds), agent-upgrade
+seconds, default 60), control-plane-stopped (apiserver and etcd stopped for S seconds, then
+started again), controller-stalled (every open connection of the controller silenced for S
+seconds without a reset: its watches stall), apiserver-slow (every agent request +800 ms for S seconds), agent-upgrade
 (SIGTERM the gateway node's agent, a new one 3 s later), agent-cut-off (the gateway node's agent
 alone cut off from the apiserver for 10 s: the IP must move; that node's own pod, blocked while
 it cannot learn the new placement, is left out of the counts). Each trial runs on a cluster of
@@ -45,17 +47,28 @@ which the IP moved. Needs the release egressgw binary beside this one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Row {
     Frozen,
+    Stopped,
+    Stalled,
     Slow,
     Upgrade,
     CutOff,
 }
 
 impl Row {
-    const ALL: [Row; 4] = [Row::Frozen, Row::Slow, Row::Upgrade, Row::CutOff];
+    const ALL: [Row; 6] = [
+        Row::Frozen,
+        Row::Stopped,
+        Row::Stalled,
+        Row::Slow,
+        Row::Upgrade,
+        Row::CutOff,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Row::Frozen => "apiserver-frozen",
+            Row::Stopped => "control-plane-stopped",
+            Row::Stalled => "controller-stalled",
             Row::Slow => "apiserver-slow",
             Row::Upgrade => "agent-upgrade",
             Row::CutOff => "agent-cut-off",
@@ -171,6 +184,17 @@ async fn trial(row: Row, outage: Duration) -> Result<Trial> {
             anyhow::ensure!(unsafe { libc::kill(pid, libc::SIGSTOP) } == 0, "SIGSTOP");
             tokio::time::sleep(outage).await;
             anyhow::ensure!(unsafe { libc::kill(pid, libc::SIGCONT) } == 0, "SIGCONT");
+        }
+        Row::Stopped => {
+            sim.cp.stop_apiserver();
+            sim.cp.stop_etcd();
+            tokio::time::sleep(outage).await;
+            sim.cp.start_etcd().await?;
+            sim.cp.start_apiserver().await?;
+        }
+        Row::Stalled => {
+            sim.stall_controller_connections();
+            tokio::time::sleep(outage).await;
         }
         Row::Slow => {
             sim.slow_agents(SLOW);

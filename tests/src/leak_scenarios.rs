@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use egressgw::k8s::names::{SYSTEM_NAMESPACE, agent_lease};
+use egressgw::k8s::names::{AGENT_LEASE_NAMESPACE, agent_lease};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
@@ -448,7 +448,7 @@ async fn probe_unsteady(sim: &SimCluster, pods: &[(usize, usize)]) -> Result<Lea
 
 /// The epoch of node `i`: its agent Lease's transitions.
 pub async fn epoch(sim: &SimCluster, i: usize) -> Result<i32> {
-    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), SYSTEM_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), AGENT_LEASE_NAMESPACE);
     Ok(leases
         .get(&agent_lease(sim.tb.node(i).name()))
         .await?

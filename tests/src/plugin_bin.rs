@@ -55,6 +55,16 @@ pub fn run_plugin(args: &[&str], env: &[(&str, &Path)]) -> Result<Output> {
 /// (`as:`), e.g. `system:serviceaccount:egressgw-system:egressgw-controller`. The admin may
 /// impersonate anyone; the apiserver then authorizes every request as `user`.
 pub fn kubeconfig_as(cp: &ControlPlane, user: &str) -> Result<PathBuf> {
+    kubeconfig_as_with(cp, user, &[])
+}
+
+/// As [`kubeconfig_as`], with user extras (`as-user-extra`), e.g. the node a ServiceAccount
+/// token was bound to (`authentication.kubernetes.io/node-name`).
+pub fn kubeconfig_as_with(
+    cp: &ControlPlane,
+    user: &str,
+    extra: &[(&str, &str)],
+) -> Result<PathBuf> {
     let text = std::fs::read_to_string(cp.kubeconfig())?;
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
     let users = doc
@@ -67,8 +77,16 @@ pub fn kubeconfig_as(cp: &ControlPlane, user: &str) -> Result<PathBuf> {
             .and_then(|a| a.as_mapping_mut())
             .context("kubeconfig user without credentials")?;
         auth.insert("as".into(), user.into());
+        if !extra.is_empty() {
+            let mut m = serde_yaml::Mapping::new();
+            for (k, v) in extra {
+                m.insert((*k).into(), serde_yaml::Value::Sequence(vec![(*v).into()]));
+            }
+            auth.insert("as-user-extra".into(), serde_yaml::Value::Mapping(m));
+        }
     }
-    let safe: String = user
+    let tag: String = extra.iter().map(|(_, v)| format!("-{v}")).collect();
+    let safe: String = format!("{user}{tag}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();

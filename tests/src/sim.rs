@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use egressgw::api::EgressGateway;
-use egressgw::k8s::names::SYSTEM_NAMESPACE;
+use egressgw::k8s::names::{AGENT_LEASE_NAMESPACE, SYSTEM_NAMESPACE};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -152,6 +152,7 @@ impl SimCluster {
         let bin = egressgw_binary()?;
         let cp = ControlPlane::start_with_crds().await?;
         cp.create_namespace(SYSTEM_NAMESPACE, &[]).await?;
+        cp.create_namespace(AGENT_LEASE_NAMESPACE, &[]).await?;
         let mut b = Testbed::builder().nodes(nodes).pods_per_node(2);
         for ip in allow {
             b = b.allow(*ip);

@@ -7,9 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use egressgw::api::EgressGateway;
-use egressgw::k8s::names::{CONTROLLER_LEASE, SYSTEM_NAMESPACE, agent_lease};
+use egressgw::k8s::names::{
+    AGENT_LEASE_NAMESPACE, CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease,
+};
 use egressgw_tests::control_plane::{ControlPlane, repo_root};
-use egressgw_tests::plugin_bin::kubeconfig_as;
+use egressgw_tests::plugin_bin::{kubeconfig_as, kubeconfig_as_with};
 use egressgw_tests::sim::egressgw_binary;
 use egressgw_tests::testbed::netns::{Netns, unique_prefix};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,6 +22,8 @@ use kube::api::ListParams;
 const CONTROLLER_SA: &str = "system:serviceaccount:egressgw-system:egressgw-controller";
 const AGENT_SA: &str = "system:serviceaccount:egressgw-system:egressgw-agent";
 const WAIT: Duration = Duration::from_secs(30);
+/// The user extra naming the node a ServiceAccount token was bound to.
+const NODE_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const POLL: Duration = Duration::from_millis(100);
 
 fn describe(out: &std::process::Output) -> String {
@@ -64,14 +68,14 @@ async fn the_install_passes_a_server_side_dry_run() {
     assert!(
         stderr
             .lines()
-            .all(|l| l.contains("namespaces \"egressgw-system\" not found")),
-        "only the missing namespace may fail a dry run on a fresh cluster: {text}"
+            .all(|l| l.contains("namespaces \"egressgw-system\" not found")
+                || l.contains("namespaces \"egressgw-agents\" not found")),
+        "only the missing namespaces may fail a dry run on a fresh cluster: {text}"
     );
-    let out = cp
-        .kubectl(["create", "namespace", SYSTEM_NAMESPACE])
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
+    for ns in [SYSTEM_NAMESPACE, AGENT_LEASE_NAMESPACE] {
+        let out = cp.kubectl(["create", "namespace", ns]).await.unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
     apply(&cp, &["--dry-run=server"]).await;
     let cleanup = repo_root().join("deploy/cleanup");
     let out = cp
@@ -170,7 +174,7 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
 
     let ns =
         Netns::create(&format!("{}dep", unique_prefix())).expect("network namespace (needs root)");
-    let agent_kc = kubeconfig_as(&cp, AGENT_SA).unwrap();
+    let agent_kc = kubeconfig_as_with(&cp, AGENT_SA, &[(NODE_EXTRA, "node-1")]).unwrap();
     let controller_kc = kubeconfig_as(&cp, CONTROLLER_SA).unwrap();
     let s = |x: &str| x.to_string();
     let _agent = spawn(
@@ -200,12 +204,13 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
         &cp.dir().join("controller.log"),
     );
 
-    let leases: Api<Lease> = Api::namespaced(cp.client(), SYSTEM_NAMESPACE);
+    let agent_leases: Api<Lease> = Api::namespaced(cp.client(), AGENT_LEASE_NAMESPACE);
     wait_for("the agent to create and renew its Lease", async || {
-        let l = leases.get_opt(&agent_lease("node-1")).await.ok()??;
+        let l = agent_leases.get_opt(&agent_lease("node-1")).await.ok()??;
         (!l.metadata.resource_version?.is_empty()).then_some(())
     })
     .await;
+    let leases: Api<Lease> = Api::namespaced(cp.client(), SYSTEM_NAMESPACE);
     wait_for("the controller to hold the leader Lease", async || {
         let l = leases.get_opt(CONTROLLER_LEASE).await.ok()??;
         (l.spec?.holder_identity.as_deref() == Some("rbac-test")).then_some(())
@@ -258,4 +263,150 @@ async fn the_granted_rbac_is_enough_for_the_real_controller_and_agent() {
             "{log} shows a request RBAC refused:\n{text}"
         );
     }
+}
+
+/// A Lease as an agent on `node` writes it (name and label may be made to lie).
+fn lease(name: &str, node_label: &str) -> Lease {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { LABEL_AGENT_NODE: node_label } },
+        "spec": { "holderIdentity": node_label, "leaseDurationSeconds": 2 },
+    }))
+    .unwrap()
+}
+
+/// The refusal of a write (a 403 from RBAC or from the admission policy), or a panic when the
+/// write went through.
+fn refused<T: std::fmt::Debug>(what: &str, r: kube::Result<T>) -> String {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => s.message,
+        other => panic!("{what}: expected a 403 refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the kube-apiserver built by make control-plane"]
+async fn an_agent_writes_only_its_own_lease_and_never_the_leader_lease() {
+    use kube::api::{DeleteParams, PostParams};
+    let cp = ControlPlane::start().await.expect("control plane");
+    apply(&cp, &["--server-side", "--field-manager=egressgw-install"]).await;
+    let client_as = async |extra: &[(&str, &str)], user: &str| {
+        let kc = kubeconfig_as_with(&cp, user, extra).unwrap();
+        egressgw::k8s::client(Some(&kc)).await.unwrap()
+    };
+    let node1 = client_as(&[(NODE_EXTRA, "node-1")], AGENT_SA).await;
+    let no_node = client_as(&[], AGENT_SA).await;
+    let controller = client_as(&[], CONTROLLER_SA).await;
+    let pp = PostParams::default();
+    let admin_agents: Api<Lease> = Api::namespaced(cp.client(), AGENT_LEASE_NAMESPACE);
+    let admin_system: Api<Lease> = Api::namespaced(cp.client(), SYSTEM_NAMESPACE);
+    admin_agents
+        .create(&pp, &lease(&agent_lease("node-2"), "node-2"))
+        .await
+        .unwrap();
+    admin_system
+        .create(&pp, &lease(CONTROLLER_LEASE, "controller-0"))
+        .await
+        .unwrap();
+    let as_node1: Api<Lease> = Api::namespaced(node1.clone(), AGENT_LEASE_NAMESPACE);
+
+    // The policy is live once another node's Lease is refused (policies load asynchronously).
+    let deadline = Instant::now() + WAIT;
+    let message = loop {
+        match as_node1
+            .create(&pp, &lease(&agent_lease("node-3"), "node-3"))
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 403 => break s.message,
+            Ok(_) => {
+                let _ = admin_agents
+                    .delete(&agent_lease("node-3"), &DeleteParams::default())
+                    .await;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admission policy never refused node-1's agent a Lease of node-3"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert!(
+        message.contains("egressgw-agent-own-lease")
+            && message.contains("may write only Lease egressgw-agent-node-1"),
+        "the refusal names the policy and the Lease allowed: {message}"
+    );
+
+    // Its own Lease: created and renewed.
+    let mut own = as_node1
+        .create(&pp, &lease(&agent_lease("node-1"), "node-1"))
+        .await
+        .expect("node-1's agent creates its own Lease");
+    own.spec.as_mut().unwrap().lease_transitions = Some(1);
+    let own = as_node1
+        .replace(&agent_lease("node-1"), &pp, &own)
+        .await
+        .expect("node-1's agent renews its own Lease");
+
+    // Its own name with another node's label: refused (the controller reads both).
+    let mut lying = own.clone();
+    lying
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(LABEL_AGENT_NODE.into(), "node-2".into());
+    let m = refused(
+        "own Lease relabelled as node-2",
+        as_node1.replace(&agent_lease("node-1"), &pp, &lying).await,
+    );
+    assert!(m.contains("labelled egressgw.io/node=node-1"), "{m}");
+
+    // Another node's existing Lease: refused.
+    let mut theirs = admin_agents.get(&agent_lease("node-2")).await.unwrap();
+    theirs.spec.as_mut().unwrap().holder_identity = Some("node-1".into());
+    refused(
+        "node-2's Lease renewed by node-1's agent",
+        as_node1.replace(&agent_lease("node-2"), &pp, &theirs).await,
+    );
+    // Deleting it, or its own: RBAC grants no delete.
+    refused(
+        "node-2's Lease deleted by node-1's agent",
+        as_node1
+            .delete(&agent_lease("node-2"), &DeleteParams::default())
+            .await,
+    );
+
+    // A token bound to no node (no node-name extra): not even a Lease that looks like its own.
+    let m = refused(
+        "a Lease written with a token bound to no node",
+        Api::<Lease>::namespaced(no_node, AGENT_LEASE_NAMESPACE)
+            .create(&pp, &lease(&agent_lease("node-4"), "node-4"))
+            .await,
+    );
+    assert!(m.contains("authentication.kubernetes.io/node-name"), "{m}");
+
+    // The leader Lease, and any Lease in egressgw-system: RBAC refuses the agent.
+    let as_node1_system: Api<Lease> = Api::namespaced(node1, SYSTEM_NAMESPACE);
+    let mut leader = admin_system.get(CONTROLLER_LEASE).await.unwrap();
+    leader.spec.as_mut().unwrap().holder_identity = Some("node-1".into());
+    refused(
+        "the leader Lease taken over by an agent",
+        as_node1_system
+            .replace(CONTROLLER_LEASE, &pp, &leader)
+            .await,
+    );
+    refused(
+        "a Lease created by an agent in egressgw-system",
+        as_node1_system
+            .create(&pp, &lease(&agent_lease("node-1"), "node-1"))
+            .await,
+    );
+
+    // The controller watches the agents' Leases and writes none of them.
+    refused(
+        "an agent Lease written by the controller",
+        Api::<Lease>::namespaced(controller, AGENT_LEASE_NAMESPACE)
+            .replace(&agent_lease("node-2"), &pp, &theirs)
+            .await,
+    );
 }

@@ -296,16 +296,23 @@ fn each_component_has_exactly_the_verbs_it_uses() {
             ("", "pods", watch),
         ])
     );
+    // The agents' Leases live in their own namespace: in egressgw-system (the leader Lease)
+    // an agent may only read the peer key.
     assert_eq!(
         role("Role", "egressgw-agent", Some("egressgw-system")),
-        expect(&[
-            (
-                "coordination.k8s.io",
-                "leases",
-                &["get", "create", "update"]
-            ),
-            ("", "secrets", &["get"]),
-        ])
+        expect(&[("", "secrets", &["get"])])
+    );
+    assert_eq!(
+        role("Role", "egressgw-agent", Some("egressgw-agents")),
+        expect(&[(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"]
+        )])
+    );
+    assert_eq!(
+        role("Role", "egressgw-controller", Some("egressgw-agents")),
+        expect(&[("coordination.k8s.io", "leases", watch)])
     );
     for o in objects
         .iter()

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use egressgw::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_RENEW_INTERVAL, SYSTEM_NAMESPACE, agent_lease,
+    AGENT_LEASE_NAMESPACE, ANNOTATION_CADENCE, ANNOTATION_RENEW_INTERVAL, agent_lease,
 };
 use egressgw_tests::sim::{SimCluster, status};
 use egressgw_tests::testbed::topology::PROTECTED_SERVER;
@@ -71,7 +71,7 @@ async fn a_worker_renews_at_the_idle_cadence_and_hosts_once_labelled() {
         .await
         .unwrap();
 
-    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), SYSTEM_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(sim.cp.client(), AGENT_LEASE_NAMESPACE);
     let worker = sim.tb.node(1).name().to_string();
     wait_cadence(
         &leases,

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use egressgw::api::EgressGateway;
 use egressgw::k8s::names::{
-    ANNOTATION_INTERFACES, FIELD_MANAGER_CONTROLLER, LABEL_AGENT_NODE, SYSTEM_NAMESPACE,
+    AGENT_LEASE_NAMESPACE, ANNOTATION_INTERFACES, FIELD_MANAGER_CONTROLLER, LABEL_AGENT_NODE,
     agent_lease,
 };
 use egressgw::plugin::snapshot::Snapshot;
@@ -70,14 +70,14 @@ async fn agent_lease_for(cp: &ControlPlane, node: &str, interfaces: &str) {
     let lease: Lease = serde_json::from_value(json!({
         "metadata": {
             "name": agent_lease(node),
-            "namespace": SYSTEM_NAMESPACE,
+            "namespace": AGENT_LEASE_NAMESPACE,
             "labels": { LABEL_AGENT_NODE: node },
             "annotations": { ANNOTATION_INTERFACES: interfaces },
         },
         "spec": { "holderIdentity": node, "leaseDurationSeconds": 2, "leaseTransitions": 1 },
     }))
     .unwrap();
-    Api::<Lease>::namespaced(cp.client(), SYSTEM_NAMESPACE)
+    Api::<Lease>::namespaced(cp.client(), AGENT_LEASE_NAMESPACE)
         .create(&PostParams::default(), &lease)
         .await
         .unwrap();
@@ -103,7 +103,7 @@ async fn write_status(cp: &ControlPlane, gateway: &str, alive: &[&str]) {
             .await
             .unwrap()
             .items,
-        leases: Api::namespaced(client.clone(), SYSTEM_NAMESPACE)
+        leases: Api::namespaced(client.clone(), AGENT_LEASE_NAMESPACE)
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -138,7 +138,9 @@ async fn seeded() -> ControlPlane {
     let cp = ControlPlane::start_with_crds()
         .await
         .expect("control plane");
-    cp.create_namespace(SYSTEM_NAMESPACE, &[]).await.unwrap();
+    cp.create_namespace(AGENT_LEASE_NAMESPACE, &[])
+        .await
+        .unwrap();
     cp.create_namespace("billing", &[("team", "billing")])
         .await
         .unwrap();

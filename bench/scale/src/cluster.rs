@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use egressgw::k8s::names::SYSTEM_NAMESPACE;
+use egressgw::k8s::names::{AGENT_LEASE_NAMESPACE, SYSTEM_NAMESPACE};
 use egressgw_tests::control_plane::ControlPlane;
 use egressgw_tests::sim::egressgw_binary;
 use egressgw_tests::testbed::Testbed;
@@ -132,6 +132,7 @@ impl ScaleCluster {
         let bin = egressgw_binary()?;
         let cp = ControlPlane::start_with_crds().await?;
         cp.create_namespace(SYSTEM_NAMESPACE, &[]).await?;
+        cp.create_namespace(AGENT_LEASE_NAMESPACE, &[]).await?;
         let mut b = Testbed::builder().nodes(real).pods_per_node(1);
         for ip in allow {
             b = b.allow(*ip);

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use egressgw::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE,
-    LABEL_AGENT_NODE, SYSTEM_NAMESPACE, agent_lease,
+    AGENT_LEASE_NAMESPACE, ANNOTATION_CADENCE, ANNOTATION_INTERFACES, ANNOTATION_RENEW_INTERVAL,
+    CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
 };
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -61,7 +61,7 @@ impl SimAgents {
             let period = if idle { IDLE_RENEW } else { RENEW };
             let flag = Arc::new(AtomicBool::new(false));
             stop.insert(node.clone(), flag.clone());
-            let api: Api<Lease> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+            let api: Api<Lease> = Api::namespaced(client.clone(), AGENT_LEASE_NAMESPACE);
             let (node, ifaces) = (node.clone(), ifaces.clone());
             let (r, e) = (renewals.clone(), errors.clone());
             // Spread the renewals over the period, as independent agents would be.
@@ -83,7 +83,7 @@ impl SimAgents {
                             .map(|l| l.metadata.clone())
                             .unwrap_or_else(|| ObjectMeta {
                                 name: Some(name.clone()),
-                                namespace: Some(SYSTEM_NAMESPACE.into()),
+                                namespace: Some(AGENT_LEASE_NAMESPACE.into()),
                                 ..Default::default()
                             });
                     meta.labels

@@ -30,7 +30,7 @@ use tracing::{error, info, info_span, warn};
 use crate::dataplane::route_model::RoutingState;
 use crate::dataplane::{CounterKind, Dataplane, DataplaneConfig, KernelDataplane};
 use crate::index::NodeInterface;
-use crate::k8s::names::SYSTEM_NAMESPACE;
+use crate::k8s::names::{AGENT_LEASE_NAMESPACE, SYSTEM_NAMESPACE};
 use crate::plan::{ClusterPlan, NodePlan, assign, plan_with};
 use crate::telemetry::http::{Health, serve};
 use crate::telemetry::metrics::{AgentMetrics, label};
@@ -64,9 +64,12 @@ pub struct AgentArgs {
     /// kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the agents' Leases.
+    /// Namespace egressgw is installed in (the peer key Secret).
     #[arg(long, env = "EGRESSGW_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
     pub namespace: String,
+    /// Namespace of the agents' Leases (this agent writes its own there, nothing else).
+    #[arg(long, env = "EGRESSGW_LEASE_NAMESPACE", default_value = AGENT_LEASE_NAMESPACE)]
+    pub lease_namespace: String,
     /// Work in this network namespace (the testbed's simulated nodes); default: the agent's own.
     #[arg(long)]
     pub netns: Option<PathBuf>,
@@ -773,7 +776,7 @@ async fn spawn_heartbeat(
     let (tx, rx) = tokio::sync::oneshot::channel::<anyhow::Result<i32>>();
     let (kubeconfig, namespace, node) = (
         args.kubeconfig.clone(),
-        args.namespace.clone(),
+        args.lease_namespace.clone(),
         node.to_string(),
     );
     let fence_after = shared

@@ -26,7 +26,9 @@ use tracing::{error, info, warn};
 use crate::api::EgressGateway;
 use crate::k8s::leader::{LeaderConfig, LeaderElector};
 use crate::k8s::lease::AgentReport;
-use crate::k8s::names::{CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
+use crate::k8s::names::{
+    AGENT_LEASE_NAMESPACE, CONTROLLER_LEASE, LABEL_AGENT_NODE, SYSTEM_NAMESPACE,
+};
 use crate::k8s::pod_store::{self, PodStore};
 use crate::k8s::watch::{
     LEASE_WATCH_TIMEOUT_SECS, reflect, reflect_trimmed, trim_namespace, trim_node, watch_config,
@@ -56,9 +58,12 @@ pub struct ControllerArgs {
     /// kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Namespace of the leader Lease and the agents' Leases.
+    /// Namespace of the leader Lease and the peer key Secret.
     #[arg(long, env = "EGRESSGW_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
     pub namespace: String,
+    /// Namespace of the agents' Leases (watched, never written).
+    #[arg(long, env = "EGRESSGW_AGENT_LEASE_NAMESPACE", default_value = AGENT_LEASE_NAMESPACE)]
+    pub agent_lease_namespace: String,
     /// This replica's identity in leader election (default: the hostname and PID).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -175,7 +180,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     .await?;
     let wake = notify.clone();
     let leases = reflect(
-        Api::<Lease>::namespaced(lease_client, &args.namespace),
+        Api::<Lease>::namespaced(lease_client, &args.agent_lease_namespace),
         watcher::Config::default()
             .timeout(LEASE_WATCH_TIMEOUT_SECS)
             .labels(LABEL_AGENT_NODE),

@@ -1,7 +1,11 @@
 //! Names shared by the controller, the agent and the install manifests.
 
-/// The namespace egressgw is installed in; the agents' and the controller's Leases live here.
+/// The namespace egressgw is installed in: the controller's leader Lease and the peer key.
 pub const SYSTEM_NAMESPACE: &str = "egressgw-system";
+/// The namespace of the agents' Leases, and nothing else: agents may write Leases only here
+/// (never the leader Lease), each only its own (a ValidatingAdmissionPolicy ties the Lease
+/// name to the node in the agent's ServiceAccount token, deploy/admission/).
+pub const AGENT_LEASE_NAMESPACE: &str = "egressgw-agents";
 /// Server-side-apply field manager of the controller.
 pub const FIELD_MANAGER_CONTROLLER: &str = "egressgw-controller";
 /// Field manager of the agents (their Leases).

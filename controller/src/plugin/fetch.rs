@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::cli::Connection;
 use super::error::PluginError;
 use crate::api::EgressGateway;
-use crate::k8s::names::{LABEL_AGENT_NODE, SYSTEM_NAMESPACE};
+use crate::k8s::names::{AGENT_LEASE_NAMESPACE, LABEL_AGENT_NODE};
 
 /// Give up connecting after this long (a wrong or unreachable context).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,9 +128,9 @@ pub async fn namespaces(client: &Client) -> Result<Vec<Namespace>, PluginError> 
 pub async fn agent_leases(client: &Client) -> Result<Vec<Lease>, PluginError> {
     let params = ListParams::default().labels(LABEL_AGENT_NODE);
     list(
-        Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE),
+        Api::<Lease>::namespaced(client.clone(), AGENT_LEASE_NAMESPACE),
         &params,
-        Some(SYSTEM_NAMESPACE),
+        Some(AGENT_LEASE_NAMESPACE),
         false,
     )
     .await

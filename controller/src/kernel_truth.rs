@@ -33,6 +33,11 @@ pub fn describe(d: &GatewayDifference) -> String {
             None => format!("egress IP {ip} is absent from the node"),
         });
     }
+    for nh in &d.unsteered {
+        parts.push(format!(
+            "pods steered to {nh} are blocked: the next hop is not reachable on-link (interface down?) or no mark slot is free"
+        ));
+    }
     if d.elements != d.want_elements {
         parts.push(format!(
             "the kernel holds {} of {} set elements",

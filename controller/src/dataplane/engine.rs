@@ -35,7 +35,7 @@ use super::report::{ApplyReport, CounterKind, RuleCounter};
 use super::route_model::{RoutingState, RtOp, plan_routing};
 use super::rtnl::Rtnl;
 use super::slots::{allocate_slots, recover_slots};
-use super::truth::{KernelReport, TableParts, kernel_report};
+use super::truth::{KernelReport, NodeFacts, TableParts, kernel_report};
 use crate::plan::NodePlan;
 
 /// What the kernel holds of ours, for tests and debugging.
@@ -333,8 +333,11 @@ impl Engine {
             plan,
             &observed,
             &want_parts,
-            &present,
-            &foreign,
+            NodeFacts {
+                present: &present,
+                foreign: &foreign,
+                slots: &want.slots,
+            },
         ));
         let rplan = plan_routing(&routing, &self.record, &want.addresses, &want.slots, &cfg)
             .map_err(|m| DataplaneError::InterfaceNotFound {
@@ -453,8 +456,11 @@ impl Engine {
             plan,
             &kernel_parts,
             &want_parts,
-            &present,
-            &foreign,
+            NodeFacts {
+                present: &present,
+                foreign: &foreign,
+                slots: &want.slots,
+            },
         ));
         self.kernel_parts = Some(kernel_parts);
         if !report.is_noop() {

@@ -138,6 +138,10 @@ pub struct GatewayDifference {
     /// Of those, the ones an address egressgw did not add occupies: IP -> interface.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub foreign: BTreeMap<Ipv4Addr, String>,
+    /// Next hops the plan steers the gateway's pods to that this node cannot steer to (not
+    /// on-link, e.g. the interface is down, or no free mark slot): those pods are blocked.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unsteered: BTreeSet<Ipv4Addr>,
 }
 
 /// What the agent reports of its kernel (annotation `egressgw.io/kernel`).
@@ -172,16 +176,29 @@ impl KernelReport {
     }
 }
 
+/// What the node can do of its plan: the egress IPs of ours `present` on its interfaces,
+/// the `foreign` addresses that occupy planned egress IPs, and the next hops it has a
+/// steering slot for.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeFacts<'a> {
+    pub present: &'a BTreeSet<Ipv4Addr>,
+    pub foreign: &'a BTreeMap<Ipv4Addr, ForeignAddress>,
+    pub slots: &'a BTreeMap<Ipv4Addr, u32>,
+}
+
 /// The report for `plan`: the kernel's table parts against the parts of the table the plan
-/// renders, the egress IPs of ours `present` on the node, and the `foreign` addresses that
-/// occupy planned egress IPs.
+/// renders, and what the plan asks that the node cannot do ([`NodeFacts`]).
 pub fn kernel_report(
     plan: &NodePlan,
     kernel: &TableParts,
     want: &TableParts,
-    present: &BTreeSet<Ipv4Addr>,
-    foreign: &BTreeMap<Ipv4Addr, ForeignAddress>,
+    facts: NodeFacts<'_>,
 ) -> KernelReport {
+    let NodeFacts {
+        present,
+        foreign,
+        slots,
+    } = facts;
     let mut planned_ips: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for (ip, h) in &plan.hosted {
         if let IpAddr::V4(v4) = ip {
@@ -213,7 +230,17 @@ pub fn kernel_report(
             .get(name)
             .map(|ips| ips.difference(present).copied().collect())
             .unwrap_or_default();
-        if k == w && missing.is_empty() {
+        let unsteered: BTreeSet<Ipv4Addr> = plan
+            .gateways
+            .get(name)
+            .into_iter()
+            .flat_map(|g| g.steer.keys())
+            .filter_map(|nh| match nh {
+                IpAddr::V4(v4) if !slots.contains_key(v4) => Some(*v4),
+                _ => None,
+            })
+            .collect();
+        if k == w && missing.is_empty() && unsteered.is_empty() {
             continue;
         }
         if report.differs.len() == MAX_REPORTED_DIFFERENCES {
@@ -234,6 +261,7 @@ pub fn kernel_report(
                 table_differs: k.digest != w.digest,
                 missing,
                 foreign,
+                unsteered,
             },
         );
     }
@@ -276,6 +304,19 @@ mod tests {
         plan
     }
 
+    static NO_SLOTS: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+
+    fn facts<'a>(
+        present: &'a BTreeSet<Ipv4Addr>,
+        foreign: &'a BTreeMap<Ipv4Addr, ForeignAddress>,
+    ) -> NodeFacts<'a> {
+        NodeFacts {
+            present,
+            foreign,
+            slots: &NO_SLOTS,
+        }
+    }
+
     fn want(plan: &NodePlan, refused: &BTreeSet<Ipv4Addr>) -> NftState {
         desired(plan, &DataplaneConfig::default(), &BTreeMap::new(), refused)
             .nft
@@ -292,7 +333,7 @@ mod tests {
             table.element_count() - 1
         ); // hosted is node-wide
         let present = BTreeSet::from([ip("198.18.0.200")]);
-        let r = kernel_report(&plan, &parts, &parts, &present, &BTreeMap::new());
+        let r = kernel_report(&plan, &parts, &parts, facts(&present, &BTreeMap::new()));
         assert!(r.differs.is_empty(), "{r:?}");
         assert_eq!(r.addresses, present);
         assert_eq!(r.elements, table.element_count());
@@ -300,8 +341,7 @@ mod tests {
             &plan,
             &TableParts::of(Some(&table.clone())),
             &parts,
-            &present,
-            &BTreeMap::new(),
+            facts(&present, &BTreeMap::new()),
         );
         assert_eq!(again, r, "the same kernel gives the same report");
     }
@@ -324,8 +364,7 @@ mod tests {
             &plan,
             &TableParts::of(Some(&kernel)),
             &TableParts::of(Some(&table)),
-            &BTreeSet::new(),
-            &BTreeMap::new(),
+            facts(&BTreeSet::new(), &BTreeMap::new()),
         );
         let d = &r.differs["billing"];
         assert!(d.table_differs);
@@ -339,8 +378,7 @@ mod tests {
                 &plan,
                 &TableParts::of(Some(&table)),
                 &TableParts::of(Some(&table)),
-                &BTreeSet::from([ip("198.18.0.200")]),
-                &BTreeMap::new()
+                facts(&BTreeSet::from([ip("198.18.0.200")]), &BTreeMap::new())
             )
             .digest,
             "the digest is of what the kernel holds"
@@ -361,12 +399,50 @@ mod tests {
                 interface: "eth0".into(),
             },
         )]);
-        let r = kernel_report(&plan, &table, &table, &BTreeSet::new(), &foreign);
+        let r = kernel_report(&plan, &table, &table, facts(&BTreeSet::new(), &foreign));
         let d = &r.differs["billing"];
         assert!(!d.table_differs);
         assert_eq!(
             d.foreign,
             BTreeMap::from([(ip("198.18.0.200"), "eth0".to_string())])
+        );
+    }
+
+    #[test]
+    fn pods_steered_to_a_next_hop_without_a_slot_are_reported_blocked() {
+        let mut plan = NodePlan::empty("node-1");
+        let mut part = GatewayNodePlan {
+            destinations: vec!["203.0.113.0/24".parse().unwrap()],
+            ..GatewayNodePlan::default()
+        };
+        part.steer.insert(
+            "198.18.0.12".parse().unwrap(),
+            ["198.19.1.10".parse().unwrap()].into(),
+        );
+        plan.gateways.insert("billing".into(), part);
+        // eth0 is down: the next hop is not on-link, no slot, the pod is blocked instead
+        let table = TableParts::of(Some(&want(&plan, &BTreeSet::new())));
+        let r = kernel_report(
+            &plan,
+            &table,
+            &table,
+            facts(&BTreeSet::new(), &BTreeMap::new()),
+        );
+        assert_eq!(
+            r.differs["billing"].unsteered,
+            BTreeSet::from([ip("198.18.0.12")])
+        );
+        let slots = BTreeMap::from([(ip("198.18.0.12"), 1)]);
+        let (present, foreign) = (BTreeSet::new(), BTreeMap::new());
+        let steering = NodeFacts {
+            slots: &slots,
+            ..facts(&present, &foreign)
+        };
+        assert!(
+            kernel_report(&plan, &table, &table, steering)
+                .differs
+                .is_empty(),
+            "with a slot the steering is in place"
         );
     }
 
@@ -383,7 +459,12 @@ mod tests {
             );
         }
         let none = TableParts::default();
-        let r = kernel_report(&plan, &none, &none, &BTreeSet::new(), &BTreeMap::new());
+        let r = kernel_report(
+            &plan,
+            &none,
+            &none,
+            facts(&BTreeSet::new(), &BTreeMap::new()),
+        );
         assert_eq!(r.differs.len(), MAX_REPORTED_DIFFERENCES);
         assert!(r.truncated);
         assert!(!r.unknown("gw-000"), "listed");

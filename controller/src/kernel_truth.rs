@@ -35,7 +35,7 @@ pub fn describe(d: &GatewayDifference) -> String {
     }
     for nh in &d.unsteered {
         parts.push(format!(
-            "pods steered to {nh} are blocked: the next hop is not reachable on-link (interface down?) or no mark slot is free"
+            "pods steered to {nh} are dropped: no steering route to the next hop (its interface down, not on-link, or no free mark slot)"
         ));
     }
     if d.elements != d.want_elements {

@@ -325,6 +325,7 @@ impl Engine {
         let want_parts = TableParts::of(want.nft.as_ref());
         let present: BTreeSet<std::net::Ipv4Addr> =
             self.record.owned(&routing).iter().map(|a| a.ip).collect();
+        let routed: BTreeSet<std::net::Ipv4Addr> = routing.slots(&cfg).into_keys().collect();
         let observed = self
             .kernel_parts
             .clone()
@@ -336,7 +337,7 @@ impl Engine {
             NodeFacts {
                 present: &present,
                 foreign: &foreign,
-                slots: &want.slots,
+                routed: &routed,
             },
         ));
         let rplan = plan_routing(&routing, &self.record, &want.addresses, &want.slots, &cfg)
@@ -459,7 +460,8 @@ impl Engine {
             NodeFacts {
                 present: &present,
                 foreign: &foreign,
-                slots: &want.slots,
+                // every route of the plan's slots was acknowledged by the kernel
+                routed: &want.slots.keys().copied().collect(),
             },
         ));
         self.kernel_parts = Some(kernel_parts);

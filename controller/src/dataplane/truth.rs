@@ -138,8 +138,9 @@ pub struct GatewayDifference {
     /// Of those, the ones an address egressgw did not add occupies: IP -> interface.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub foreign: BTreeMap<Ipv4Addr, String>,
-    /// Next hops the plan steers the gateway's pods to that this node cannot steer to (not
-    /// on-link, e.g. the interface is down, or no free mark slot): those pods are blocked.
+    /// Next hops the plan steers the gateway's pods to without a steering route in the
+    /// kernel (the route could not be added: the interface is down, the next hop is not
+    /// on-link, no mark slot is free): those pods' traffic is dropped.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub unsteered: BTreeSet<Ipv4Addr>,
 }
@@ -177,13 +178,13 @@ impl KernelReport {
 }
 
 /// What the node can do of its plan: the egress IPs of ours `present` on its interfaces,
-/// the `foreign` addresses that occupy planned egress IPs, and the next hops it has a
-/// steering slot for.
+/// the `foreign` addresses that occupy planned egress IPs, and the next hops that have a
+/// steering route in the kernel (`routed`: a slot and its `default via` route).
 #[derive(Clone, Copy, Debug)]
 pub struct NodeFacts<'a> {
     pub present: &'a BTreeSet<Ipv4Addr>,
     pub foreign: &'a BTreeMap<Ipv4Addr, ForeignAddress>,
-    pub slots: &'a BTreeMap<Ipv4Addr, u32>,
+    pub routed: &'a BTreeSet<Ipv4Addr>,
 }
 
 /// The report for `plan`: the kernel's table parts against the parts of the table the plan
@@ -197,7 +198,7 @@ pub fn kernel_report(
     let NodeFacts {
         present,
         foreign,
-        slots,
+        routed,
     } = facts;
     let mut planned_ips: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for (ip, h) in &plan.hosted {
@@ -236,7 +237,7 @@ pub fn kernel_report(
             .into_iter()
             .flat_map(|g| g.steer.keys())
             .filter_map(|nh| match nh {
-                IpAddr::V4(v4) if !slots.contains_key(v4) => Some(*v4),
+                IpAddr::V4(v4) if !routed.contains(v4) => Some(*v4),
                 _ => None,
             })
             .collect();
@@ -304,7 +305,7 @@ mod tests {
         plan
     }
 
-    static NO_SLOTS: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    static NOT_ROUTED: BTreeSet<Ipv4Addr> = BTreeSet::new();
 
     fn facts<'a>(
         present: &'a BTreeSet<Ipv4Addr>,
@@ -313,7 +314,7 @@ mod tests {
         NodeFacts {
             present,
             foreign,
-            slots: &NO_SLOTS,
+            routed: &NOT_ROUTED,
         }
     }
 
@@ -409,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn pods_steered_to_a_next_hop_without_a_slot_are_reported_blocked() {
+    fn pods_steered_to_a_next_hop_without_a_route_are_reported() {
         let mut plan = NodePlan::empty("node-1");
         let mut part = GatewayNodePlan {
             destinations: vec!["203.0.113.0/24".parse().unwrap()],
@@ -420,7 +421,7 @@ mod tests {
             ["198.19.1.10".parse().unwrap()].into(),
         );
         plan.gateways.insert("billing".into(), part);
-        // eth0 is down: the next hop is not on-link, no slot, the pod is blocked instead
+        // eth0 is down: the kernel flushed the route via the next hop and refuses it back
         let table = TableParts::of(Some(&want(&plan, &BTreeSet::new())));
         let r = kernel_report(
             &plan,
@@ -432,17 +433,17 @@ mod tests {
             r.differs["billing"].unsteered,
             BTreeSet::from([ip("198.18.0.12")])
         );
-        let slots = BTreeMap::from([(ip("198.18.0.12"), 1)]);
+        let routed = BTreeSet::from([ip("198.18.0.12")]);
         let (present, foreign) = (BTreeSet::new(), BTreeMap::new());
         let steering = NodeFacts {
-            slots: &slots,
+            routed: &routed,
             ..facts(&present, &foreign)
         };
         assert!(
             kernel_report(&plan, &table, &table, steering)
                 .differs
                 .is_empty(),
-            "with a slot the steering is in place"
+            "with its route the steering is in place"
         );
     }
 

@@ -71,7 +71,13 @@ pub fn differences(
         if kernel.differs.is_empty() && !kernel.truncated {
             continue;
         }
-        for gateway in plan.rollouts.keys() {
+        // Only the listed gateways can differ, unless the list was cut.
+        let candidates: Box<dyn Iterator<Item = &String>> = if kernel.truncated {
+            Box::new(plan.rollouts.keys())
+        } else {
+            Box::new(kernel.differs.keys())
+        };
+        for gateway in candidates {
             if !plan.nodes_for(gateway).contains(node.as_str()) {
                 continue;
             }

@@ -388,10 +388,10 @@ impl Engine {
                 });
             }
             let mut now = want.nft;
+            let rules_changed = ops
+                .iter()
+                .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
             if let Some(t) = now.as_mut() {
-                let rules_changed = ops
-                    .iter()
-                    .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
                 let fresh = if rules_changed {
                     read_rules_only(nfnl)?
                 } else {
@@ -400,8 +400,14 @@ impl Engine {
                 t.rules = fresh.rules;
                 t.foreign_rules = fresh.foreign_rules;
             }
-            // Acknowledged by the kernel as one transaction (its rules read back).
-            kernel_parts = TableParts::of(now.as_ref());
+            // Acknowledged by the kernel as one transaction: the plan's table, with the rules
+            // read back when they changed (one pass over the table only then; a pod change
+            // reuses the plan's parts).
+            kernel_parts = if rules_changed {
+                TableParts::of(now.as_ref())
+            } else {
+                want_parts.clone()
+            };
             info!(
                 messages = report.nft_messages,
                 bytes = report.nft_bytes,

@@ -74,9 +74,13 @@ impl TableParts {
         let mut by_gid: BTreeMap<GatewayId, (Digester, Part)> = BTreeMap::new();
         let mut names: BTreeMap<GatewayId, String> = BTreeMap::new();
         for (name, set) in &t.sets {
-            name.hash(&mut whole);
-            set.comment.hash(&mut whole);
-            feed_content(&mut whole, &set.content);
+            // Each element is hashed once, into its set's digest.
+            let mut one = Digester::default();
+            name.hash(&mut one);
+            set.comment.hash(&mut one);
+            feed_content(&mut one, &set.content);
+            let digest = one.finish();
+            whole.write_u64(digest);
             let Some(role) = name.parse::<SetName>().ok() else {
                 continue;
             };
@@ -85,8 +89,7 @@ impl TableParts {
                 names.insert(gid.clone(), c.clone());
             }
             let (h, part) = by_gid.entry(gid.clone()).or_default();
-            name.hash(h);
-            feed_content(h, &set.content);
+            h.write_u64(digest);
             part.elements += set.content.len();
         }
         for spec in t.rules.keys() {

@@ -14,6 +14,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod index;
 pub mod k8s;
+pub mod kernel_truth;
 pub mod plan;
 pub mod plugin;
 pub mod status;

@@ -15,7 +15,8 @@ use crate::plan::{ClusterPlan, Unplaced};
 pub mod condition {
     /// Traffic of the selected pods leaves from at least one egress IP.
     pub const READY: &str = "Ready";
-    /// Every node that must act for the gateway has committed its part to the kernel.
+    /// Every node that must act for the gateway has committed its part to the kernel, and
+    /// their kernels, as read back, hold it.
     pub const PROGRAMMED: &str = "Programmed";
     /// The gateway lost an egress IP or pods to an older gateway.
     pub const CONFLICTED: &str = "Conflicted";
@@ -41,6 +42,10 @@ pub mod reason {
     pub const ALL_PLACED: &str = "AllEgressIPsPlaced";
     pub const PROGRAMMED: &str = "Programmed";
     pub const PENDING: &str = "Pending";
+    /// A node's kernel, as its agent read it back, has differed from the plan for longer
+    /// than [`crate::kernel_truth::KERNEL_DIFFERS_BOUND`] (an egress IP absent, set
+    /// elements or rules missing): the message names the node and what differs.
+    pub const KERNEL_DIFFERS: &str = "KernelDiffers";
 }
 
 /// Placeholder in `gatewayNodes` for an IP without a node (alone when no IP has one).
@@ -48,10 +53,13 @@ pub const NO_NODE: &str = "<none>";
 /// At most this many names are listed in a message before "and N more".
 const MAX_NAMES_IN_MESSAGE: usize = 5;
 
-/// Which nodes have not yet programmed a gateway as planned (empty: all have).
+/// Which nodes have not yet programmed a gateway as planned (empty: all have), and what
+/// differs in nodes' kernels for longer than the bound (see [`crate::kernel_truth`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Programming {
     pub pending: Vec<String>,
+    /// "node: what differs", one per node whose kernel lastingly differs from the plan.
+    pub kernel: Vec<String>,
 }
 
 /// Compute a gateway's status. Times are cut to whole seconds, the precision the API keeps
@@ -259,7 +267,20 @@ pub fn gateway_status(
                 )
             };
 
-            let programmed = if programming.pending.is_empty() {
+            let programmed = if !programming.kernel.is_empty() {
+                let mut msg = format!(
+                    "the kernel differs from the plan for longer than {:?}: {}",
+                    crate::kernel_truth::KERNEL_DIFFERS_BOUND,
+                    list(&programming.kernel)
+                );
+                if !programming.pending.is_empty() {
+                    msg.push_str(&format!(
+                        "; waiting for nodes to program the current plan: {}",
+                        list(&programming.pending)
+                    ));
+                }
+                cond(condition::PROGRAMMED, false, reason::KERNEL_DIFFERS, msg)
+            } else if programming.pending.is_empty() {
                 cond(
                     condition::PROGRAMMED,
                     true,

@@ -60,6 +60,21 @@ fn a_preexisting_slash_32_equal_to_an_egress_ip_is_never_adopted_moved_or_cleane
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!((refused[0].ip, refused[0].interface.as_str()), (E1, "eth0"));
     assert!(reports[&2].addresses_added.is_empty());
+    // What node-2 reports of its kernel (issue 14.8): its gateway differs from the plan, E1
+    // is absent, held by an address egressgw did not add, on eth0.
+    let truth = dps[&2]
+        .truth()
+        .unwrap()
+        .expect("a kernel report after an apply");
+    assert!(!truth.addresses.contains(&E1), "{truth:?}");
+    let differs: Vec<_> = truth.differs.values().collect();
+    assert_eq!(differs.len(), 1, "{truth:?}");
+    assert_eq!(differs[0].missing, [E1].into());
+    assert_eq!(differs[0].foreign, [(E1, "eth0".to_string())].into());
+    assert!(
+        !differs[0].table_differs,
+        "the table is as rendered: {truth:?}"
+    );
     let snap = dps[&2].snapshot().unwrap();
     assert!(
         !snap.table.as_ref().unwrap().hosted().contains(&E1),
@@ -85,6 +100,12 @@ fn a_preexisting_slash_32_equal_to_an_egress_ip_is_never_adopted_moved_or_cleane
     let reports = apply_all(&mut dps, &all_plans(&tb, &[gw(3)]));
     assert!(reports[&2].addresses_removed.is_empty());
     assert_eq!(reports[&3].addresses_added, [IpAddr::V4(E1)]);
+    let truth = dps[&3].truth().unwrap().expect("a kernel report");
+    assert!(
+        truth.addresses.contains(&E1) && truth.differs.is_empty(),
+        "{truth:?}"
+    );
+    assert!(dps[&2].truth().unwrap().unwrap().differs.is_empty());
     assert_eq!(e1_line(vip).as_deref(), Some(foreign.as_str()));
     assert!(e1_line(tb.node(3)).is_some());
 

@@ -1,5 +1,5 @@
 //! The agent's Lease: renewed every `renew_interval` with a compare-and-swap, carrying the
-//! epoch and the agent's reports (interfaces, programmed digests).
+//! epoch and the agent's reports (interfaces, programmed digests, what the kernel holds).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,11 +11,12 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use thiserror::Error;
 
+use crate::dataplane::truth::KernelReport;
 use crate::index::NodeInterface;
-use crate::k8s::lease::{encode_interfaces, encode_programmed};
+use crate::k8s::lease::{encode_interfaces, encode_kernel, encode_programmed};
 use crate::k8s::names::{
-    ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES, ANNOTATION_PROGRAMMED,
-    ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
+    ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES, ANNOTATION_KERNEL,
+    ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE, agent_lease,
 };
 
 #[derive(Debug, Error)]
@@ -40,6 +41,8 @@ pub enum HeartbeatError {
 pub struct Report {
     pub interfaces: Vec<NodeInterface>,
     pub programmed: BTreeMap<String, u64>,
+    /// What the kernel holds, read back (after the first apply).
+    pub kernel: Option<KernelReport>,
     /// Renewing at the idle cadence (the node may host nothing).
     pub idle: bool,
     /// The longest wait until the next renewal.
@@ -139,6 +142,14 @@ impl Heartbeat {
             ANNOTATION_PROGRAMMED.into(),
             encode_programmed(&report.programmed),
         );
+        match &report.kernel {
+            Some(k) => {
+                ann.insert(ANNOTATION_KERNEL.into(), encode_kernel(k));
+            }
+            None => {
+                ann.remove(ANNOTATION_KERNEL);
+            }
+        }
         ann.insert(
             ANNOTATION_RENEW_INTERVAL.into(),
             report.renew_interval.as_millis().to_string(),

@@ -578,9 +578,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         if last_plan.as_ref() != Some(&plan) {
             let dp = dp.clone();
             let p = plan.clone();
-            let result =
-                tokio::task::spawn_blocking(move || dp.lock().expect("dataplane lock").apply(&p))
-                    .await?;
+            let (result, truth) = tokio::task::spawn_blocking(move || {
+                let mut d = dp.lock().expect("dataplane lock");
+                let result = d.apply(&p);
+                (result, d.truth())
+            })
+            .await?;
+            match truth {
+                Ok(truth) => report_kernel(&shared, &renew_now, truth),
+                Err(e) => warn!(error = %e, "cannot read what the kernel holds"),
+            }
             match result {
                 Ok(r) => {
                     metrics.applies.get_or_create(&label("result", "ok")).inc();
@@ -681,6 +688,36 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             last_trim = Instant::now();
         }
     }
+}
+
+/// Puts what the kernel holds into the Lease report; a change is reported now (the
+/// heartbeat keeps its write budget), an unchanged one rides on the next renewal as it is.
+fn report_kernel(
+    shared: &Mutex<Shared>,
+    renew_now: &Notify,
+    truth: Option<crate::dataplane::truth::KernelReport>,
+) {
+    let mut s = shared.lock().expect("agent state lock");
+    if s.report.kernel == truth {
+        return;
+    }
+    if let Some(t) = truth.as_ref().filter(|t| !t.differs.is_empty()) {
+        let gateways: Vec<&String> = t.differs.keys().collect();
+        warn!(
+            ?gateways,
+            truncated = t.truncated,
+            "the kernel differs from the plan for these gateways"
+        );
+    } else if s
+        .report
+        .kernel
+        .as_ref()
+        .is_some_and(|k| !k.differs.is_empty())
+    {
+        info!("the kernel matches the plan again");
+    }
+    s.report.kernel = truth;
+    renew_now.notify_one();
 }
 
 /// A stopping agent that hosts egress IPs hands them over to its successor on the node: one

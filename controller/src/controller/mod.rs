@@ -299,6 +299,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 view.clone()
             },
             liveness: liveness.clone(),
+            kernel_drift: Arc::default(),
             writer: StatusWriter::new(
                 Api::all(client.clone()),
                 Recorder::new(client.clone(), reporter),
@@ -337,6 +338,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 /// exits without releasing the leader Lease (the standby then waits for it to expire, so a
 /// write still on its way cannot land after the standby's).
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The soonest the control loop wakes for a kernel difference crossing its bound.
+const KERNEL_DUE_FLOOR: Duration = Duration::from_millis(50);
 
 /// How the control loop stopped.
 enum Stopped {
@@ -414,13 +418,23 @@ async fn control_loop(
             }
         }
         let now = Instant::now();
-        let wake = reconciler
+        // A kernel difference crossing its bound changes status without any watch event.
+        let kernel_due = reconciler
+            .kernel_drift
+            .lock()
+            .expect("kernel drift lock")
+            .next_due();
+        let liveness_due = reconciler
             .liveness
             .lock()
             .expect("liveness lock")
-            .next_expiry(now)
+            .next_expiry(now);
+        // (not sooner than a short floor: a reconcile that keeps failing must not spin)
+        let kernel_due = kernel_due.map(|t| t.max(now + KERNEL_DUE_FLOOR));
+        let due = liveness_due.into_iter().chain(kernel_due).min();
+        let wake = due
             .map_or(IDLE_TICK, |t| {
-                t.duration_since(now) + Duration::from_millis(1)
+                t.saturating_duration_since(now) + Duration::from_millis(1)
             })
             .min(IDLE_TICK);
         tokio::select! {
@@ -433,6 +447,9 @@ async fn control_loop(
                 info!("stopping: leaving leadership to the standby");
                 return Ok(Stopped::Clean);
             }
+        }
+        if kernel_due.is_some_and(|t| t <= Instant::now()) {
+            dirty = true;
         }
     }
 }

@@ -12,6 +12,10 @@ pub mod event_reason {
     pub const CONFLICT: &str = "Conflict";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const INVALID_EGRESS_IP: &str = "InvalidEgressIP";
+    /// A node's kernel lastingly differs from the plan (Warning).
+    pub const KERNEL_DIFFERS: &str = "KernelDiffers";
+    /// Every node's kernel holds the plan again after a difference (Normal).
+    pub const KERNEL_MATCHES: &str = "KernelMatches";
 }
 
 /// One event to publish.
@@ -99,6 +103,27 @@ pub fn notices(old: Option<&EgressGatewayStatus>, new: &EgressGatewayStatus) -> 
                 reason,
                 action: "Assign",
                 note: d.message.clone(),
+            });
+        }
+    }
+    if let Some(p) =
+        cond(Some(new), condition::PROGRAMMED).filter(|_| changed(condition::PROGRAMMED))
+    {
+        let was_differing = cond(old, condition::PROGRAMMED)
+            .is_some_and(|o| o.status == "False" && o.reason == reason::KERNEL_DIFFERS);
+        if p.status == "False" && p.reason == reason::KERNEL_DIFFERS {
+            out.push(Notice {
+                warning: true,
+                reason: event_reason::KERNEL_DIFFERS,
+                action: "Verify",
+                note: p.message.clone(),
+            });
+        } else if p.status == "True" && was_differing {
+            out.push(Notice {
+                warning: false,
+                reason: event_reason::KERNEL_MATCHES,
+                action: "Verify",
+                note: "every node's kernel holds the plan again".into(),
             });
         }
     }

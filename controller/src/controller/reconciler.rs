@@ -17,6 +17,7 @@ use crate::api::{EgressGateway, EgressGatewayStatus};
 use crate::index::{ClusterIndex, Gateway, GatewayCache, Labels, Node, PodKey};
 use crate::k8s::lease::AgentReport;
 use crate::k8s::pod_store::PodStore;
+use crate::kernel_truth::{self, KernelDrift};
 use crate::plan::{self, ClusterPlan};
 use crate::status::{self, Programming};
 use crate::telemetry::metrics::ControllerMetrics;
@@ -91,6 +92,7 @@ fn same_report(a: &AgentReport, b: &AgentReport) -> bool {
     a.epoch == b.epoch
         && a.interfaces == b.interfaces
         && a.programmed == b.programmed
+        && a.kernel == b.kernel
         && a.idle == b.idle
 }
 
@@ -101,6 +103,8 @@ pub struct Reconciler {
     /// replica that leads again must not start from an empty index.
     pub view: Arc<Mutex<View>>,
     pub liveness: Arc<Mutex<AgentLiveness>>,
+    /// Since when nodes' kernels differ from the plan (status says so after the bound).
+    pub kernel_drift: Arc<Mutex<KernelDrift>>,
     pub writer: Arc<StatusWriter>,
     pub metrics: ControllerMetrics,
     /// Taints nodes whose agent is not live (`None`: opted out).
@@ -149,12 +153,14 @@ impl Reconciler {
         view.pending.extend(changed);
     }
 
-    /// Which nodes have not reported the digest the plan expects for `gateway`.
+    /// Which nodes have not reported the digest the plan expects for `gateway`, and what
+    /// differs lastingly in nodes' kernels (`kernel`: from [`KernelDrift::observe`]).
     fn programming(
         &self,
         plan: &ClusterPlan,
         gateway: &str,
         reports: &BTreeMap<String, AgentReport>,
+        kernel: &BTreeMap<String, Vec<String>>,
     ) -> Programming {
         let pending = plan
             .nodes_for(gateway)
@@ -165,7 +171,10 @@ impl Reconciler {
             })
             .map(str::to_string)
             .collect();
-        Programming { pending }
+        Programming {
+            pending,
+            kernel: kernel.get(gateway).cloned().unwrap_or_default(),
+        }
     }
 
     /// Plan, and hand every status that changed to the [`StatusWriter`]. Returns the number
@@ -215,6 +224,21 @@ impl Reconciler {
                 _ => (plan::plan(index), None),
             };
             view.pending.clear();
+            // What the agents say their kernels hold: a difference that outlasts the bound
+            // changes status, so those gateways are recomputed whatever else changed.
+            let nodes = &view.index.nodes;
+            let current = kernel_truth::differences(&plan, &reports, |n| {
+                nodes.get(n).is_some_and(|n| n.agent_alive)
+            });
+            let lasting = self
+                .kernel_drift
+                .lock()
+                .expect("kernel drift lock")
+                .observe(Instant::now(), current);
+            let only = only.map(|mut o| {
+                o.extend(lasting.changed.iter().cloned());
+                o
+            });
             let now = Timestamp::now();
             let (mut placed, mut unplaced) = (0i64, 0i64);
             let mut changes = Vec::new();
@@ -226,7 +250,7 @@ impl Reconciler {
                 let Some(gw) = view.index.gateways.get(&name) else {
                     continue;
                 };
-                let programming = self.programming(&plan, &gw.name, &reports);
+                let programming = self.programming(&plan, &gw.name, &reports, &lasting.by_gateway);
                 let current = self.writer.current(&g);
                 let desired =
                     status::gateway_status(gw, &plan, &programming, current.as_ref(), now);

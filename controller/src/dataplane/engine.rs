@@ -35,6 +35,7 @@ use super::report::{ApplyReport, CounterKind, RuleCounter};
 use super::route_model::{RoutingState, RtOp, plan_routing};
 use super::rtnl::Rtnl;
 use super::slots::{allocate_slots, recover_slots};
+use super::truth::{KernelReport, NodeFacts, TableParts, kernel_report};
 use crate::plan::NodePlan;
 
 /// What the kernel holds of ours, for tests and debugging.
@@ -59,6 +60,11 @@ pub struct Engine {
     /// [`DataplaneConfig::own_table`]). Dropped after a failure; the next apply opens a new
     /// one and adopts the table the kernel kept.
     owner: Option<NfnlSocket>,
+    /// Our table as the engine last knew it from the kernel (the parts of `cached`): read
+    /// back, with the acknowledged transactions applied. `None` with the cache.
+    kernel_parts: Option<TableParts>,
+    /// What the last apply found in the kernel against its plan (see [`super::truth`]).
+    truth: Option<KernelReport>,
 }
 
 fn open_nfnl(own: &OwnPorts) -> Result<NfnlSocket, DataplaneError> {
@@ -151,6 +157,8 @@ impl Engine {
             shared_record: Default::default(),
             drift,
             owner: None,
+            kernel_parts: None,
+            truth: None,
         })
     }
 
@@ -195,6 +203,13 @@ impl Engine {
     /// Forgets the cached table: the next apply reads the kernel first.
     pub fn invalidate(&mut self) {
         self.cached = None;
+        self.kernel_parts = None;
+    }
+
+    /// What the last apply found in the kernel against its plan, after it changed what it
+    /// could (`None` before the first apply). After a failed apply: the kernel as read.
+    pub fn truth(&self) -> Option<KernelReport> {
+        self.truth.clone()
     }
 
     /// Makes sure the cache holds our table, reading the kernel if it does not (or if the
@@ -202,6 +217,7 @@ impl Engine {
     fn ensure_cached(&mut self, nfnl: &mut NfnlSocket) -> Result<(), DataplaneError> {
         if self.drift.table_stale.swap(false, Ordering::SeqCst) {
             self.cached = None;
+            self.kernel_parts = None;
         }
         if self.cached.is_none() {
             let t = read_table(nfnl)?;
@@ -214,6 +230,7 @@ impl Engine {
                 self.record.recover(&t.hosted());
                 self.publish_record();
             }
+            self.kernel_parts = Some(TableParts::of(t.as_ref()));
             self.cached = Some(t);
         }
         Ok(())
@@ -236,11 +253,13 @@ impl Engine {
             warn!(error = %source, "this kernel cannot keep an owned table across agent restarts (Linux < 6.9): our table stays unowned, drift is repaired instead of refused");
             self.cfg.own_table = false;
             self.cached = None;
+            self.kernel_parts = None;
             result = self.apply_owned(plan);
         }
         if let Err(e) = &result {
             warn!(error = %e, "dataplane apply failed");
             self.cached = None;
+            self.kernel_parts = None;
         }
         result
     }
@@ -302,6 +321,25 @@ impl Engine {
         }
         let refused: BTreeSet<_> = foreign.keys().copied().collect();
         let want = desired(plan, &cfg, &slots, &refused);
+        // Kernel truth as read, before any change: what stays reported if this apply fails.
+        let want_parts = TableParts::of(want.nft.as_ref());
+        let present: BTreeSet<std::net::Ipv4Addr> =
+            self.record.owned(&routing).iter().map(|a| a.ip).collect();
+        let routed: BTreeSet<std::net::Ipv4Addr> = routing.slots(&cfg).into_keys().collect();
+        let observed = self
+            .kernel_parts
+            .clone()
+            .unwrap_or_else(|| TableParts::of(old.as_ref()));
+        self.truth = Some(kernel_report(
+            plan,
+            &observed,
+            &want_parts,
+            NodeFacts {
+                present: &present,
+                foreign: &foreign,
+                routed: &routed,
+            },
+        ));
         let rplan = plan_routing(&routing, &self.record, &want.addresses, &want.slots, &cfg)
             .map_err(|m| DataplaneError::InterfaceNotFound {
                 ip: IpAddr::V4(m.ip),
@@ -309,7 +347,7 @@ impl Engine {
             })?;
         let mut report = ApplyReport {
             ipv6_ignored: want.ipv6_ignored,
-            foreign_addresses: foreign.into_values().collect(),
+            foreign_addresses: foreign.values().cloned().collect(),
             ..ApplyReport::default()
         };
 
@@ -319,6 +357,7 @@ impl Engine {
         // 3. the table, in one transaction
         let stale = select_stale(old.as_ref(), want.nft.as_ref());
         let ops = diff(old.as_ref(), want.nft.as_ref());
+        let mut kernel_parts = observed;
         if ops.is_empty() {
             self.cached = Some(old);
         } else {
@@ -349,10 +388,10 @@ impl Engine {
                 });
             }
             let mut now = want.nft;
+            let rules_changed = ops
+                .iter()
+                .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
             if let Some(t) = now.as_mut() {
-                let rules_changed = ops
-                    .iter()
-                    .any(|o| matches!(o, NftOp::AddRule(_) | NftOp::DelRule { .. }));
                 let fresh = if rules_changed {
                     read_rules_only(nfnl)?
                 } else {
@@ -361,6 +400,14 @@ impl Engine {
                 t.rules = fresh.rules;
                 t.foreign_rules = fresh.foreign_rules;
             }
+            // Acknowledged by the kernel as one transaction: the plan's table, with the rules
+            // read back when they changed (one pass over the table only then; a pod change
+            // reuses the plan's parts).
+            kernel_parts = if rules_changed {
+                TableParts::of(now.as_ref())
+            } else {
+                want_parts.clone()
+            };
             info!(
                 messages = report.nft_messages,
                 bytes = report.nft_bytes,
@@ -401,6 +448,29 @@ impl Engine {
         }
         self.record.retain_wanted(&want.addresses);
         self.publish_record();
+        let mut present = present;
+        for ip in &report.addresses_added {
+            if let IpAddr::V4(v4) = ip {
+                present.insert(*v4);
+            }
+        }
+        for ip in &report.addresses_removed {
+            if let IpAddr::V4(v4) = ip {
+                present.remove(v4);
+            }
+        }
+        self.truth = Some(kernel_report(
+            plan,
+            &kernel_parts,
+            &want_parts,
+            NodeFacts {
+                present: &present,
+                foreign: &foreign,
+                // every route of the plan's slots was acknowledged by the kernel
+                routed: &want.slots.keys().copied().collect(),
+            },
+        ));
+        self.kernel_parts = Some(kernel_parts);
         if !report.is_noop() {
             info!(?report, "dataplane converged");
         }
@@ -507,6 +577,7 @@ impl Engine {
     /// and routes, and the conntrack entries NATed to our addresses.
     pub fn cleanup(&mut self) -> Result<ApplyReport, DataplaneError> {
         self.cached = None;
+        self.kernel_parts = None;
         self.apply(&NodePlan::empty("cleanup"))
     }
 
@@ -570,6 +641,7 @@ impl Engine {
             self.record.recover(&t.hosted());
             self.publish_record();
         }
+        self.kernel_parts = Some(TableParts::of(table.as_ref()));
         self.cached = Some(table.clone());
         let mut routing = open_rtnl(&self.drift.own)?.read(&self.cfg)?;
         let owned: Vec<_> = self.record.owned(&routing).into_iter().cloned().collect();

@@ -20,6 +20,7 @@ use super::engine::{Engine, KernelSnapshot};
 use super::error::DataplaneError;
 use super::ownership::SharedOwnership;
 use super::report::{ApplyReport, RuleCounter};
+use super::truth::KernelReport;
 use crate::plan::NodePlan;
 
 type Reply<T> = mpsc::Sender<Result<T, DataplaneError>>;
@@ -33,6 +34,7 @@ enum Request {
     Routing(Reply<super::route_model::RoutingState>),
     Owned(Reply<Vec<std::net::Ipv4Addr>>),
     Ownership(Reply<SharedOwnership>),
+    Truth(Reply<Option<KernelReport>>),
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -92,6 +94,7 @@ impl KernelDataplane {
                         Request::Routing(reply) => drop(reply.send(engine.read_routing())),
                         Request::Owned(reply) => drop(reply.send(engine.owned_addresses())),
                         Request::Ownership(reply) => drop(reply.send(Ok(engine.ownership()))),
+                        Request::Truth(reply) => drop(reply.send(Ok(engine.truth()))),
                         Request::RefreshLifetimes(reply) => {
                             drop(reply.send(engine.refresh_lifetimes()))
                         }
@@ -156,6 +159,11 @@ impl KernelDataplane {
     /// The engine's address record and socket ports, for the agent's lifetime thread.
     pub fn ownership(&self) -> Result<SharedOwnership, DataplaneError> {
         self.call(Request::Ownership)
+    }
+
+    /// What the last apply found in the kernel against its plan (see [`super::truth`]).
+    pub fn truth(&self) -> Result<Option<KernelReport>, DataplaneError> {
+        self.call(Request::Truth)
     }
 
     /// Extend the kernel lifetime of the egress IPs held here; returns how many.

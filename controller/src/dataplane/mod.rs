@@ -24,7 +24,9 @@
 //!
 //! Self-healing: [`drift_watch`] listens to nftables and rtnetlink notifications inside the
 //! namespace; drift of ours (see [`drift_events`]) wakes a re-apply that reads the kernel and
-//! commits only the difference.
+//! commits only the difference. After every apply the engine compares what it knows of the
+//! kernel (read back, plus acknowledged transactions) with the plan ([`truth`]): the agent
+//! reports that, not the plan, as what the node holds.
 //!
 //! [`KernelDataplane`] runs the [`engine::Engine`] on a dedicated thread inside the node's
 //! network namespace; [`recording::RecordingDataplane`] is the fake for runtime tests.
@@ -54,6 +56,7 @@ pub mod report;
 pub mod route_model;
 pub mod rtnl;
 pub mod slots;
+pub mod truth;
 
 pub use config::DataplaneConfig;
 pub use engine::{Engine, KernelSnapshot};

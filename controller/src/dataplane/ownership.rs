@@ -177,6 +177,36 @@ mod tests {
         assert_eq!(restarted.owned(&st), record.owned(&st));
     }
 
+    /// Issue 14.4, the old-kernel path: without `IFA_PROTO` (Linux < 5.18) the lifetime
+    /// refresh extends exactly the egress IPs the record says are ours, also after a restart
+    /// (record recovered from our table's `hosted` set), and never the node's address or a
+    /// keepalived VIP beside them.
+    #[test]
+    fn without_ifa_proto_the_lifetimes_of_our_addresses_and_only_ours_are_refreshed() {
+        use crate::dataplane::engine::lifetime_refreshes;
+        use crate::dataplane::route_model::RtOp;
+        let st = old_kernel();
+        assert!(
+            lifetime_refreshes(&st, &AddressRecord::default()).is_empty(),
+            "an address the record does not know is never extended"
+        );
+        let mut restarted = AddressRecord::default();
+        restarted.recover(&[ip("198.18.0.200")].into());
+        assert_eq!(
+            lifetime_refreshes(&st, &restarted),
+            [RtOp::AddAddress {
+                ip: ip("198.18.0.200"),
+                link: 2,
+                ifname: "eth0".into(),
+            }]
+        );
+        // once the address is gone from the kernel there is nothing to extend (the apply
+        // loop adds it again: the refresh never creates an address)
+        let mut gone = st.clone();
+        gone.addresses.retain(|a| a.ip != ip("198.18.0.200"));
+        assert!(lifetime_refreshes(&gone, &restarted).is_empty());
+    }
+
     #[test]
     fn the_protocol_tag_is_a_hint_on_new_kernels() {
         let mut st = old_kernel();

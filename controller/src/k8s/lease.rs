@@ -1,5 +1,6 @@
 //! The agent Lease: heartbeat, epoch and the agent's reports (interfaces, programmed
-//! digests), encoded in annotations so the controller needs nothing but the Lease watch.
+//! digests, what the kernel holds), encoded in annotations so the controller needs nothing
+//! but the Lease watch.
 
 use std::collections::BTreeMap;
 
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use super::names::{
     AGENT_LEASE_PREFIX, ANNOTATION_CADENCE, ANNOTATION_HANDOVER, ANNOTATION_INTERFACES,
-    ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE, LABEL_AGENT_NODE,
+    ANNOTATION_KERNEL, ANNOTATION_PROGRAMMED, ANNOTATION_RENEW_INTERVAL, CADENCE_IDLE,
+    LABEL_AGENT_NODE,
 };
+use crate::dataplane::truth::KernelReport;
 use crate::index::NodeInterface;
 
 /// What an agent says about its node through its Lease.
@@ -23,6 +26,8 @@ pub struct AgentReport {
     pub interfaces: Vec<NodeInterface>,
     /// Gateway name to the digest of what the agent committed for it.
     pub programmed: BTreeMap<String, u64>,
+    /// What the node's kernel holds, read back (`None`: not reported yet, or an older agent).
+    pub kernel: Option<KernelReport>,
     /// The Lease's resourceVersion: any change is a heartbeat.
     pub version: String,
     /// The agent renews at the idle cadence: its node may host nothing.
@@ -70,6 +75,16 @@ pub fn decode_interfaces(s: &str) -> Vec<NodeInterface> {
             })
         })
         .collect()
+}
+
+/// The kernel report as the annotation carries it (compact JSON, stable for a stable kernel).
+pub fn encode_kernel(k: &KernelReport) -> String {
+    serde_json::to_string(k).unwrap_or_default()
+}
+
+/// The inverse of [`encode_kernel`]; `None` when malformed.
+pub fn decode_kernel(s: &str) -> Option<KernelReport> {
+    serde_json::from_str(s).ok()
 }
 
 /// `gateway=hex,…` sorted by gateway.
@@ -122,6 +137,7 @@ impl AgentReport {
                 .get(ANNOTATION_PROGRAMMED)
                 .map(|s| decode_programmed(s))
                 .unwrap_or_default(),
+            kernel: ann.get(ANNOTATION_KERNEL).and_then(|s| decode_kernel(s)),
             version: lease.metadata.resource_version.clone().unwrap_or_default(),
             idle: ann
                 .get(ANNOTATION_CADENCE)
@@ -168,6 +184,19 @@ mod tests {
         .into();
         assert_eq!(decode_programmed(&encode_programmed(&p)), p);
         assert!(decode_programmed("garbage,x=zz").is_empty());
+        let k = KernelReport {
+            digest: "00000000deadbeef".into(),
+            elements: 42,
+            addresses: ["198.18.0.200".parse().unwrap()].into(),
+            ..KernelReport::default()
+        };
+        let s = encode_kernel(&k);
+        assert_eq!(
+            s,
+            r#"{"digest":"00000000deadbeef","elements":42,"addresses":["198.18.0.200"]}"#
+        );
+        assert_eq!(decode_kernel(&s), Some(k));
+        assert_eq!(decode_kernel("not json"), None);
     }
 
     #[test]

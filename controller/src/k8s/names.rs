@@ -21,6 +21,10 @@ pub const ANNOTATION_INTERFACES: &str = "egressgw.io/interfaces";
 /// Agent Lease annotation: per gateway, the digest of what the agent last committed,
 /// `gateway=0123abcd…,…`.
 pub const ANNOTATION_PROGRAMMED: &str = "egressgw.io/programmed";
+/// Agent Lease annotation: what the node's kernel holds, read back (JSON of
+/// [`crate::dataplane::truth::KernelReport`]): digest and size of our table, our egress IPs
+/// present, and the gateways whose kernel part differs from the plan.
+pub const ANNOTATION_KERNEL: &str = "egressgw.io/kernel";
 /// Agent Lease annotation: `idle` while the agent's node cannot host any gateway's egress IP
 /// (its labels match no gatewayNodeSelector): it then renews only every
 /// `egressgw.io/renew-interval-ms` and the controller places no IP on it. Absent: hosting

@@ -56,6 +56,29 @@ pub fn digest(bytes: &[u8]) -> u64 {
     finalise(fnv1a(FNV_OFFSET, bytes))
 }
 
+/// The same stable digest fed piece by piece, also as a [`std::hash::Hasher`] (so any
+/// `Hash` value can be fed). Stable across builds only for what is fed as bytes; values fed
+/// through `Hash` follow the standard library's encoding (enough to compare two digests
+/// made by one binary).
+#[derive(Clone, Copy, Debug)]
+pub struct Digester(u64);
+
+impl Default for Digester {
+    fn default() -> Self {
+        Self(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for Digester {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a(self.0, bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        finalise(self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

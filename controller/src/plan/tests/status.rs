@@ -226,6 +226,7 @@ fn pending_nodes_keep_programmed_false_and_transition_times_survive() {
     let plan = c.plan();
     let pending = Programming {
         pending: vec!["n1".into()],
+        ..Programming::default()
     };
     let first = gateway_status(&c.index.gateways["g"], &plan, &pending, None, now());
     let p = cond(&first, condition::PROGRAMMED);
@@ -459,5 +460,150 @@ fn an_unknown_interface_is_named_in_the_reason() {
             .contains("node-1: has no interface eth9 (spec.interface)"),
         "{}",
         ready.message
+    );
+}
+
+/// Status tells the kernel truth (issue 14.8): the host's agent reports its kernel lacks the
+/// egress IP (an address egressgw did not add holds it). Within the bound Programmed stays
+/// as it was; past it Programmed=False, KernelDiffers, naming the node, the IP and the
+/// interface, with a Warning event; once the report matches again it is True at once, with
+/// a Normal event. A node that does not act for the gateway, or whose agent is dead, is not
+/// heard.
+#[test]
+fn a_kernel_that_differs_beyond_the_bound_turns_programmed_false_and_recovers() {
+    use crate::controller::notices::{event_reason, notices};
+    use crate::dataplane::truth::{GatewayDifference, KernelReport};
+    use crate::k8s::lease::AgentReport;
+    use crate::kernel_truth::{KERNEL_DIFFERS_BOUND, KernelDrift, differences};
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    let mut c = Cluster::new();
+    c.gw(gateway(
+        "g",
+        0,
+        "billing",
+        "inv",
+        &["198.18.0.200"],
+        &["203.0.113.0/24"],
+    ))
+    .node(gw_node("n1", 11))
+    .node(worker("w9", 19))
+    .pod(pod("billing", "a", "inv", "n1", "198.19.11.10"));
+    let plan = c.plan();
+    let host = plan.rollouts["g"].hosted[&ip("198.18.0.200")].0.clone();
+    assert_eq!(host, "n1");
+    let absent = KernelReport {
+        digest: "0123456789abcdef".into(),
+        elements: 4,
+        differs: BTreeMap::from([(
+            "g".to_string(),
+            GatewayDifference {
+                elements: 3,
+                want_elements: 3,
+                rules: 6,
+                want_rules: 6,
+                missing: ["198.18.0.200".parse().unwrap()].into(),
+                foreign: [("198.18.0.200".parse().unwrap(), "eth0".to_string())].into(),
+                ..GatewayDifference::default()
+            },
+        )]),
+        ..KernelReport::default()
+    };
+    let on_plan = KernelReport {
+        addresses: ["198.18.0.200".parse().unwrap()].into(),
+        ..KernelReport::default()
+    };
+    let reports = |host_kernel: &KernelReport| {
+        let r = |node: &str, k: &KernelReport| AgentReport {
+            node: node.into(),
+            kernel: Some(k.clone()),
+            ..AgentReport::default()
+        };
+        BTreeMap::from([
+            ("n1".to_string(), r("n1", host_kernel)),
+            // w9 acts for nothing of g: what it says about g does not count
+            ("w9".to_string(), r("w9", &absent)),
+        ])
+    };
+    assert!(
+        differences(&plan, &reports(&absent), |_| false).is_empty(),
+        "a dead agent's report is not heard"
+    );
+    let current = differences(&plan, &reports(&absent), |_| true);
+    assert_eq!(current.len(), 1, "{current:?}");
+
+    let gw = &c.index.gateways["g"];
+    let t0 = Instant::now();
+    let mut drift = KernelDrift::default();
+    let status_at = |drift: &mut KernelDrift, at: Duration, k: &KernelReport, prev| {
+        let lasting = drift.observe(t0 + at, differences(&plan, &reports(k), |_| true));
+        let programming = Programming {
+            kernel: lasting.by_gateway.get("g").cloned().unwrap_or_default(),
+            ..Programming::default()
+        };
+        gateway_status(gw, &plan, &programming, prev, now())
+    };
+    let healthy = status_at(&mut drift, Duration::ZERO, &on_plan, None);
+    assert_eq!(cond(&healthy, condition::PROGRAMMED).status, "True");
+
+    let within = status_at(
+        &mut drift,
+        Duration::from_millis(100),
+        &absent,
+        Some(&healthy),
+    );
+    assert_eq!(
+        cond(&within, condition::PROGRAMMED).status,
+        "True",
+        "a difference younger than the bound does not flap the condition"
+    );
+    assert!(notices(Some(&healthy), &within).is_empty());
+    assert_eq!(
+        drift.next_due(),
+        Some(t0 + Duration::from_millis(100) + KERNEL_DIFFERS_BOUND),
+        "the controller wakes when the bound passes"
+    );
+
+    let past = status_at(
+        &mut drift,
+        Duration::from_millis(100) + KERNEL_DIFFERS_BOUND,
+        &absent,
+        Some(&within),
+    );
+    let p = cond(&past, condition::PROGRAMMED);
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", reason::KERNEL_DIFFERS)
+    );
+    assert_eq!(
+        p.message,
+        "the kernel differs from the plan for longer than 2s: n1: egress IP 198.18.0.200 is absent: an address egressgw did not add holds it on eth0"
+    );
+    assert_eq!(
+        cond(&past, condition::READY).status,
+        "True",
+        "placement stands"
+    );
+    let events = notices(Some(&within), &past);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].warning);
+    assert_eq!(events[0].reason, event_reason::KERNEL_DIFFERS);
+    assert_eq!(events[0].note, p.message);
+
+    let recovered = status_at(
+        &mut drift,
+        Duration::from_millis(200) + KERNEL_DIFFERS_BOUND,
+        &on_plan,
+        Some(&past),
+    );
+    assert_eq!(cond(&recovered, condition::PROGRAMMED).status, "True");
+    let events = notices(Some(&past), &recovered);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.warning, e.reason))
+            .collect::<Vec<_>>(),
+        [(false, event_reason::KERNEL_MATCHES)]
     );
 }

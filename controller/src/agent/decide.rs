@@ -195,6 +195,7 @@ mod tests {
             destinations: vec!["203.0.113.0/24".parse().unwrap()],
             excluded: vec![],
             snat: BTreeMap::from([(ip("198.18.0.200"), snat.iter().map(|s| ip(s)).collect())]),
+            origins: BTreeMap::new(),
             steer: if steer.is_empty() {
                 BTreeMap::new()
             } else {

@@ -319,6 +319,7 @@ mod tests {
                 ip("198.18.0.200"),
                 BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")]),
             )]),
+            origins: BTreeMap::from([(ip("198.19.1.10"), ip("198.18.0.11"))]),
             steer: BTreeMap::from([(ip("198.18.0.13"), BTreeSet::from([ip("198.19.2.11")]))]),
             blocked: BTreeSet::new(),
             guard: BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.2.11")]),

@@ -984,6 +984,7 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     let mut packets: BTreeMap<String, u64> = BTreeMap::new();
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+    let mut spoofed: BTreeMap<String, u64> = BTreeMap::new();
     for c in counters {
         match (&c.gateway, &c.kind) {
             (Some(g), CounterKind::Snat { .. }) => {
@@ -993,6 +994,9 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
             (Some(g), CounterKind::LeakDropped | CounterKind::Blocked) => {
                 *dropped.entry(g.clone()).or_default() += c.packets;
             }
+            (Some(g), CounterKind::SpoofDropped) => {
+                *spoofed.entry(g.clone()).or_default() += c.packets;
+            }
             _ => {}
         }
     }
@@ -1000,6 +1004,13 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     for (g, n) in dropped {
         metrics
             .leak_dropped_packets
+            .get_or_create(&label("gateway", &g))
+            .set(n as i64);
+    }
+    metrics.spoof_dropped_packets.clear();
+    for (g, n) in spoofed {
+        metrics
+            .spoof_dropped_packets
             .get_or_create(&label("gateway", &g))
             .set(n as i64);
     }

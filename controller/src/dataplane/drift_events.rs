@@ -11,7 +11,9 @@ use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::rule::RuleAttribute;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::config::{DataplaneConfig, TABLE};
+use rtnetlink::packet_route::neighbour::NeighbourAttribute;
+
+use super::config::{DataplaneConfig, NEIGHBOUR_PROTO, TABLE};
 use super::own_ports::OwnPorts;
 
 /// What a drift notification was about.
@@ -27,6 +29,9 @@ pub enum DriftCause {
     Route,
     /// A policy rule at our priority or into one of our tables changed.
     Rule,
+    /// One of our managed neighbour entries (a node whose pods we SNAT) changed: resolved,
+    /// got a new MAC address, or was removed.
+    Neighbour,
     /// The event socket overflowed (`ENOBUFS`): events were lost, read everything again.
     Overrun,
     /// The periodic full read-and-diff.
@@ -52,6 +57,7 @@ impl fmt::Display for DriftCause {
             DriftCause::Address => "address",
             DriftCause::Route => "route",
             DriftCause::Rule => "rule",
+            DriftCause::Neighbour => "neighbour",
             DriftCause::Overrun => "event overrun",
             DriftCause::Periodic => "periodic check",
         })
@@ -214,6 +220,12 @@ pub fn classify_route_event(
                 _ => false,
             }) || ours_table(u32::from(r.header.table));
             (r.header.family == AddressFamily::Inet && ours).then_some(DriftCause::Rule)
+        }
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+            let ours = n.attributes.iter().any(
+                |a| matches!(a, NeighbourAttribute::Protocol(p) if u8::from(*p) == NEIGHBOUR_PROTO),
+            );
+            (n.header.family == AddressFamily::Inet && ours).then_some(DriftCause::Neighbour)
         }
         _ => None,
     }

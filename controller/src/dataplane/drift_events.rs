@@ -371,4 +371,35 @@ mod tests {
             Some(DriftCause::Overrun)
         );
     }
+
+    #[test]
+    fn only_our_managed_neighbour_entries_count() {
+        use rtnetlink::packet_route::neighbour::NeighbourMessage;
+        use rtnetlink::packet_route::route::RouteProtocol;
+        let (cfg, own) = (DataplaneConfig::default(), OwnPorts::default());
+        let mut links = LinkStates::default();
+        let mut ours = NeighbourMessage::default();
+        ours.header.family = AddressFamily::Inet;
+        ours.attributes
+            .push(NeighbourAttribute::Protocol(RouteProtocol::from(
+                NEIGHBOUR_PROTO,
+            )));
+        let mut learned = ours.clone();
+        learned.attributes.clear();
+        let mut c = |m, port| classify_route_event(&rt(m, port), &cfg, &own, &mut links);
+        assert_eq!(
+            c(RouteNetlinkMessage::NewNeighbour(ours.clone()), 0),
+            Some(DriftCause::Neighbour),
+            "the kernel resolved (or re-resolved) a node we SNAT pods of"
+        );
+        assert_eq!(
+            c(RouteNetlinkMessage::DelNeighbour(ours), 0),
+            Some(DriftCause::Neighbour)
+        );
+        assert_eq!(
+            c(RouteNetlinkMessage::NewNeighbour(learned), 0),
+            None,
+            "the kernel's own entries change all the time"
+        );
+    }
 }

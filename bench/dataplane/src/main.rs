@@ -226,6 +226,7 @@ fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
         &DataplaneConfig::default(),
         &BTreeMap::new(),
         &BTreeSet::new(),
+        &BTreeMap::new(),
     );
     let ops = egressgw::dataplane::nft_diff::diff(None, want.nft.as_ref());
     let full_tx = in_netns(scratch.path(), move || {

@@ -148,8 +148,23 @@ fn a_lan_host_spoofing_selected_pods_gets_nothing_through_the_gateway_while_the_
         .egress(E1, GATEWAY_NODE)
         .pod(remote.ip(), 1)
         .pod(local.ip(), GATEWAY_NODE);
+    // the control phase taught the gateway node node-1's MAC: forget it, so the dataplane
+    // has to get it resolved before node-1's pod can be SNATed
+    tb.node(GATEWAY_NODE)
+        .netns()
+        .ip(&["neigh", "flush", "all"])
+        .expect("flush the gateway's neighbours");
     let mut dps = dataplanes(&tb);
     apply_all(&mut dps, &all_plans(&tb, &[gw]));
+    let neigh = tb
+        .node(GATEWAY_NODE)
+        .netns()
+        .ip(&["neigh", "show", &tb.node(1).ip().to_string()])
+        .expect("neighbours");
+    assert!(
+        neigh.contains("managed") && neigh.contains("lladdr"),
+        "the gateway keeps node-1 resolved: {neigh}"
+    );
 
     // the genuine pods leave with the egress IP, from their node and from the gateway node
     assert_eq!(remote.connect(OPEN_SERVER).unwrap(), Ok(E1));

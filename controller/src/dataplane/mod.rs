@@ -12,7 +12,12 @@
 //!     slot), `post` (nat postrouting, srcnat - 10: SNAT to E, identity SNAT of marked
 //!     packets), `guard` (filter input: drop packets to hosted egress IPs), `fwd` (filter
 //!     forward: drop blocked pods, count SNATed traffic); every rule carries its identity as
-//!     a comment and a counter;
+//!     a comment and a counter; `spoof` (filter forward, before `fwd` and any NAT):
+//!     anti-spoofing, see [`origins`]: drop a SNATed pod's packet that did not come from its
+//!     own veth (`fib saddr . iif`) or, for another node's pod, from that node's interface and
+//!     MAC (table-wide sets `origins` = `pod . iif . MAC` and `node_ifs`);
+//! - per node whose pods are SNATed here, a kernel-managed neighbour entry tagged
+//!   [`config::NEIGHBOUR_PROTO`], so that node's MAC is known before its first packet;
 //! - per next hop a slot `s`: mark `s << shift` under the mark mask, rule
 //!   `pref P fwmark MARK/MASK lookup base+s`, route `default via NH table base+s`; the slot
 //!   of a next hop is recovered from the routes after a restart;

@@ -428,20 +428,27 @@ impl Engine {
         }
         let mut table = rtnl.neighbours()?;
         let ops = neighbour_ops(&nodes, &table, |ip| routing.link_toward(ip));
+        let mut asked = false; // the kernel was asked to resolve a node it did not know
         for op in &ops {
-            rtnl.apply_neigh(op)?;
-            info!(op = ?op, "neighbour entry for anti-spoofing");
+            // Not fatal: without the entry a node's pods stay blocked here until the kernel
+            // learns its MAC by itself (a kernel before 5.16 has no managed entries).
+            match rtnl.apply_neigh(op) {
+                Ok(()) => {
+                    asked |= matches!(op, NeighOp::Manage { mac: None, .. });
+                    info!(op = ?op, "neighbour entry for anti-spoofing")
+                }
+                Err(e) => {
+                    warn!(op = ?op, error = %e, "neighbour entry for anti-spoofing not changed")
+                }
+            }
         }
-        self.neighbours_ours = !nodes.is_empty();
-        let unresolved = ops
-            .iter()
-            .any(|o| matches!(o, NeighOp::Manage { mac: None, .. }));
         if !ops.is_empty() {
             table = rtnl.neighbours()?;
         }
+        self.neighbours_ours = !nodes.is_empty() || table.iter().any(|n| n.ours);
         let mut links = node_links(&nodes, &table);
         let deadline = std::time::Instant::now() + NEIGHBOUR_RESOLVE_WAIT;
-        while unresolved && links.len() < nodes.len() && std::time::Instant::now() < deadline {
+        while asked && links.len() < nodes.len() && std::time::Instant::now() < deadline {
             std::thread::sleep(NEIGHBOUR_RESOLVE_POLL);
             links = node_links(&nodes, &rtnl.neighbours()?);
         }

@@ -19,7 +19,7 @@ use egressgw::api::EgressGateway;
 use egressgw::controller::notices::event_reason;
 use egressgw::dataplane::truth::KernelReport;
 use egressgw::k8s::lease::decode_kernel;
-use egressgw::k8s::names::{ANNOTATION_KERNEL, SYSTEM_NAMESPACE, agent_lease};
+use egressgw::k8s::names::{AGENT_LEASE_NAMESPACE, ANNOTATION_KERNEL, agent_lease};
 use egressgw::kernel_truth::KERNEL_DIFFERS_BOUND;
 use egressgw::status::reason;
 use egressgw_tests::leak_scenarios::{self as scenario, E1, GATEWAY, HOLD, ONE_PER_NODE, SETTLE};
@@ -60,7 +60,7 @@ async fn gateway(sim: &SimCluster) -> EgressGateway {
 
 /// The kernel report in the Lease of node `i`'s agent, and its size.
 async fn kernel_report(sim: &SimCluster, i: usize) -> Option<(KernelReport, usize)> {
-    let lease = Api::<Lease>::namespaced(sim.cp.client(), SYSTEM_NAMESPACE)
+    let lease = Api::<Lease>::namespaced(sim.cp.client(), AGENT_LEASE_NAMESPACE)
         .get(&agent_lease(sim.tb.node(i).name()))
         .await
         .ok()?;

@@ -196,6 +196,9 @@ struct Ours {
 fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
     let mut dp = KernelDataplane::new(DataplaneConfig {
         garp_count: 0,
+        // the one-element transactions below come from sockets of their own: an owned table
+        // would refuse them (EPERM)
+        own_table: false,
         ..DataplaneConfig::in_netns(scratch.path())
     })?;
     let base = plan(n);
@@ -223,6 +226,7 @@ fn bench_ours(scratch: &Scratch, n: u32, repeat: usize) -> Result<Ours> {
         &DataplaneConfig::default(),
         &BTreeMap::new(),
         &BTreeSet::new(),
+        &BTreeMap::new(),
     );
     let ops = egressgw::dataplane::nft_diff::diff(None, want.nft.as_ref());
     let full_tx = in_netns(scratch.path(), move || {

@@ -56,8 +56,15 @@ pub type Inherited = BTreeMap<String, BTreeMap<std::net::Ipv4Addr, BTreeSet<std:
 
 /// Add to `plan` the pods `inherited` SNATs to an egress IP the plan still hosts for the same
 /// gateway, except those `known` says the view knows as a pod (the planner decided about
-/// them). Each carried pod is guarded too. For the time the pod watches list after a start.
-pub fn carry_inherited(plan: &mut NodePlan, inherited: &Inherited, known: impl Fn(IpAddr) -> bool) {
+/// them) and those `origin` cannot place on another node (the InternalIP of the node whose
+/// pod range holds the pod: anti-spoofing SNATs another node's pod only from that node).
+/// Each carried pod is guarded too. For the time the pod watches list after a start.
+pub fn carry_inherited(
+    plan: &mut NodePlan,
+    inherited: &Inherited,
+    known: impl Fn(IpAddr) -> bool,
+    origin: impl Fn(IpAddr) -> Option<IpAddr>,
+) {
     for (gateway, by_egress) in inherited {
         let Some(g) = plan.gateways.get_mut(gateway) else {
             continue;
@@ -71,11 +78,14 @@ pub fn carry_inherited(plan: &mut NodePlan, inherited: &Inherited, known: impl F
             {
                 continue;
             }
-            let carried: Vec<IpAddr> = pods
+            let carried: Vec<(IpAddr, IpAddr)> = pods
                 .iter()
                 .map(|p| IpAddr::V4(*p))
                 .filter(|p| !known(*p) && !g.blocked.contains(p))
+                .filter_map(|p| Some((p, origin(p)?)))
                 .collect();
+            g.origins.extend(carried.iter().copied());
+            let carried: Vec<IpAddr> = carried.into_iter().map(|(p, _)| p).collect();
             g.guard.extend(carried.iter().copied());
             g.snat.entry(egress).or_default().extend(carried);
         }
@@ -231,6 +241,7 @@ mod tests {
             destinations: vec!["203.0.113.0/24".parse().unwrap()],
             excluded: vec![],
             snat: BTreeMap::from([(ip("198.18.0.200"), snat.iter().map(|s| ip(s)).collect())]),
+            origins: BTreeMap::new(),
             steer: if steer.is_empty() {
                 BTreeMap::new()
             } else {
@@ -286,14 +297,35 @@ mod tests {
             "198.18.0.200",
             &["198.19.1.10", "198.19.3.10", "198.19.3.11"],
         );
-        // 198.19.3.11 is known to the view (and the plan left it out): not carried.
-        carry_inherited(&mut p, &before, |x| x == ip("198.19.3.11"));
+        // 198.19.3.11 is known to the view (and the plan left it out): not carried; nor is
+        // 198.19.9.10, in no node's pod range.
+        let before = {
+            let mut b = before;
+            b.get_mut("gw")
+                .unwrap()
+                .get_mut(&"198.18.0.200".parse().unwrap())
+                .unwrap()
+                .insert("198.19.9.10".parse().unwrap());
+            b
+        };
+        carry_inherited(
+            &mut p,
+            &before,
+            |x| x == ip("198.19.3.11"),
+            |x| match x {
+                IpAddr::V4(v) if v.octets()[2] == 3 => Some(ip("198.18.0.13")),
+                IpAddr::V4(v) if v.octets()[2] == 1 => Some(ip("198.18.0.11")),
+                _ => None,
+            },
+        );
         let g = &p.gateways["gw"];
         assert_eq!(
             g.snat[&ip("198.18.0.200")],
             BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.3.10")])
         );
         assert!(g.guard.contains(&ip("198.19.3.10")));
+        assert_eq!(g.origins.get(&ip("198.19.3.10")), Some(&ip("198.18.0.13")));
+        assert!(!g.guard.contains(&ip("198.19.9.10")));
         assert!(!g.guard.contains(&ip("198.19.3.11")));
         assert!(unguarded(&p).is_empty());
     }
@@ -304,17 +336,17 @@ mod tests {
         let mut fenced = gateway_node();
         fence(&mut fenced);
         let expected = fenced.clone();
-        carry_inherited(&mut fenced, &before, |_| false);
+        carry_inherited(&mut fenced, &before, |_| false, |_| Some(ip("198.18.0.13")));
         assert_eq!(fenced, expected, "a fenced node SNATs nothing");
         let mut other = gateway_node();
         other.hosted.get_mut(&ip("198.18.0.200")).unwrap().gateway = "other".into();
         let expected = other.clone();
-        carry_inherited(&mut other, &before, |_| false);
+        carry_inherited(&mut other, &before, |_| false, |_| Some(ip("198.18.0.13")));
         assert_eq!(other, expected, "the IP now belongs to another gateway");
         let mut gone = gateway_node();
         gone.gateways.clear();
         let expected = gone.clone();
-        carry_inherited(&mut gone, &before, |_| false);
+        carry_inherited(&mut gone, &before, |_| false, |_| Some(ip("198.18.0.13")));
         assert_eq!(gone, expected, "the gateway left the node's plan");
     }
 

@@ -558,7 +558,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         if let Some(inherited) = &inherited_snat {
             let known: BTreeSet<std::net::IpAddr> =
                 inputs.index.pods.values().flat_map(|p| p.ipv4()).collect();
-            decide::carry_inherited(&mut plan, inherited, |ip| known.contains(&ip));
+            let origin = |ip: std::net::IpAddr| {
+                inputs
+                    .index
+                    .nodes
+                    .values()
+                    .filter(|n| n.name != node)
+                    .find(|n| n.pod_cidrs.iter().any(|r| r.contains(ip)))
+                    .and_then(|n| n.internal_ip)
+            };
+            decide::carry_inherited(&mut plan, inherited, |ip| known.contains(&ip), origin);
         }
         let mut held_back = false;
         if let Some(p) = peers.get() {
@@ -1045,6 +1054,7 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     let mut packets: BTreeMap<String, u64> = BTreeMap::new();
     let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+    let mut spoofed: BTreeMap<String, u64> = BTreeMap::new();
     for c in counters {
         match (&c.gateway, &c.kind) {
             (Some(g), CounterKind::Snat { .. }) => {
@@ -1054,6 +1064,9 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
             (Some(g), CounterKind::LeakDropped | CounterKind::Blocked) => {
                 *dropped.entry(g.clone()).or_default() += c.packets;
             }
+            (Some(g), CounterKind::SpoofDropped) => {
+                *spoofed.entry(g.clone()).or_default() += c.packets;
+            }
             _ => {}
         }
     }
@@ -1061,6 +1074,13 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
     for (g, n) in dropped {
         metrics
             .leak_dropped_packets
+            .get_or_create(&label("gateway", &g))
+            .set(n as i64);
+    }
+    metrics.spoof_dropped_packets.clear();
+    for (g, n) in spoofed {
+        metrics
+            .spoof_dropped_packets
             .get_or_create(&label("gateway", &g))
             .set(n as i64);
     }

@@ -18,6 +18,10 @@ pub const CHAIN_POST: &str = "post";
 pub const CHAIN_GUARD: &str = "guard";
 /// Forward chain (filter): drops traffic of blocked pods, counts SNATed traffic.
 pub const CHAIN_FWD: &str = "fwd";
+/// Forward chain (filter, priority `filter - 10`, before `fwd`'s counters and before any NAT
+/// binding): anti-spoofing on gateway nodes. A packet of a pod SNATed here that did not come
+/// from where that pod is (its own veth, or its node) is dropped and counted.
+pub const CHAIN_SPOOF: &str = "spoof";
 
 /// Postrouting chain (filter, priority `srcnat + 10`): the no-leak guard. It runs after every
 /// NAT binding (ours and the CNI's masquerade), so it judges what really leaves: an original-
@@ -39,6 +43,8 @@ pub const PRIORITY_POST: i32 = PRIORITY_SRCNAT - 10;
 pub const PRIORITY_NOLEAK: i32 = PRIORITY_SRCNAT + 10;
 /// `NF_IP_PRI_FILTER`.
 pub const PRIORITY_FILTER: i32 = 0;
+/// The anti-spoofing chain's priority: just before our (and the usual) filter chains.
+pub const PRIORITY_SPOOF: i32 = PRIORITY_FILTER - 10;
 
 /// `NFT_TABLE_F_OWNER`: only the netlink socket that owns the table may change it; `nft
 /// delete table`, `nft flush ruleset` (which skips it) and every other writer get `EPERM`.
@@ -55,6 +61,11 @@ pub const SET_HOSTED: &str = "hosted";
 pub const SET_REMOTE_PODS: &str = "remote_pods";
 /// Set of the mark values (each slot's, within the mark mask) this node steers with.
 pub const SET_MARKS: &str = "marks";
+/// Set of `pod . interface . MAC`: where each SNATed pod of another node must come from
+/// (the interface toward its node and the node's MAC address).
+pub const SET_ORIGINS: &str = "origins";
+/// Set of the interfaces (indexes) the pods of other nodes arrive on.
+pub const SET_NODE_IFS: &str = "node_ifs";
 
 /// Default packet-mark field that carries the next-hop slot of steered packets (255 slots).
 /// Avoids kube-proxy (0x4000, 0x8000), Cilium (0x0f00, 0xf000) and flannel bits.
@@ -68,9 +79,18 @@ pub const DEFAULT_RULE_PRIORITY: u32 = 1500;
 pub const ADDRESS_PROTO: u8 = 0xe9;
 /// `RTPROT_*` value of the routes and rules we add.
 pub const ROUTE_PROTO: u8 = 0xe9;
+/// `NDA_PROTOCOL` of the neighbour entries we add (kernel-managed entries for the nodes
+/// whose pods this node SNATs), so they are told apart from the kernel's own.
+pub const NEIGHBOUR_PROTO: u8 = 0xe9;
 /// Metric of the `blackhole default` route under the route via the next hop in every
 /// steering table (the highest there is: it only ever wins when nothing else is left).
 pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
+/// How long an apply waits for the nodes it just asked the kernel to resolve (a node on the
+/// LAN answers within a millisecond); one that has not answered by then is picked up by the
+/// drift monitor when its entry resolves, and its pods are not SNATed until then.
+pub const NEIGHBOUR_RESOLVE_WAIT: Duration = Duration::from_millis(200);
+/// Pause between two reads of the neighbour table while waiting.
+pub const NEIGHBOUR_RESOLVE_POLL: Duration = Duration::from_millis(2);
 /// Gratuitous ARPs sent per added address.
 pub const DEFAULT_GARP_COUNT: u32 = 3;
 /// Pause between two gratuitous ARP rounds.

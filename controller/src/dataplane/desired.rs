@@ -8,6 +8,7 @@ use ipnetwork::IpNetwork;
 use super::config::{DataplaneConfig, OWNED_TABLE_FLAGS};
 use super::names::{GatewayId, SetName, assign_gateway_ids};
 use super::nft_model::{IpRange, NftSet, NftState, RuleSpec, SetContent, merge_ranges, our_chains};
+use super::origins::{NodeLink, Origin};
 use crate::plan::NodePlan;
 
 /// What the node's kernel must hold.
@@ -27,6 +28,12 @@ pub struct DesiredNode {
 /// mark register (host order), carried in the address type our sets use.
 pub fn mark_key(mark: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from_be_bytes(mark.to_ne_bytes()))
+}
+
+/// An interface index as an element of the `node_ifs` set (the 4 bytes `meta iif` loads,
+/// host order), carried in the address type our sets use.
+pub fn ifindex_key(ifindex: u32) -> Ipv4Addr {
+    mark_key(ifindex)
 }
 
 /// The IPv4 next hops the plan steers to.
@@ -91,11 +98,16 @@ impl V4Filter {
 /// applies. An egress IP in `refused` (the node holds it, not added by us: see
 /// [`super::ownership::foreign_conflicts`]) is not hosted, recorded nor guarded here, and the
 /// pods the plan SNATs to it are blocked instead (fail closed).
+///
+/// Anti-spoofing: a pod of another node ([`crate::plan::GatewayNodePlan::origins`]) is SNATed
+/// only from its node's entry in `links` (interface and MAC, see [`super::origins`]); while its
+/// node has none, the pod is blocked (fail closed). Every SNAT set gets the two `spoof` rules.
 pub fn desired(
     plan: &NodePlan,
     cfg: &DataplaneConfig,
     slots: &BTreeMap<Ipv4Addr, u32>,
     refused: &BTreeSet<Ipv4Addr>,
+    links: &BTreeMap<Ipv4Addr, NodeLink>,
 ) -> DesiredNode {
     let mut f = V4Filter { ignored: 0 };
     let mut addresses = BTreeMap::new();
@@ -149,6 +161,9 @@ pub fn desired(
         );
     }
     let mut used_slots = BTreeMap::new();
+    let mut origins: BTreeSet<Origin> = BTreeSet::new();
+    let mut node_ifs: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut snats = false;
     for (name, g) in active {
         let gid: GatewayId = ids[name.as_str()].clone();
         set(
@@ -169,11 +184,35 @@ pub fn desired(
                 f.ignored += 1;
                 continue;
             };
-            let pods = f.addrs(pods);
+            let mut pods = f.addrs(pods);
             if refused.contains(&egress_ip) {
                 blocked.extend(pods);
                 continue;
             }
+            if !g.origins.is_empty() {
+                pods.retain(|pod| {
+                    let Some(node) = g.origins.get(&IpAddr::V4(*pod)) else {
+                        return true; // this node's own pod: checked by its route back
+                    };
+                    match v4(*node).and_then(|n| links.get(&n)) {
+                        Some(l) => {
+                            origins.insert(Origin {
+                                pod: *pod,
+                                ifindex: l.ifindex,
+                                mac: l.mac,
+                            });
+                            node_ifs.insert(ifindex_key(l.ifindex));
+                            true
+                        }
+                        None => {
+                            // where its packets must come from is unknown yet: fail closed
+                            blocked.insert(*pod);
+                            false
+                        }
+                    }
+                });
+            }
+            snats = true;
             set(
                 &mut st,
                 SetName::Snat(gid.clone(), egress_ip),
@@ -194,6 +233,18 @@ pub fn desired(
                 },
                 None,
             );
+            for spoof in [
+                RuleSpec::SpoofRoute {
+                    gid: gid.clone(),
+                    egress_ip,
+                },
+                RuleSpec::SpoofNode {
+                    gid: gid.clone(),
+                    egress_ip,
+                },
+            ] {
+                st.rules.insert(spoof, None);
+            }
         }
         for (nh, pods) in &g.steer {
             let slot = v4(*nh).and_then(|n| Some((n, *slots.get(&n)?)));
@@ -272,6 +323,15 @@ pub fn desired(
             None,
         );
     }
+    if snats {
+        set(
+            &mut st,
+            SetName::Origins,
+            None,
+            SetContent::Origins(origins),
+        );
+        set(&mut st, SetName::NodeIfs, None, SetContent::Addrs(node_ifs));
+    }
     set(
         &mut st,
         SetName::Marks,
@@ -319,6 +379,7 @@ mod tests {
                 ip("198.18.0.200"),
                 BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10")]),
             )]),
+            origins: BTreeMap::from([(ip("198.19.1.10"), ip("198.18.0.11"))]),
             steer: BTreeMap::from([(ip("198.18.0.13"), BTreeSet::from([ip("198.19.2.11")]))]),
             blocked: BTreeSet::new(),
             guard: BTreeSet::from([ip("198.19.1.10"), ip("198.19.2.10"), ip("198.19.2.11")]),
@@ -329,6 +390,19 @@ mod tests {
         p
     }
 
+    const NODE1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+    /// Node 198.18.0.11 (the origin of pod 198.19.1.10 in [`plan`]) is reached on link 3.
+    fn links() -> BTreeMap<Ipv4Addr, NodeLink> {
+        BTreeMap::from([(
+            "198.18.0.11".parse().unwrap(),
+            NodeLink {
+                ifindex: 3,
+                mac: NODE1_MAC,
+            },
+        )])
+    }
+
     #[test]
     fn the_snat_members_read_back_are_the_plans() {
         let d = desired(
@@ -336,6 +410,7 @@ mod tests {
             &DataplaneConfig::default(),
             &BTreeMap::new(),
             &BTreeSet::new(),
+            &links(),
         );
         let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
         let pods = BTreeSet::from([
@@ -355,6 +430,7 @@ mod tests {
             &DataplaneConfig::default(),
             &BTreeMap::new(),
             &BTreeSet::new(),
+            &BTreeMap::new(),
         );
         assert_eq!(d, DesiredNode::default());
     }
@@ -363,7 +439,7 @@ mod tests {
     fn gateway_plan_becomes_sets_and_rules() {
         let cfg = DataplaneConfig::default();
         let slots = BTreeMap::from([("198.18.0.13".parse().unwrap(), 2)]);
-        let d = desired(&plan(), &cfg, &slots, &BTreeSet::new());
+        let d = desired(&plan(), &cfg, &slots, &BTreeSet::new(), &links());
         let st = d.nft.unwrap();
         let gid = GatewayId::derive("gw", 0);
         let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
@@ -408,7 +484,7 @@ mod tests {
             "198.19.0.0/16".parse().unwrap(),
             "198.18.0.11/32".parse().unwrap(),
         ];
-        let st = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new())
+        let st = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new(), &links())
             .nft
             .unwrap();
         let excl = st
@@ -429,7 +505,7 @@ mod tests {
         g.steer
             .insert(ip("2001:db8::13"), BTreeSet::from([ip("198.19.2.12")]));
         // no slot for 198.18.0.13 either
-        let d = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new());
+        let d = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new(), &links());
         let st = d.nft.unwrap();
         let gid = GatewayId::derive("gw", 0);
         assert_eq!(
@@ -450,7 +526,13 @@ mod tests {
     fn a_refused_egress_ip_is_neither_held_nor_recorded_and_its_pods_are_blocked() {
         let cfg = DataplaneConfig::default();
         let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
-        let d = desired(&plan(), &cfg, &BTreeMap::new(), &BTreeSet::from([e]));
+        let d = desired(
+            &plan(),
+            &cfg,
+            &BTreeMap::new(),
+            &BTreeSet::from([e]),
+            &links(),
+        );
         assert!(d.addresses.is_empty());
         let st = d.nft.unwrap();
         let gid = GatewayId::derive("gw", 0);
@@ -468,5 +550,85 @@ mod tests {
         assert!(blocked.contains(&"198.19.1.10".parse().unwrap()));
         assert!(blocked.contains(&"198.19.2.10".parse().unwrap()));
         assert!(st.rules.contains_key(&RuleSpec::Block { gid }));
+    }
+
+    #[test]
+    fn other_nodes_pods_are_snated_only_from_their_node_and_blocked_while_it_is_unknown() {
+        let cfg = DataplaneConfig::default();
+        let gid = GatewayId::derive("gw", 0);
+        let e: Ipv4Addr = "198.18.0.200".parse().unwrap();
+        let pod1: Ipv4Addr = "198.19.1.10".parse().unwrap();
+        let local: Ipv4Addr = "198.19.2.10".parse().unwrap();
+
+        let st = desired(&plan(), &cfg, &BTreeMap::new(), &BTreeSet::new(), &links())
+            .nft
+            .unwrap();
+        assert_eq!(
+            st.sets[&SetName::Origins.to_string()].content,
+            SetContent::Origins(BTreeSet::from([Origin {
+                pod: pod1,
+                ifindex: 3,
+                mac: NODE1_MAC
+            }])),
+            "pod . interface toward its node . its node's MAC"
+        );
+        assert_eq!(
+            st.addrs(&SetName::NodeIfs).unwrap(),
+            &BTreeSet::from([ifindex_key(3)])
+        );
+        assert_eq!(
+            st.addrs(&SetName::Snat(gid.clone(), e)).unwrap(),
+            &BTreeSet::from([pod1, local])
+        );
+        for rule in [
+            RuleSpec::SpoofRoute {
+                gid: gid.clone(),
+                egress_ip: e,
+            },
+            RuleSpec::SpoofNode {
+                gid: gid.clone(),
+                egress_ip: e,
+            },
+        ] {
+            assert_eq!(rule.source_set(), SetName::Snat(gid.clone(), e));
+            assert!(st.rules.contains_key(&rule), "{rule:?}");
+        }
+
+        // the node's MAC is not known yet: its pod is dropped, the local pod still SNATed
+        let st = desired(
+            &plan(),
+            &cfg,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &BTreeMap::new(),
+        )
+        .nft
+        .unwrap();
+        assert_eq!(
+            st.addrs(&SetName::Snat(gid.clone(), e)).unwrap(),
+            &BTreeSet::from([local])
+        );
+        let blocked = st.addrs(&SetName::Blocked(gid.clone())).unwrap();
+        assert!(blocked.contains(&pod1) && !blocked.contains(&local));
+        assert!(st.rules.contains_key(&RuleSpec::Block { gid }));
+        assert!(st.sets[&SetName::Origins.to_string()].content.is_empty());
+    }
+
+    #[test]
+    fn a_node_without_snat_has_no_anti_spoofing_sets() {
+        let cfg = DataplaneConfig::default();
+        let mut p = plan();
+        p.hosted.clear();
+        p.gateways.get_mut("gw").unwrap().snat.clear();
+        let st = desired(&p, &cfg, &BTreeMap::new(), &BTreeSet::new(), &links())
+            .nft
+            .unwrap();
+        assert!(!st.sets.contains_key(&SetName::Origins.to_string()));
+        assert!(!st.sets.contains_key(&SetName::NodeIfs.to_string()));
+        assert!(
+            !st.rules
+                .keys()
+                .any(|r| matches!(r, RuleSpec::SpoofRoute { .. } | RuleSpec::SpoofNode { .. }))
+        );
     }
 }

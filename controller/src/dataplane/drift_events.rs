@@ -11,7 +11,9 @@ use rtnetlink::packet_route::route::RouteAttribute;
 use rtnetlink::packet_route::rule::RuleAttribute;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::config::{DataplaneConfig, TABLE};
+use rtnetlink::packet_route::neighbour::NeighbourAttribute;
+
+use super::config::{DataplaneConfig, NEIGHBOUR_PROTO, TABLE};
 use super::own_ports::OwnPorts;
 
 /// What a drift notification was about.
@@ -27,6 +29,9 @@ pub enum DriftCause {
     Route,
     /// A policy rule at our priority or into one of our tables changed.
     Rule,
+    /// One of our managed neighbour entries (a node whose pods we SNAT) changed: resolved,
+    /// got a new MAC address, or was removed.
+    Neighbour,
     /// The event socket overflowed (`ENOBUFS`): events were lost, read everything again.
     Overrun,
     /// The periodic full read-and-diff.
@@ -52,6 +57,7 @@ impl fmt::Display for DriftCause {
             DriftCause::Address => "address",
             DriftCause::Route => "route",
             DriftCause::Rule => "rule",
+            DriftCause::Neighbour => "neighbour",
             DriftCause::Overrun => "event overrun",
             DriftCause::Periodic => "periodic check",
         })
@@ -215,6 +221,12 @@ pub fn classify_route_event(
             }) || ours_table(u32::from(r.header.table));
             (r.header.family == AddressFamily::Inet && ours).then_some(DriftCause::Rule)
         }
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+            let ours = n.attributes.iter().any(
+                |a| matches!(a, NeighbourAttribute::Protocol(p) if u8::from(*p) == NEIGHBOUR_PROTO),
+            );
+            (n.header.family == AddressFamily::Inet && ours).then_some(DriftCause::Neighbour)
+        }
         _ => None,
     }
 }
@@ -357,6 +369,37 @@ mod tests {
         assert_eq!(
             classify_route_event(&overrun, &cfg, &own, &mut links),
             Some(DriftCause::Overrun)
+        );
+    }
+
+    #[test]
+    fn only_our_managed_neighbour_entries_count() {
+        use rtnetlink::packet_route::neighbour::NeighbourMessage;
+        use rtnetlink::packet_route::route::RouteProtocol;
+        let (cfg, own) = (DataplaneConfig::default(), OwnPorts::default());
+        let mut links = LinkStates::default();
+        let mut ours = NeighbourMessage::default();
+        ours.header.family = AddressFamily::Inet;
+        ours.attributes
+            .push(NeighbourAttribute::Protocol(RouteProtocol::from(
+                NEIGHBOUR_PROTO,
+            )));
+        let mut learned = ours.clone();
+        learned.attributes.clear();
+        let mut c = |m, port| classify_route_event(&rt(m, port), &cfg, &own, &mut links);
+        assert_eq!(
+            c(RouteNetlinkMessage::NewNeighbour(ours.clone()), 0),
+            Some(DriftCause::Neighbour),
+            "the kernel resolved (or re-resolved) a node we SNAT pods of"
+        );
+        assert_eq!(
+            c(RouteNetlinkMessage::DelNeighbour(ours), 0),
+            Some(DriftCause::Neighbour)
+        );
+        assert_eq!(
+            c(RouteNetlinkMessage::NewNeighbour(learned), 0),
+            None,
+            "the kernel's own entries change all the time"
         );
     }
 }

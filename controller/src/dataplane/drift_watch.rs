@@ -37,11 +37,12 @@ const EVENT_RCVBUF: libc::c_int = 8 << 20;
 const EVENT_BUF: usize = 64 * 1024;
 
 /// The rtnetlink groups we listen to.
-const ROUTE_GROUPS: [MulticastGroup; 4] = [
+const ROUTE_GROUPS: [MulticastGroup; 5] = [
     MulticastGroup::Link,
     MulticastGroup::Ipv4Ifaddr,
     MulticastGroup::Ipv4Route,
     MulticastGroup::Ipv4Rule,
+    MulticastGroup::Neigh,
 ];
 
 /// What the monitor shares with the engine.

@@ -10,13 +10,14 @@
 //! 5. remove rules and routes no mark points to any more;
 //! 6. delete conntrack entries made stale by the change.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 
 use tracing::{debug, info, info_span, warn};
 
 use super::config::DataplaneConfig;
+use super::config::{NEIGHBOUR_RESOLVE_POLL, NEIGHBOUR_RESOLVE_WAIT};
 use super::conntrack::delete_stale;
 use super::conntrack_select::select_stale;
 use super::desired::{desired, wanted_addresses, wanted_next_hops};
@@ -29,6 +30,7 @@ use super::nft_diff::{NftOp, diff};
 use super::nft_encode::encode;
 use super::nft_model::{NftState, RuleSpec};
 use super::nft_read::{read_rules_only, read_table};
+use super::origins::{NeighOp, NodeLink, neighbour_ops, node_links, origin_nodes};
 use super::own_ports::OwnPorts;
 use super::ownership::{AddressRecord, SharedOwnership, foreign_conflicts};
 use super::report::{ApplyReport, CounterKind, RuleCounter};
@@ -65,6 +67,9 @@ pub struct Engine {
     kernel_parts: Option<TableParts>,
     /// What the last apply found in the kernel against its plan (see [`super::truth`]).
     truth: Option<KernelReport>,
+    /// The neighbour table may hold managed entries of ours (unknown at start): read it even
+    /// when the plan SNATs no pod of another node, to remove them.
+    neighbours_ours: bool,
 }
 
 fn open_nfnl(own: &OwnPorts) -> Result<NfnlSocket, DataplaneError> {
@@ -159,6 +164,7 @@ impl Engine {
             owner: None,
             kernel_parts: None,
             truth: None,
+            neighbours_ours: true,
         })
     }
 
@@ -320,7 +326,8 @@ impl Engine {
                 "egress IP already on the node and not added by egressgw: not hosting it here (its pods are blocked); the address is left alone");
         }
         let refused: BTreeSet<_> = foreign.keys().copied().collect();
-        let want = desired(plan, &cfg, &slots, &refused);
+        let links = self.node_links(&mut rtnl, plan, &routing)?;
+        let want = desired(plan, &cfg, &slots, &refused, &links);
         // Kernel truth as read, before any change: what stays reported if this apply fails.
         let want_parts = TableParts::of(want.nft.as_ref());
         let present: BTreeSet<std::net::Ipv4Addr> =
@@ -477,6 +484,50 @@ impl Engine {
         Ok(report)
     }
 
+    /// Where the nodes whose pods `plan` SNATs here are reached (interface and MAC), keeping
+    /// them resolved (see [`super::origins`]); removes our neighbour entries no longer needed.
+    fn node_links(
+        &mut self,
+        rtnl: &mut Rtnl,
+        plan: &NodePlan,
+        routing: &RoutingState,
+    ) -> Result<BTreeMap<Ipv4Addr, NodeLink>, DataplaneError> {
+        let nodes = origin_nodes(plan);
+        if nodes.is_empty() && !self.neighbours_ours {
+            return Ok(BTreeMap::new());
+        }
+        let mut table = rtnl.neighbours()?;
+        let ops = neighbour_ops(&nodes, &table, |ip| routing.link_toward(ip));
+        let mut asked = false; // the kernel was asked to resolve a node it did not know
+        for op in &ops {
+            // Not fatal: without the entry a node's pods stay blocked here until the kernel
+            // learns its MAC by itself (a kernel before 5.16 has no managed entries).
+            match rtnl.apply_neigh(op) {
+                Ok(()) => {
+                    asked |= matches!(op, NeighOp::Manage { mac: None, .. });
+                    info!(op = ?op, "neighbour entry for anti-spoofing")
+                }
+                Err(e) => {
+                    warn!(op = ?op, error = %e, "neighbour entry for anti-spoofing not changed")
+                }
+            }
+        }
+        if !ops.is_empty() {
+            table = rtnl.neighbours()?;
+        }
+        self.neighbours_ours = !nodes.is_empty() || table.iter().any(|n| n.ours);
+        let mut links = node_links(&nodes, &table);
+        let deadline = std::time::Instant::now() + NEIGHBOUR_RESOLVE_WAIT;
+        while asked && links.len() < nodes.len() && std::time::Instant::now() < deadline {
+            std::thread::sleep(NEIGHBOUR_RESOLVE_POLL);
+            links = node_links(&nodes, &rtnl.neighbours()?);
+        }
+        for ip in nodes.iter().filter(|ip| !links.contains_key(ip)) {
+            warn!(node_ip = %ip, "node not resolved on any interface: its pods are not SNATed here until it is (anti-spoofing)");
+        }
+        Ok(links)
+    }
+
     fn run_rt(
         &mut self,
         rtnl: &mut Rtnl,
@@ -618,6 +669,9 @@ impl Engine {
                     },
                 ),
                 RuleSpec::Block { gid } => (name(gid), CounterKind::Blocked),
+                RuleSpec::SpoofRoute { gid, .. } | RuleSpec::SpoofNode { gid, .. } => {
+                    (name(gid), CounterKind::SpoofDropped)
+                }
                 RuleSpec::Leak { gid, .. } | RuleSpec::LeakRemote { gid, .. } => {
                     (name(gid), CounterKind::LeakDropped)
                 }

@@ -12,7 +12,12 @@
 //!     slot), `post` (nat postrouting, srcnat - 10: SNAT to E, identity SNAT of marked
 //!     packets), `guard` (filter input: drop packets to hosted egress IPs), `fwd` (filter
 //!     forward: drop blocked pods, count SNATed traffic); every rule carries its identity as
-//!     a comment and a counter;
+//!     a comment and a counter; `spoof` (filter forward, before `fwd` and any NAT):
+//!     anti-spoofing, see [`origins`]: drop a SNATed pod's packet that did not come from its
+//!     own veth (`fib saddr . iif`) or, for another node's pod, from that node's interface and
+//!     MAC (table-wide sets `origins` = `pod . iif . MAC` and `node_ifs`);
+//! - per node whose pods are SNATed here, a kernel-managed neighbour entry tagged
+//!   [`config::NEIGHBOUR_PROTO`], so that node's MAC is known before its first packet;
 //! - per next hop a slot `s`: mark `s << shift` under the mark mask, rule
 //!   `pref P fwmark MARK/MASK lookup base+s`, route `default via NH table base+s`; the slot
 //!   of a next hop is recovered from the routes after a restart;
@@ -42,6 +47,7 @@ pub mod error;
 pub mod garp;
 pub mod kernel;
 pub mod names;
+pub mod neighbours;
 pub mod nfnl_socket;
 pub mod nft_diff;
 pub mod nft_encode;
@@ -49,6 +55,7 @@ pub mod nft_expr;
 pub mod nft_fingerprint;
 pub mod nft_model;
 pub mod nft_read;
+pub mod origins;
 pub mod own_ports;
 pub mod ownership;
 pub mod recording;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use super::config::{SET_HOSTED, SET_MARKS, SET_REMOTE_PODS};
+use super::config::{SET_HOSTED, SET_MARKS, SET_NODE_IFS, SET_ORIGINS, SET_REMOTE_PODS};
 
 /// Short, stable id of a gateway inside our table.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,6 +77,12 @@ pub enum SetName {
     /// The slot mark values this node steers with (4-byte keys in host order, see
     /// [`crate::dataplane::desired::mark_key`]).
     Marks,
+    /// `pod . interface . MAC` of every SNATed pod of another node (anti-spoofing, see
+    /// [`crate::dataplane::nft_model::Origin`]).
+    Origins,
+    /// The interfaces (indexes, 4-byte keys in host order) the nodes of [`SetName::Origins`]
+    /// are reached on.
+    NodeIfs,
     /// Destination networks of a gateway (interval set; comment = gateway name).
     Dst(GatewayId),
     /// Excluded networks of a gateway (interval set).
@@ -115,7 +121,11 @@ impl SetName {
 
     pub fn gateway(&self) -> Option<&GatewayId> {
         match self {
-            SetName::Hosted | SetName::RemotePods | SetName::Marks => None,
+            SetName::Hosted
+            | SetName::RemotePods
+            | SetName::Marks
+            | SetName::Origins
+            | SetName::NodeIfs => None,
             SetName::Dst(g)
             | SetName::Excl(g)
             | SetName::Snat(g, _)
@@ -133,6 +143,8 @@ impl fmt::Display for SetName {
             SetName::Hosted => f.write_str(SET_HOSTED),
             SetName::RemotePods => f.write_str(SET_REMOTE_PODS),
             SetName::Marks => f.write_str(SET_MARKS),
+            SetName::Origins => f.write_str(SET_ORIGINS),
+            SetName::NodeIfs => f.write_str(SET_NODE_IFS),
             SetName::Dst(g) => write!(f, "{g}_dst"),
             SetName::Excl(g) => write!(f, "{g}_excl"),
             SetName::Snat(g, ip) => write!(f, "{g}_snat_{}", hex_ip(*ip)),
@@ -156,6 +168,12 @@ impl FromStr for SetName {
         }
         if s == SET_MARKS {
             return Ok(SetName::Marks);
+        }
+        if s == SET_ORIGINS {
+            return Ok(SetName::Origins);
+        }
+        if s == SET_NODE_IFS {
+            return Ok(SetName::NodeIfs);
         }
         let (gid, rest) = s.split_once('_').ok_or(())?;
         let gid = GatewayId::parse(gid).ok_or(())?;
@@ -200,6 +218,8 @@ mod tests {
             SetName::Hosted,
             SetName::RemotePods,
             SetName::Marks,
+            SetName::Origins,
+            SetName::NodeIfs,
             SetName::Dst(g.clone()),
             SetName::Excl(g.clone()),
             SetName::Snat(g.clone(), ip),

@@ -98,7 +98,7 @@ fn adoptable(have: u32, want: u32) -> bool {
 }
 
 fn same_kind(a: &SetContent, b: &SetContent) -> bool {
-    a.is_interval() == b.is_interval()
+    std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
 /// The transaction that turns `observed` into `desired` (`None` = no table). Empty when they
@@ -211,6 +211,22 @@ pub fn diff(observed: Option<&NftState>, desired: Option<&NftState>) -> Vec<NftO
                     ops.push(NftOp::AddElems {
                         set: name.clone(),
                         content: SetContent::Addrs(add),
+                    });
+                }
+            }
+            (SetContent::Origins(have), SetContent::Origins(want)) => {
+                let del: BTreeSet<_> = have.difference(want).copied().collect();
+                let add: BTreeSet<_> = want.difference(have).copied().collect();
+                if !del.is_empty() {
+                    ops.push(NftOp::DelElems {
+                        set: name.clone(),
+                        content: SetContent::Origins(del),
+                    });
+                }
+                if !add.is_empty() {
+                    ops.push(NftOp::AddElems {
+                        set: name.clone(),
+                        content: SetContent::Origins(add),
                     });
                 }
             }

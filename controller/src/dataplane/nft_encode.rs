@@ -12,11 +12,22 @@ use nftnl::{
 use super::config::TABLE;
 use super::names::SetName;
 use super::nft_diff::NftOp;
-use super::nft_expr::{Expr, Ip4Field};
+use super::nft_expr::{Expr, Ip4Field, REG_1, REG32_01, REG32_02};
 use super::nft_model::{ChainHook, ChainKind, RuleSpec, SetContent};
+use super::origins::ORIGIN_KEY_LEN;
 
 /// nftables' userspace datatype id of packet marks (`TYPE_MARK` in nftables' datatype.h).
 const NFT_TYPE_MARK: u32 = 19;
+/// `TYPE_IPADDR`, `TYPE_ETHERADDR`, `TYPE_IFINDEX` in nftables' datatype.h.
+const NFT_TYPE_IPADDR: u32 = 7;
+const NFT_TYPE_ETHERADDR: u32 = 9;
+const NFT_TYPE_IFINDEX: u32 = 20;
+/// Bits per part of a concatenated datatype id (`TYPE_BITS`).
+const NFT_TYPE_BITS: u32 = 6;
+/// `ipv4_addr . iface_index . ether_addr`, the key type of the `origins` set (so `nft list`
+/// shows it).
+const ORIGINS_KEY_TYPE: u32 =
+    (((NFT_TYPE_IPADDR << NFT_TYPE_BITS) | NFT_TYPE_IFINDEX) << NFT_TYPE_BITS) | NFT_TYPE_ETHERADDR;
 
 /// A finalized batch and which op each of its messages came from.
 pub struct EncodedBatch {
@@ -91,17 +102,20 @@ unsafe impl NlMsg for FlushSet<'_> {
 }
 
 fn push_elem(set: &Set<'_, Ipv4Addr>, key: u32, interval_end: bool) {
+    push_key(set, &key.to_be_bytes(), interval_end)
+}
+
+fn push_key(set: &Set<'_, Ipv4Addr>, key: &[u8], interval_end: bool) {
     unsafe {
         let e = sys::nftnl_set_elem_alloc();
         if e.is_null() {
             std::process::abort();
         }
-        let key = key.to_be_bytes();
         sys::nftnl_set_elem_set(
             e,
             sys::NFTNL_SET_ELEM_KEY as u16,
             key.as_ptr() as *const c_void,
-            4,
+            key.len() as u32,
         );
         if interval_end {
             sys::nftnl_set_elem_set_u32(
@@ -129,6 +143,7 @@ fn fill(set: &Set<'_, Ipv4Addr>, content: &SetContent) {
                 }
             }
         }
+        SetContent::Origins(origins) => origins.iter().for_each(|o| push_key(set, &o.key(), false)),
     }
 }
 
@@ -218,6 +233,33 @@ pub fn rule_exprs(spec: &RuleSpec) -> Vec<Expr> {
             v.push(Expr::Drop);
             v
         }
+        RuleSpec::SpoofRoute { gid, .. } => {
+            let mut v = scope(gid, spec.source_set());
+            v.pop(); // the counter counts drops only
+            v.extend([
+                Expr::FibSaddrIifOif,
+                Expr::CmpEq(vec![0; 4]), // `missing`: the route back leaves elsewhere
+                Expr::Counter,
+                Expr::Drop,
+            ]);
+            v
+        }
+        RuleSpec::SpoofNode { gid, .. } => {
+            let mut v = scope(gid, spec.source_set());
+            v.pop(); // the counter counts drops only
+            v.extend([
+                Expr::Iif { reg: REG_1 },
+                lookup(SetName::NodeIfs, false),
+                // ip saddr . iif . ether saddr, laid out from register 1 on
+                Expr::Payload(Ip4Field::Saddr),
+                Expr::Iif { reg: REG32_01 },
+                Expr::EtherSaddr { reg: REG32_02 },
+                lookup(SetName::Origins, true),
+                Expr::Counter,
+                Expr::Drop,
+            ]);
+            v
+        }
         RuleSpec::Leak { gid, mask } | RuleSpec::LeakRemote { gid, mask } => vec![
             Expr::CtDirection,
             Expr::CmpEq(vec![0]), // IP_CT_DIR_ORIGINAL
@@ -287,9 +329,25 @@ pub fn encode(ops: &[NftOp]) -> EncodedBatch {
                 next_set_id += 1;
                 unsafe {
                     let p = s.as_ptr().as_ptr();
-                    if name.parse::<SetName>() == Ok(SetName::Marks) {
+                    match name.parse::<SetName>() {
                         // nft's `mark` datatype (host byte order), so `nft list` shows them
-                        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, NFT_TYPE_MARK);
+                        Ok(SetName::Marks) => {
+                            sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, NFT_TYPE_MARK)
+                        }
+                        Ok(SetName::NodeIfs) => sys::nftnl_set_set_u32(
+                            p,
+                            sys::NFTNL_SET_KEY_TYPE as u16,
+                            NFT_TYPE_IFINDEX,
+                        ),
+                        _ => {}
+                    }
+                    if matches!(set.content, SetContent::Origins(_)) {
+                        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, ORIGINS_KEY_TYPE);
+                        sys::nftnl_set_set_u32(
+                            p,
+                            sys::NFTNL_SET_KEY_LEN as u16,
+                            ORIGIN_KEY_LEN as u32,
+                        );
                     }
                     if set.content.is_interval() {
                         sys::nftnl_set_set_u32(

@@ -10,6 +10,24 @@ use nftnl::nftnl_sys::{self as sys, libc};
 
 /// `NF_NAT_RANGE_MAP_IPS`: the NAT maps addresses (set by the kernel for any address range).
 const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+/// `NFT_REG32_01`, `NFT_REG32_02`: the 32-bit registers after the first, where the parts of
+/// a concatenation that starts in register 1 go.
+pub const REG32_01: u32 = 9;
+pub const REG32_02: u32 = 10;
+/// `NFT_REG_1`: the register every other expression works on (its first 32 bits are
+/// `NFT_REG32_00`, the start of a concatenation).
+pub const REG_1: u32 = libc::NFT_REG_1 as u32;
+/// `NFTA_FIB_F_SADDR`, `NFTA_FIB_F_IIF`: look the source address up, restricted to the input
+/// interface.
+const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+const NFTA_FIB_F_IIF: u32 = 1 << 3;
+/// `NFT_FIB_RESULT_OIF`: the output interface of the route found (0 if none).
+const NFT_FIB_RESULT_OIF: u32 = 1;
+/// `NFT_META_IIF`: the input interface index.
+const NFT_META_IIF: u32 = 4;
+/// Offset and length of the source MAC address in the Ethernet header.
+const ETHER_SADDR_OFFSET: u32 = 6;
+const ETHER_ADDR_LEN: u32 = 6;
 
 /// An IPv4 header field.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +65,13 @@ pub enum Expr {
     CtDirection,
     /// reg1 == data, else stop (the first `data.len()` bytes of reg1)
     CmpEq(Vec<u8>),
+    /// reg1 = `fib saddr . iif oif`: the interface of the route back to the source, if that
+    /// route leaves through the input interface; 0 otherwise
+    FibSaddrIifOif,
+    /// reg = meta iif (4 bytes, host order)
+    Iif { reg: u32 },
+    /// reg = ether saddr (6 bytes, the rest of the last 32-bit word zeroed)
+    EtherSaddr { reg: u32 },
 }
 
 fn alloc(name: &std::ffi::CStr) -> NonNull<sys::nftnl_expr> {
@@ -202,6 +227,46 @@ impl Expression for Expr {
                         libc::NFT_CMP_EQ as u32,
                     );
                     set_data(p, sys::NFTNL_EXPR_CMP_DATA, data);
+                    e
+                }
+                Expr::FibSaddrIifOif => {
+                    let e = alloc(c"fib");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_FIB_DREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_FIB_RESULT as u16,
+                        NFT_FIB_RESULT_OIF,
+                    );
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_FIB_FLAGS as u16,
+                        NFTA_FIB_F_SADDR | NFTA_FIB_F_IIF,
+                    );
+                    e
+                }
+                Expr::Iif { reg } => {
+                    let e = alloc(c"meta");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_META_KEY as u16, NFT_META_IIF);
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_META_DREG as u16, *reg);
+                    e
+                }
+                Expr::EtherSaddr { reg } => {
+                    let e = alloc(c"payload");
+                    let p = e.as_ptr();
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, *reg);
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                        libc::NFT_PAYLOAD_LL_HEADER as u32,
+                    );
+                    sys::nftnl_expr_set_u32(
+                        p,
+                        sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16,
+                        ETHER_SADDR_OFFSET,
+                    );
+                    sys::nftnl_expr_set_u32(p, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, ETHER_ADDR_LEN);
                     e
                 }
                 Expr::Drop => {

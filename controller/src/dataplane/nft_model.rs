@@ -7,10 +7,11 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use super::config::{
-    CHAIN_FWD, CHAIN_GUARD, CHAIN_NOLEAK, CHAIN_POST, CHAIN_PRE, PRIORITY_FILTER, PRIORITY_NOLEAK,
-    PRIORITY_POST, PRIORITY_STEER,
+    CHAIN_FWD, CHAIN_GUARD, CHAIN_NOLEAK, CHAIN_POST, CHAIN_PRE, CHAIN_SPOOF, PRIORITY_FILTER,
+    PRIORITY_NOLEAK, PRIORITY_POST, PRIORITY_SPOOF, PRIORITY_STEER,
 };
 use super::names::{GatewayId, SetName};
+use super::origins::Origin;
 
 /// A half-open IPv4 interval `[start, end)`; `end` may be 2^32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +77,8 @@ pub fn ranges_contain(ranges: &BTreeSet<IpRange>, ip: Ipv4Addr) -> bool {
 pub enum SetContent {
     Addrs(BTreeSet<Ipv4Addr>),
     Ranges(BTreeSet<IpRange>),
+    /// `pod . interface . MAC` keys (the `origins` set).
+    Origins(BTreeSet<Origin>),
 }
 
 impl SetContent {
@@ -83,6 +86,7 @@ impl SetContent {
         match self {
             SetContent::Addrs(a) => a.len(),
             SetContent::Ranges(r) => r.len(),
+            SetContent::Origins(o) => o.len(),
         }
     }
 
@@ -97,14 +101,21 @@ impl SetContent {
     pub fn addrs(&self) -> Option<&BTreeSet<Ipv4Addr>> {
         match self {
             SetContent::Addrs(a) => Some(a),
-            SetContent::Ranges(_) => None,
+            SetContent::Ranges(_) | SetContent::Origins(_) => None,
+        }
+    }
+
+    pub fn origins(&self) -> Option<&BTreeSet<Origin>> {
+        match self {
+            SetContent::Origins(o) => Some(o),
+            SetContent::Addrs(_) | SetContent::Ranges(_) => None,
         }
     }
 
     pub fn ranges(&self) -> Option<&BTreeSet<IpRange>> {
         match self {
             SetContent::Ranges(r) => Some(r),
-            SetContent::Addrs(_) => None,
+            SetContent::Addrs(_) | SetContent::Origins(_) => None,
         }
     }
 }
@@ -141,7 +152,7 @@ pub struct ChainSpec {
     pub priority: i32,
 }
 
-/// Our five base chains.
+/// Our six base chains.
 pub fn our_chains() -> BTreeMap<String, ChainSpec> {
     [
         (
@@ -161,6 +172,12 @@ pub fn our_chains() -> BTreeMap<String, ChainSpec> {
             ChainKind::Filter,
             ChainHook::Forward,
             PRIORITY_FILTER,
+        ),
+        (
+            CHAIN_SPOOF,
+            ChainKind::Filter,
+            ChainHook::Forward,
+            PRIORITY_SPOOF,
         ),
         (
             CHAIN_POST,
@@ -215,6 +232,17 @@ pub enum RuleSpec {
     },
     /// fwd: `ip saddr @<g>_blocked ip daddr @<g>_dst ip daddr != @<g>_excl counter drop`
     Block { gid: GatewayId },
+    /// spoof: a packet of a pod SNATed to E that arrived on an interface the
+    /// route back to the pod does not use (a local pod's is its own veth; another node's
+    /// pod's is the interface toward that node):
+    /// `ip saddr @<g>_snat_<E> ip daddr @<g>_dst ip daddr != @<g>_excl
+    ///  fib saddr . iif oif missing counter drop`
+    SpoofRoute { gid: GatewayId, egress_ip: Ipv4Addr },
+    /// spoof: a packet of a pod SNATed to E arriving on an interface the nodes
+    /// are reached on, but not from that pod's node:
+    /// `ip saddr @<g>_snat_<E> ip daddr @<g>_dst ip daddr != @<g>_excl iif @node_ifs
+    ///  ip saddr . iif . ether saddr != @origins counter drop`
+    SpoofNode { gid: GatewayId, egress_ip: Ipv4Addr },
     /// noleak: `ct direction original ct original ip saddr @<g>_guard ip daddr @<g>_dst
     ///          ip daddr != @<g>_excl meta mark & MASK != @marks ip saddr != @<g>_egress
     ///          counter drop`
@@ -232,6 +260,7 @@ impl RuleSpec {
             RuleSpec::Guard => CHAIN_GUARD,
             RuleSpec::MarkSnat { .. } | RuleSpec::Snat { .. } => CHAIN_POST,
             RuleSpec::Account { .. } | RuleSpec::Block { .. } => CHAIN_FWD,
+            RuleSpec::SpoofRoute { .. } | RuleSpec::SpoofNode { .. } => CHAIN_SPOOF,
             RuleSpec::Steer { .. } => CHAIN_PRE,
             RuleSpec::Leak { .. } | RuleSpec::LeakRemote { .. } => CHAIN_NOLEAK,
         }
@@ -244,6 +273,8 @@ impl RuleSpec {
             | RuleSpec::Account { gid, .. }
             | RuleSpec::Steer { gid, .. }
             | RuleSpec::Block { gid }
+            | RuleSpec::SpoofRoute { gid, .. }
+            | RuleSpec::SpoofNode { gid, .. }
             | RuleSpec::Leak { gid, .. }
             | RuleSpec::LeakRemote { gid, .. } => Some(gid),
         }
@@ -254,9 +285,10 @@ impl RuleSpec {
         match self {
             RuleSpec::Guard => SetName::Hosted,
             RuleSpec::MarkSnat { .. } => SetName::Hosted,
-            RuleSpec::Snat { gid, egress_ip } | RuleSpec::Account { gid, egress_ip } => {
-                SetName::Snat(gid.clone(), *egress_ip)
-            }
+            RuleSpec::Snat { gid, egress_ip }
+            | RuleSpec::Account { gid, egress_ip }
+            | RuleSpec::SpoofRoute { gid, egress_ip }
+            | RuleSpec::SpoofNode { gid, egress_ip } => SetName::Snat(gid.clone(), *egress_ip),
             RuleSpec::Steer { gid, next_hop, .. } => SetName::Via(gid.clone(), *next_hop),
             RuleSpec::Block { gid } => SetName::Blocked(gid.clone()),
             RuleSpec::Leak { gid, .. } => SetName::Guard(gid.clone()),
@@ -297,6 +329,8 @@ impl RuleSpec {
                 mask,
             } => format!("steer {gid} {next_hop} {mark:#010x}/{mask:#010x}"),
             RuleSpec::Block { gid } => format!("block {gid}"),
+            RuleSpec::SpoofRoute { gid, egress_ip } => format!("spoof-route {gid} {egress_ip}"),
+            RuleSpec::SpoofNode { gid, egress_ip } => format!("spoof-node {gid} {egress_ip}"),
             RuleSpec::Leak { gid, mask } => format!("noleak {gid} {mask:#010x}"),
             RuleSpec::LeakRemote { gid, mask } => format!("noleak-remote {gid} {mask:#010x}"),
         }
@@ -338,6 +372,14 @@ impl RuleSpec {
                 }
             }
             ["block", g] => RuleSpec::Block { gid: gid(g)? },
+            ["spoof-route", g, ip] => RuleSpec::SpoofRoute {
+                gid: gid(g)?,
+                egress_ip: ip.parse().ok()?,
+            },
+            ["spoof-node", g, ip] => RuleSpec::SpoofNode {
+                gid: gid(g)?,
+                egress_ip: ip.parse().ok()?,
+            },
             ["noleak", g, mask] => RuleSpec::Leak {
                 gid: gid(g)?,
                 mask: hex(mask)?,
@@ -486,6 +528,14 @@ mod tests {
                 mask: 0x0ff0_0000,
             },
             RuleSpec::Block { gid: gid.clone() },
+            RuleSpec::SpoofRoute {
+                gid: gid.clone(),
+                egress_ip: ip,
+            },
+            RuleSpec::SpoofNode {
+                gid: gid.clone(),
+                egress_ip: ip,
+            },
             RuleSpec::Leak {
                 gid: gid.clone(),
                 mask: 0x0ff0_0000,

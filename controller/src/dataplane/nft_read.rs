@@ -10,12 +10,14 @@ use nftnl::nftnl_sys::{self as sys, libc};
 
 use super::config::TABLE;
 use super::error::DataplaneError;
+use super::names::SetName;
 use super::nfnl_socket::{NfnlSocket, RawMsg};
 use super::nft_fingerprint::{expected, expr_text};
 use super::nft_model::{
     ChainHook, ChainKind, ChainSpec, ForeignRule, IpRange, NftSet, NftState, RuleHandle, RuleSpec,
     SetContent,
 };
+use super::origins::{ORIGIN_KEY_LEN, Origin};
 
 const REQUEST_BUF: usize = 4096;
 
@@ -269,17 +271,54 @@ fn read_sets(sock: &mut NfnlSocket, st: &mut NftState) -> Result<(), DataplaneEr
     for (name, interval, comment) in sets {
         let elems = read_elements(sock, &name)?;
         let content = if interval {
-            SetContent::Ranges(ranges_from_elements(elems))
+            SetContent::Ranges(ranges_from_elements(
+                elems
+                    .iter()
+                    .filter_map(|e| Some((e.addr()?, e.end)))
+                    .collect(),
+            ))
+        } else if name.parse::<SetName>() == Ok(SetName::Origins) {
+            SetContent::Origins(
+                elems
+                    .iter()
+                    .filter_map(|e| Origin::from_key(e.key()))
+                    .collect(),
+            )
         } else {
-            SetContent::Addrs(elems.into_iter().map(|(k, _)| Ipv4Addr::from(k)).collect())
+            SetContent::Addrs(
+                elems
+                    .iter()
+                    .filter_map(|e| e.addr().map(Ipv4Addr::from))
+                    .collect(),
+            )
         };
         st.sets.insert(name, NftSet { comment, content });
     }
     Ok(())
 }
 
-/// The elements of one set: (key, is interval end).
-fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, DataplaneError> {
+/// One set element as read: its key (up to [`ORIGIN_KEY_LEN`] bytes) and whether it ends an
+/// interval.
+struct RawElem {
+    key: [u8; ORIGIN_KEY_LEN],
+    len: usize,
+    end: bool,
+}
+
+impl RawElem {
+    fn key(&self) -> &[u8] {
+        &self.key[..self.len]
+    }
+
+    /// A 4-byte key as a number (network order), `None` for other lengths.
+    fn addr(&self) -> Option<u32> {
+        (self.len == 4)
+            .then(|| u32::from_be_bytes([self.key[0], self.key[1], self.key[2], self.key[3]]))
+    }
+}
+
+/// The elements of one set.
+fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<RawElem>, DataplaneError> {
     let table = table_cstr();
     let name = CString::new(set).map_err(|_| DataplaneError::Decode {
         what: "set name",
@@ -310,9 +349,9 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
             while !e.is_null() {
                 let mut len = 0u32;
                 let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-                if !key.is_null() && len == 4 {
-                    let mut k = [0u8; 4];
-                    std::ptr::copy_nonoverlapping(key as *const u8, k.as_mut_ptr(), 4);
+                if !key.is_null() && (len == 4 || len as usize == ORIGIN_KEY_LEN) {
+                    let mut k = [0u8; ORIGIN_KEY_LEN];
+                    std::ptr::copy_nonoverlapping(key as *const u8, k.as_mut_ptr(), len as usize);
                     // libnftnl's *_get_u32 dereferences unset attributes: read them raw
                     let mut flen = 0u32;
                     let fp =
@@ -322,10 +361,11 @@ fn read_elements(sock: &mut NfnlSocket, set: &str) -> Result<Vec<(u32, bool)>, D
                     } else {
                         std::ptr::read_unaligned(fp as *const u32)
                     };
-                    out.push((
-                        u32::from_be_bytes(k),
-                        flags & libc::NFT_SET_ELEM_INTERVAL_END as u32 != 0,
-                    ));
+                    out.push(RawElem {
+                        key: k,
+                        len: len as usize,
+                        end: flags & libc::NFT_SET_ELEM_INTERVAL_END as u32 != 0,
+                    });
                 }
                 e = sys::nftnl_set_elems_iter_next(it.ptr);
             }

@@ -103,6 +103,9 @@ pub enum CounterKind {
     Blocked,
     /// Packets of guarded pods the no-leak rule dropped (they would have left unSNATed).
     LeakDropped,
+    /// Packets with a SNATed pod's source address that did not come from where that pod is
+    /// (the anti-spoofing rules).
+    SpoofDropped,
     /// Packets addressed to a hosted egress IP dropped by the guard (no gateway).
     Guard,
     /// Connections of steered pods given the identity SNAT (no gateway).

@@ -128,6 +128,17 @@ impl RoutingState {
         })
     }
 
+    /// The interface whose configured subnet holds `ip` (the link a neighbour `ip` is on).
+    pub fn link_toward(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.addresses
+            .iter()
+            .find(|a| {
+                a.prefix < 32
+                    && ipnetwork::Ipv4Network::new(a.ip, a.prefix).is_ok_and(|n| n.contains(ip))
+            })
+            .map(|a| a.link)
+    }
+
     pub fn busy_slots(&self, cfg: &DataplaneConfig) -> BTreeSet<u32> {
         self.routes
             .iter()

@@ -52,7 +52,7 @@ use super::route_model::{AddrEntry, Link, RouteEntry, RouteKind, RoutingState, R
 
 /// An rtnetlink connection in the calling thread's network namespace (see the module doc).
 pub struct Rtnl {
-    handle: Handle,
+    pub(super) handle: Handle,
     /// Runs the connection task, on this thread, while a request is blocked on.
     rt: Runtime,
     /// `valid_lft`/`preferred_lft` of the addresses this connection adds (`None`: forever).
@@ -73,7 +73,7 @@ fn io_error(e: rtnetlink::Error) -> io::Error {
 }
 
 /// "Not there" on a delete.
-fn absent_ok(e: io::Error) -> io::Result<()> {
+pub(super) fn absent_ok(e: io::Error) -> io::Result<()> {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL | libc::ENODEV) => Ok(()),
         _ => Err(e),
@@ -110,7 +110,10 @@ impl Rtnl {
     }
 
     /// Runs one request to completion on this thread.
-    fn run<T>(&self, f: impl Future<Output = Result<T, rtnetlink::Error>>) -> io::Result<T> {
+    pub(super) fn run<T>(
+        &self,
+        f: impl Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> io::Result<T> {
         self.rt.block_on(f).map_err(io_error)
     }
 

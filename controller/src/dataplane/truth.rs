@@ -56,6 +56,10 @@ fn feed_content(h: &mut Digester, content: &SetContent) {
             h.write_u8(1);
             r.hash(h);
         }
+        SetContent::Origins(o) => {
+            h.write_u8(2);
+            o.hash(h);
+        }
     }
 }
 
@@ -322,9 +326,15 @@ mod tests {
     }
 
     fn want(plan: &NodePlan, refused: &BTreeSet<Ipv4Addr>) -> NftState {
-        desired(plan, &DataplaneConfig::default(), &BTreeMap::new(), refused)
-            .nft
-            .expect("a table")
+        desired(
+            plan,
+            &DataplaneConfig::default(),
+            &BTreeMap::new(),
+            refused,
+            &BTreeMap::new(),
+        )
+        .nft
+        .expect("a table")
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct GatewayNodePlan {
     /// SNAT on this node, which hosts the key egress IP: the pod IPs (from any node) that
     /// leave with it. Only egress IPs in [`NodePlan::hosted`] appear here.
     pub snat: BTreeMap<IpAddr, BTreeSet<IpAddr>>,
+    /// Where the SNATed pods of other nodes come from: pod IP to the InternalIP of its node.
+    /// The dataplane SNATs such a pod's packet only when it arrives from that node
+    /// (anti-spoofing); a pod in `snat` but not here runs on this node.
+    pub origins: BTreeMap<IpAddr, IpAddr>,
     /// Steering of this node's own pods whose egress IP lives on another node: next hop (the
     /// InternalIP of the node hosting the egress IP) to the local pod IPs sent there.
     pub steer: BTreeMap<IpAddr, BTreeSet<IpAddr>>,

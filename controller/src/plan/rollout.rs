@@ -42,6 +42,8 @@ pub struct GatewayRollout {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct NodeShare {
     snat: Box<[(IpAddr, Box<[IpAddr]>)]>,
+    /// Pod IP to its node's InternalIP, for the SNATed pods of other nodes.
+    origins: Box<[(IpAddr, IpAddr)]>,
     steer: Box<[(IpAddr, Box<[IpAddr]>)]>,
     blocked: Box<[IpAddr]>,
     /// The node's own selected pods.
@@ -74,6 +76,7 @@ impl GatewayRollout {
             destinations: self.destinations.to_vec(),
             excluded: self.excluded.to_vec(),
             snat: expand(&share.snat),
+            origins: share.origins.iter().copied().collect(),
             steer: expand(&share.steer),
             blocked: share.blocked.iter().copied().collect(),
             guard: share.local.iter().copied().collect(),
@@ -174,14 +177,21 @@ pub fn rollout(
             local.blocked.extend(ips); // held by nobody in this node's view: fail closed
             continue;
         }
-        if !placement.stale_epoch {
-            nodes
-                .entry(host.clone())
-                .or_insert_with(fresh)
-                .snat
+        // A pod of another node is SNATed only when its packets can be told to come from
+        // that node (by its InternalIP): without one, the host's guard drops them.
+        let origin = match host == pod_node {
+            true => None,
+            false => index.nodes.get(pod_node).and_then(|n| n.internal_ip),
+        };
+        if !placement.stale_epoch && (host == pod_node || origin.is_some()) {
+            let part = nodes.entry(host.clone()).or_insert_with(fresh);
+            part.snat
                 .entry(egress)
                 .or_default()
                 .extend(ips.iter().copied());
+            if let Some(node_ip) = origin {
+                part.origins.extend(ips.iter().map(|ip| (*ip, node_ip)));
+            }
         } // else: another node's pod, steered to the stale host, whose guard drops it
 
         if host != pod_node {
@@ -199,6 +209,7 @@ pub fn rollout(
         .map(|(n, p)| {
             let share = NodeShare {
                 snat: compact(p.snat),
+                origins: p.origins.into_iter().collect(),
                 steer: compact(p.steer),
                 blocked: p.blocked.into_iter().collect(),
                 local: p.guard.into_iter().collect(),

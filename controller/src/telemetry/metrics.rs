@@ -96,6 +96,9 @@ pub struct AgentMetrics {
     /// Packets of guarded pods dropped on this node rather than leaving unSNATed (the no-leak
     /// rule and the blocks), per gateway.
     pub leak_dropped_packets: Family<Labels, Gauge>,
+    /// Packets with a SNATed pod's source that did not come from where that pod is (its veth,
+    /// or its node), dropped by the anti-spoofing rules, per gateway.
+    pub spoof_dropped_packets: Family<Labels, Gauge>,
     pub garps_sent: Counter,
     pub conntrack_deleted: Counter,
     pub hosted_ips: Gauge,
@@ -122,6 +125,7 @@ impl AgentMetrics {
             snat_packets: Family::default(),
             snat_bytes: Family::default(),
             leak_dropped_packets: Family::default(),
+            spoof_dropped_packets: Family::default(),
             garps_sent: Counter::default(),
             conntrack_deleted: Counter::default(),
             hosted_ips: Gauge::default(),
@@ -177,6 +181,11 @@ impl AgentMetrics {
             "leak_dropped_packets",
             "Packets of guarded pods dropped rather than leaving unSNATed (no-leak rule and blocks), by gateway",
             m.leak_dropped_packets.clone(),
+        );
+        r.register(
+            "spoof_dropped_packets",
+            "Packets with a SNATed pod's source address that did not come from that pod's veth or node, dropped on the gateway node (anti-spoofing), by gateway",
+            m.spoof_dropped_packets.clone(),
         );
         r.register(
             "gratuitous_arps_sent",

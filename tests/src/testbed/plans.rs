@@ -109,6 +109,10 @@ pub fn node_plan(tb: &Testbed, node: usize, gateways: &[GatewaySpec]) -> NodePla
                     .entry(IpAddr::V4(e))
                     .or_default()
                     .insert(IpAddr::V4(*pod));
+                if *pod_node != node {
+                    gp.origins
+                        .insert(IpAddr::V4(*pod), IpAddr::V4(tb.node(*pod_node).ip()));
+                }
             } else if *pod_node == node {
                 gp.steer
                     .entry(IpAddr::V4(tb.node(host).ip()))

@@ -426,6 +426,17 @@ impl Testbed {
         Ok(())
     }
 
+    /// A host on the node LAN that is no node: a namespace whose `eth0` is plugged into the
+    /// LAN bridge with `ip`/24 (pick one no node uses). Deleted when dropped.
+    pub fn lan_host(&self, name: &str, ip: Ipv4Addr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        self.plug_into_lan(&format!("h-{name}"), &ns)?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", NODE_IFACE])?;
+        ns.sysctl("net.ipv4.ip_forward", "0")?;
+        ns.set_rp_filter(0)?;
+        Ok(ns)
+    }
+
     /// Node by 1-based index (node-1 is 198.18.0.11).
     pub fn node(&self, index: usize) -> &Node {
         &self.nodes[index - 1]

@@ -40,6 +40,26 @@ fn the_gateway_node_hosts_the_ip_and_snats_pods_from_every_node() {
     );
     assert_eq!(part.destinations, vec!["203.0.113.0/24".parse().unwrap()]);
     assert!(part.steer.is_empty() && part.blocked.is_empty());
+    assert_eq!(
+        part.origins,
+        [(ip("198.19.12.10"), ip("198.18.0.12"))].into(),
+        "the worker's pod must come from the worker; the gateway's own pod has no origin"
+    );
+}
+
+#[test]
+fn a_pod_whose_node_has_no_address_is_not_snated_on_another_node() {
+    let mut c = cluster();
+    let mut w2 = worker("w2", 12);
+    w2.internal_ip = None;
+    c.node(w2);
+    let part = &c.plan().node_plan("gw1").gateways["g"];
+    assert_eq!(
+        part.snat[&ip("198.18.0.200")],
+        set(&["198.19.11.10"]),
+        "where its packets must come from is unknown: not SNATed (the guard drops them)"
+    );
+    assert!(part.origins.is_empty());
 }
 
 #[test]

@@ -198,10 +198,11 @@ async fn an_agent_cut_off_from_the_apiserver_keeps_steering_and_fences_its_ips()
         Some(sim.tb.node(new).name())
     );
     assert_eq!(sim.holders(EGRESS_IP).unwrap(), vec![new]);
-    let lease: Lease = Api::namespaced(sim.cp.client(), "egressgw-system")
-        .get(&format!("egressgw-agent-{}", sim.tb.node(host).name()))
-        .await
-        .unwrap();
+    let lease: Lease =
+        Api::namespaced(sim.cp.client(), egressgw::k8s::names::AGENT_LEASE_NAMESPACE)
+            .get(&egressgw::k8s::names::agent_lease(sim.tb.node(host).name()))
+            .await
+            .unwrap();
     assert!(
         lease.spec.unwrap().lease_transitions.unwrap() >= 1,
         "a fenced agent returns under a new epoch"

@@ -247,27 +247,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let dp: SharedDataplane = Arc::new(Mutex::new(KernelDataplane::new(cfg.clone())?));
     let ours = dp.lock().expect("dataplane lock").ownership()?;
     let lifetimes = Arc::new(lifetimes::Lifetimes::start(cfg, ours)?);
-    // Egress IPs already in the kernel (a predecessor on this node added them): held, not
-    // acquired, so the acquire rule does not hold them back. Ours by the record in our table
-    // (IFA_PROTO only where the kernel keeps it).
-    let inherited: BTreeSet<std::net::IpAddr> = dp
-        .lock()
-        .expect("dataplane lock")
-        .owned_addresses()
-        .map(|ips| ips.into_iter().map(std::net::IpAddr::V4).collect())
-        .unwrap_or_default();
-    // What the predecessor SNATed, kept while the pod watches list (decide::carry_inherited).
-    let mut inherited_snat: Option<decide::Inherited> = match dp
-        .lock()
-        .expect("dataplane lock")
-        .snapshot()
-    {
-        Ok(s) => s.table.map(|t| t.snat_members()).filter(|m| !m.is_empty()),
-        Err(e) => {
-            warn!(error = %e, "cannot read the inherited table: nothing carried while the pod watches list");
-            None
-        }
-    };
+    // One read of what a predecessor left: its egress IPs (ours by the record in our table;
+    // IFA_PROTO only where the kernel keeps it) are held, not acquired, so the acquire rule
+    // does not hold them back; and its SNAT is kept while the pod watches list
+    // (decide::carry_inherited).
+    let (inherited, mut inherited_snat): (BTreeSet<std::net::IpAddr>, Option<decide::Inherited>) =
+        match dp.lock().expect("dataplane lock").snapshot() {
+            Ok(s) => (
+                s.routing
+                    .addresses
+                    .iter()
+                    .map(|a| std::net::IpAddr::V4(a.ip))
+                    .collect(),
+                s.table.map(|t| t.snat_members()).filter(|m| !m.is_empty()),
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot read what a predecessor left: nothing inherited");
+                (BTreeSet::new(), None)
+            }
+        };
     let mut stop = std::pin::pin!(crate::telemetry::signals::stop_requested()?);
 
     let mut registry = Registry::default();
@@ -1070,33 +1068,23 @@ fn refresh_counters(dp: &SharedDataplane, metrics: &AgentMetrics) {
             _ => {}
         }
     }
-    metrics.leak_dropped_packets.clear();
-    for (g, n) in dropped {
-        metrics
-            .leak_dropped_packets
-            .get_or_create(&label("gateway", &g))
-            .set(n as i64);
-    }
-    metrics.spoof_dropped_packets.clear();
-    for (g, n) in spoofed {
-        metrics
-            .spoof_dropped_packets
-            .get_or_create(&label("gateway", &g))
-            .set(n as i64);
-    }
-    metrics.snat_packets.clear();
-    metrics.snat_bytes.clear();
-    for (g, n) in packets {
-        metrics
-            .snat_packets
-            .get_or_create(&label("gateway", &g))
-            .set(n as i64);
-    }
-    for (g, n) in bytes {
-        metrics
-            .snat_bytes
-            .get_or_create(&label("gateway", &g))
-            .set(n as i64);
+    set_per_gateway(&metrics.leak_dropped_packets, dropped);
+    set_per_gateway(&metrics.spoof_dropped_packets, spoofed);
+    set_per_gateway(&metrics.snat_packets, packets);
+    set_per_gateway(&metrics.snat_bytes, bytes);
+}
+
+/// Replace the gauges of `family` with one per gateway (label `gateway`).
+fn set_per_gateway(
+    family: &prometheus_client::metrics::family::Family<
+        crate::telemetry::metrics::Labels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    by_gateway: BTreeMap<String, u64>,
+) {
+    family.clear();
+    for (g, n) in by_gateway {
+        family.get_or_create(&label("gateway", &g)).set(n as i64);
     }
 }
 

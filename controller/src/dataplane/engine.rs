@@ -188,15 +188,6 @@ impl Engine {
         }
     }
 
-    /// Our egress IPs on the node now: those the record (recovered from our table first, when
-    /// it has not been read yet) or our `IFA_PROTO` says are ours.
-    pub fn owned_addresses(&mut self) -> Result<Vec<std::net::Ipv4Addr>, DataplaneError> {
-        let mut nfnl = open_nfnl(&self.drift.own)?;
-        self.ensure_cached(&mut nfnl)?;
-        let routing = self.read_routing()?;
-        Ok(self.record.owned(&routing).iter().map(|a| a.ip).collect())
-    }
-
     /// Publishes the record to [`Self::ownership`] holders.
     fn publish_record(&self) {
         *self.shared_record.lock().expect("address record lock") = self.record.clone();

@@ -32,7 +32,6 @@ enum Request {
     Snapshot(Reply<KernelSnapshot>),
     RefreshLifetimes(Reply<usize>),
     Routing(Reply<super::route_model::RoutingState>),
-    Owned(Reply<Vec<std::net::Ipv4Addr>>),
     Ownership(Reply<SharedOwnership>),
     Truth(Reply<Option<KernelReport>>),
 }
@@ -92,7 +91,6 @@ impl KernelDataplane {
                         Request::Counters(reply) => drop(reply.send(engine.counters())),
                         Request::Snapshot(reply) => drop(reply.send(engine.snapshot())),
                         Request::Routing(reply) => drop(reply.send(engine.read_routing())),
-                        Request::Owned(reply) => drop(reply.send(engine.owned_addresses())),
                         Request::Ownership(reply) => drop(reply.send(Ok(engine.ownership()))),
                         Request::Truth(reply) => drop(reply.send(Ok(engine.truth()))),
                         Request::RefreshLifetimes(reply) => {
@@ -148,12 +146,6 @@ impl KernelDataplane {
     /// Every link and IPv4 address in the namespace.
     pub fn routing(&self) -> Result<super::route_model::RoutingState, DataplaneError> {
         self.call(Request::Routing)
-    }
-
-    /// The egress IPs of ours on the node now (by the engine's record, recovered from our
-    /// table if it has not been read yet, or our `IFA_PROTO`).
-    pub fn owned_addresses(&self) -> Result<Vec<std::net::Ipv4Addr>, DataplaneError> {
-        self.call(Request::Owned)
     }
 
     /// The engine's address record and socket ports, for the agent's lifetime thread.
